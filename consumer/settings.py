@@ -1,0 +1,97 @@
+"""The one `Settings` object: built once in the entry point from `KLEIN_EDIT_*` and passed down.
+
+Nested fields use `__`, e.g. `KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS`. Nothing else in the code base reads
+`os.environ`; each package owns the model of its own section (`S3Settings`, `PipelineSettings`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.config import PipelineSettings
+from schemas.results import DEFAULT_USD_PER_MEGAPIXEL
+from storage.config import S3Settings
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "klein-edit"
+    client_id: str = "klein-edit"
+    request_topic: str = Field(default="edit.requests", description="Lowest-priority request topic.")
+    priority_topics: list[str] = Field(
+        default_factory=list,
+        description="Higher-priority request topics, most urgent first; read before request_topic.",
+    )
+    low_lane_share: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="Share of picks given to lower lanes while a higher lane has work."
+    )
+    result_topic: str = "edit.results"
+    dlq_topic: str = "edit.requests.dlq"
+    progress_topic: str = "edit.progress"
+    control_topic: str = "edit.control"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    session_timeout_ms: int = Field(default=30_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    max_poll_interval_ms: int = Field(
+        default=300_000, ge=1000, description="Edits may run longer: partitions are paused and polled."
+    )
+    enable_idempotence: bool = Field(default=False, description="Needs broker support (Tansu lacks it).")
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request records are rejected.")
+
+    @property
+    def request_topics(self) -> list[str]:
+        """All request topics, most urgent first."""
+        return [*self.priority_topics, self.request_topic]
+
+
+class CostSettings(BaseModel):
+    usd_per_megapixel: float = Field(default=DEFAULT_USD_PER_MEGAPIXEL, ge=0.0)
+
+
+class WorkerSettings(BaseModel):
+    name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    prefetch: int = Field(default=2, ge=0, description="Requests fetched ahead of the one on the GPU.")
+    max_in_flight: int = Field(default=4, ge=1, description="Requests picked up but not yet committed.")
+    max_attempts: int = Field(default=3, ge=1, description="Tries of a request before it is dead-lettered.")
+    retry_backoff_s: float = Field(default=1.0, ge=0.0, description="First retry delay; doubles each time.")
+    retry_backoff_max_s: float = Field(default=30.0, ge=0.0)
+    drain_grace_s: float = Field(
+        default=120.0, ge=0.0, description="On SIGTERM, how long the in-flight edit may run on."
+    )
+    progress: bool = Field(default=False, description="Publish progress events for every request.")
+    progress_interval_s: float = Field(default=1.0, gt=0.0)
+    canceled_ids_capacity: int = Field(default=10_000, ge=1)
+    http_port: int | None = Field(default=8080, description="Port of /livez, /readyz, /metrics; None disables.")
+    http_host: str = "0.0.0.0"
+
+
+class LogSettings(BaseModel):
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: readable on a terminal, JSON otherwise."
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KLEIN_EDIT_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    cost: CostSettings = Field(default_factory=CostSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    log: LogSettings = Field(default_factory=LogSettings)

@@ -1,0 +1,133 @@
+"""The edit request (schema_version 1) and the recolour prompt compiler.
+
+Producers in any language publish this JSON to the request topic; `schemas/jsonschema/` holds the
+published JSON Schema. Limits that operators may tune (e.g. the number of references) are enforced by
+the worker against its settings; the hard caps here only bound what a record can make us parse.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, field_validator, model_validator
+
+from schemas._base import WireModel
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+HEX_COLOR_PATTERN = r"^#(?:[0-9A-Fa-f]{6}|[0-9A-Fa-f]{3})$"
+MAX_PROMPT_CHARS = 2000
+# A hard cap on what one record may list; the configurable limit (default 4) is checked by the worker.
+MAX_REFERENCES_HARD = 16
+MIN_STEPS, MAX_STEPS = 25, 50
+
+RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
+ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1100)]
+
+
+class OutputFormat(StrEnum):
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.value}"
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self is OutputFormat.JPEG else self.value
+
+
+class RecolorInstruction(WireModel):
+    """Paint `target` in exactly `color`; e-commerce systems send these instead of prompts."""
+
+    target: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="What to recolour, in words, e.g. 'the sneakers'."
+    )
+    color: Annotated[str, StringConstraints(pattern=HEX_COLOR_PATTERN)] = Field(
+        description="Exact colour as #RRGGBB or #RGB."
+    )
+
+    @property
+    def hex6(self) -> str:
+        """The colour as upper-case #RRGGBB (a #RGB shorthand is expanded)."""
+        digits = self.color[1:]
+        if len(digits) == 3:
+            digits = "".join(ch * 2 for ch in digits)
+        return "#" + digits.upper()
+
+
+class OutputSpec(WireModel):
+    uri: ImageRef | None = Field(
+        default=None,
+        description="s3://bucket/key (or a bare key in the output bucket). Defaults to "
+        "s3://<output bucket>/<output prefix><request_id>.<ext>.",
+    )
+    format: OutputFormat = OutputFormat.PNG
+
+
+class EditRequest(WireModel):
+    """One edit: a base image, optional references, an instruction and sampling options."""
+
+    schema_version: Literal[1] = 1
+    request_id: RequestId = Field(description="1-128 chars of A-Za-z0-9._:- ; the result is keyed by it.")
+    image: ImageRef = Field(description="Base image: s3://bucket/key, or a bare key in the input bucket.")
+    references: list[ImageRef] = Field(default_factory=list, max_length=MAX_REFERENCES_HARD)
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = None
+    recolor: list[RecolorInstruction] | None = Field(default=None, min_length=1, max_length=16)
+    num_inference_steps: int = Field(default=50, ge=MIN_STEPS, le=MAX_STEPS)
+    guidance_scale: float = Field(default=4.0, ge=0.0, le=30.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    width: int | None = Field(default=None, ge=64, le=4096, multiple_of=16)
+    height: int | None = Field(default=None, ge=64, le=4096, multiple_of=16)
+    output: OutputSpec | None = None
+    metadata: dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=128)],
+        Annotated[str, StringConstraints(max_length=1024)],
+    ] = Field(default_factory=dict, max_length=32)
+    deadline: datetime | None = Field(
+        default=None, description="ISO-8601; a request picked up after it fails with DEADLINE_EXCEEDED."
+    )
+    progress: bool | None = Field(default=None, description="Publish progress events for this request.")
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_has_timezone(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("deadline must carry a timezone offset, e.g. 2026-01-01T12:00:00Z")
+        return value
+
+    @model_validator(mode="after")
+    def _check_instruction_and_size(self) -> EditRequest:
+        if self.prompt is None and not self.recolor:
+            raise ValueError("either prompt or recolor is required")
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height must be given together")
+        return self
+
+    @property
+    def compiled_prompt(self) -> str:
+        return compile_prompt(self.prompt, self.recolor or ())
+
+
+RECOLOR_TEMPLATE = (
+    "Recolor {target} to the exact color {hex} (RGB {r}, {g}, {b}). "
+    "Keep its material, texture, shading and everything else in the image unchanged."
+)
+
+
+def compile_prompt(prompt: str | None, recolor: tuple[RecolorInstruction, ...] | list[RecolorInstruction]) -> str:
+    """Turn a free prompt plus recolour instructions into the one prompt the model sees.
+
+    Each instruction renders `RECOLOR_TEMPLATE`; the free prompt (if any) comes first. The template
+    states the hex code and its RGB triple because the FLUX.2 text encoder was trained on hex-coded
+    colour prompts, and the triple removes any doubt about the #RGB shorthand.
+    """
+    parts: list[str] = [prompt.strip()] if prompt and prompt.strip() else []
+    for item in recolor:
+        hex6 = item.hex6
+        r, g, b = (int(hex6[i : i + 2], 16) for i in (1, 3, 5))
+        parts.append(RECOLOR_TEMPLATE.format(target=item.target.strip(), hex=hex6, r=r, g=g, b=b))
+    return " ".join(parts)

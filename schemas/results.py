@@ -1,0 +1,111 @@
+"""The result event (schema_version 1): one per request, keyed by `request_id` on the result topic."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from schemas._base import WireModel
+from schemas.errors import ErrorCode, KleinEditError
+from schemas.requests import OutputFormat
+
+DEFAULT_USD_PER_MEGAPIXEL = 0.002
+
+
+class EditStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class OutputInfo(WireModel):
+    uri: str
+    width: int
+    height: int
+    format: OutputFormat
+    bytes: int = Field(description="Size of the stored object in bytes.")
+    sha256: str = Field(description="Hex SHA-256 of the stored object.")
+
+
+class Cost(WireModel):
+    """Billing: output megapixels x the rate. Failed and canceled edits cost 0."""
+
+    usd: float
+    output_megapixels: float
+    input_megapixels: float
+    usd_per_output_megapixel: float
+
+    @classmethod
+    def for_output(
+        cls, *, width: int, height: int, input_megapixels: float, usd_per_megapixel: float
+    ) -> Cost:
+        output_megapixels = width * height / 1e6
+        return cls(
+            usd=output_megapixels * usd_per_megapixel,
+            output_megapixels=output_megapixels,
+            input_megapixels=input_megapixels,
+            usd_per_output_megapixel=usd_per_megapixel,
+        )
+
+    @classmethod
+    def free(cls, *, input_megapixels: float, usd_per_megapixel: float) -> Cost:
+        return cls(
+            usd=0.0,
+            output_megapixels=0.0,
+            input_megapixels=input_megapixels,
+            usd_per_output_megapixel=usd_per_megapixel,
+        )
+
+
+class Timing(WireModel):
+    """Milliseconds per stage; `queued` runs from the record's timestamp to pickup."""
+
+    queued: float = 0.0
+    fetch: float = 0.0
+    inference: float = 0.0
+    upload: float = 0.0
+    total: float = 0.0
+
+
+class ErrorInfo(WireModel):
+    code: ErrorCode
+    message: str
+    retryable: bool
+
+    @classmethod
+    def from_error(cls, error: KleinEditError) -> ErrorInfo:
+        return cls(code=error.code, message=error.message, retryable=error.retryable)
+
+
+class EditParams(WireModel):
+    """The parameters actually used, after defaults, seed choice and size resolution."""
+
+    prompt: str
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    width: int
+    height: int
+    references: int = Field(description="Number of reference images besides the base image.")
+
+
+class EditCompleted(WireModel):
+    """Published once per request when it succeeded, failed or was canceled."""
+
+    schema_version: Literal[1] = 1
+    request_id: str
+    status: EditStatus
+    output: OutputInfo | None = None
+    cost: Cost
+    timing_ms: Timing
+    error: ErrorInfo | None = None
+    params: EditParams | None = Field(default=None, description="Null when the request never got that far.")
+    model: str
+    attempt: int = Field(ge=1, description="1 for the first try; grows with each retry or redelivery.")
+    worker: str = Field(description="Identity of the worker process that produced this event.")
+    completed_at: datetime
+    metadata: dict[str, str] = Field(default_factory=dict)
+    gpu_ms: float = Field(default=0.0, description="GPU time spent on this request (also for canceled edits).")
