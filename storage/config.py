@@ -17,10 +17,16 @@ class S3Settings(BaseModel):
     input_bucket: str = Field(default="klein-edit-inputs", description="Bucket for bare input keys.")
     allowed_buckets: list[str] = Field(
         default_factory=list,
-        description="Buckets inputs may be read from, besides the input bucket. Empty: only the input bucket.",
+        description="Buckets inputs may be read from, besides the input bucket. "
+        "Empty: only the input bucket.",
     )
     output_bucket: str = "klein-edit-outputs"
     output_prefix: str = Field(default="edits/", description="Every output key starts with this prefix.")
+    state_prefix: str = Field(
+        default="klein-edit-state/",
+        description="Prefix in the output bucket for the worker's own state (attempt ledger); "
+        "outputs may not be written under it.",
+    )
     max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1, description="Largest input object fetched.")
     connect_timeout_s: float = Field(default=3.0, gt=0)
     read_timeout_s: float = Field(default=15.0, gt=0)
