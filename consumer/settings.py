@@ -43,11 +43,15 @@ class KafkaSettings(BaseModel):
     ssl_keyfile: str | None = None
     session_timeout_ms: int = Field(default=30_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    rebalance_timeout_ms: int = Field(
+        default=30_000, ge=1000, description="How long the group waits for members to rejoin a rebalance."
+    )
     max_poll_interval_ms: int = Field(
         default=300_000, ge=1000, description="Edits may run longer: partitions are paused and polled."
     )
     enable_idempotence: bool = Field(default=False, description="Needs broker support (Tansu lacks it).")
     request_timeout_ms: int = Field(default=30_000, ge=1000)
+    topic_partitions: int = Field(default=4, ge=1, description="Partitions of topics that klein-edit creates itself.")
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request records are rejected.")
 
     @property

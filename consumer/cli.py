@@ -1,0 +1,206 @@
+"""The `klein-edit` console script: worker, demo, submit, schema, fetch-model, dlq, bench.
+
+This is the only entry point: it builds `Settings` once from the environment and passes it down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from consumer.logs import configure_logging
+from consumer.settings import Settings
+from schemas.errors import KleinEditError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"klein-edit: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(format=settings.log.format, level=settings.log.level)
+    try:
+        code: int = args.handler(settings, args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="klein-edit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="consume edit requests until SIGTERM")
+    p.set_defaults(handler=_cmd_worker)
+
+    p = sub.add_parser("demo", help="run one recolour edit end to end on embedded services")
+    p.add_argument("--out-dir", default="demo-output", help="where the edited image is saved")
+    p.add_argument("--no-embedded", action="store_true", help="use the configured Kafka and S3 endpoints")
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.set_defaults(handler=_cmd_demo)
+
+    p = sub.add_parser("submit", help="publish one edit request built from flags")
+    p.add_argument("--image", required=True, help="s3://bucket/key, a bare key, or a local file to upload")
+    p.add_argument("--reference", action="append", default=[], help="repeatable; same forms as --image")
+    p.add_argument("--prompt")
+    p.add_argument("--recolor", action="append", default=[], metavar="TARGET=#HEX", help="repeatable")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--format", choices=["png", "jpeg", "webp"], default=None)
+    p.add_argument("--output-uri", default=None)
+    p.add_argument("--request-id", default=None)
+    p.add_argument("--topic", default=None, help="request topic (default: the configured one)")
+    p.add_argument("--progress", action="store_true", help="ask for progress events")
+    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    p.add_argument("--timeout", type=float, default=900.0)
+    p.set_defaults(handler=_cmd_submit)
+
+    p = sub.add_parser("schema", help="print the JSON Schemas of the wire events")
+    p.add_argument("--write", metavar="DIR", help="write one file per event instead of printing")
+    p.set_defaults(handler=_cmd_schema)
+
+    p = sub.add_parser("fetch-model", help="download the model weights into the Hugging Face cache")
+    p.set_defaults(handler=_cmd_fetch_model)
+
+    p = sub.add_parser("dlq", help="dead-letter topic tools")
+    dlq = p.add_subparsers(dest="dlq_command", required=True)
+    r = dlq.add_parser("replay", help="re-publish dead-lettered requests to their original topics")
+    r.add_argument("--code", action="append", default=[], help="only records with this error code")
+    r.add_argument("--dry-run", action="store_true")
+    r.add_argument("--group", default=None, help="consumer group that remembers what was replayed")
+    r.set_defaults(handler=_cmd_dlq_replay)
+
+    return parser
+
+
+def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.app import build_worker, install_signal_handlers, serve
+    from pipeline import ModelLoadError
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        return await serve(build_worker(settings), stop)
+
+    try:
+        code = asyncio.run(run())
+    except ModelLoadError as exc:
+        print(f"klein-edit: cannot load the model: {exc}", file=sys.stderr)
+        return 3
+    return _exit_promptly(code)
+
+
+def _exit_promptly(code: int) -> int:
+    """Exit without waiting for a GPU thread that is still inside an abandoned edit."""
+    import threading
+
+    if any(t.name.startswith("klein-gpu") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.demo import run_demo
+    from consumer.services import ServiceError
+    from pipeline import ModelLoadError
+
+    try:
+        return asyncio.run(run_demo(settings, out_dir=Path(args.out_dir), embedded=not args.no_embedded,
+                                    timeout_s=args.timeout))
+    except ModelLoadError as exc:
+        print(f"klein-edit demo: cannot load the model: {exc}", file=sys.stderr)
+        return 3
+    except (KleinEditError, ServiceError) as exc:
+        print(f"klein-edit demo: {exc}", file=sys.stderr)
+        return 1
+
+
+def _cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.submit import build_request, submit
+
+    try:
+        request = build_request(settings, args)
+    except (ValueError, KleinEditError) as exc:
+        print(f"klein-edit submit: {exc}", file=sys.stderr)
+        return 2
+    result = asyncio.run(submit(settings, request, wait=args.wait, timeout_s=args.timeout, topic=args.topic))
+    if result is None:
+        print(json.dumps({"submitted": request.request_id, "topic": args.topic or settings.kafka.request_topic}))
+        return 0
+    print(result.model_dump_json(indent=2))
+    return 0 if result.status.value == "succeeded" else 1
+
+
+def _cmd_schema(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas.export import json_schemas
+
+    schemas = json_schemas()
+    if args.write:
+        out = Path(args.write)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, schema in schemas.items():
+            (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+        print(f"wrote {len(schemas)} schemas to {out}")
+    else:
+        print(json.dumps(schemas, indent=2))
+    return 0
+
+
+def _cmd_fetch_model(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline import ModelLoadError
+    from pipeline.fetch import fetch_model
+
+    p = settings.pipeline
+    token = p.hf_token.get_secret_value() if p.hf_token else None
+    try:
+        path = fetch_model(p.model, cache_dir=p.cache_dir, token=token, revision=p.revision)
+    except ModelLoadError as exc:
+        print(f"klein-edit fetch-model: {exc}", file=sys.stderr)
+        return 3
+    print(path)
+    return 0
+
+
+def _cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.dlq import replay_dead_letters
+
+    summary = asyncio.run(
+        replay_dead_letters(settings.kafka, codes=set(args.code), dry_run=args.dry_run, group_id=args.group)
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4().hex[:16]}"
+
+
+_RECOLOR_FLAG = re.compile(r"^(?P<target>.+)=(?P<color>#[0-9A-Fa-f]{3}(?:[0-9A-Fa-f]{3})?)$")
+
+
+def parse_recolor_flag(value: str) -> dict[str, str]:
+    match = _RECOLOR_FLAG.match(value)
+    if not match:
+        raise ValueError(f"--recolor {value!r}: expected TARGET=#RRGGBB, e.g. 'the sneakers=#1E90FF'")
+    return {"target": match["target"].strip(), "color": match["color"]}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

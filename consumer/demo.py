@@ -1,0 +1,135 @@
+"""`klein-edit demo`: the whole product in one command, on embedded defaults.
+
+Starts a Tansu broker and a moto S3 server (unless told to use configured endpoints), uploads the
+bundled product shot, publishes a recolour request, runs the worker (the offline tiny model on the CPU
+unless a model is configured), prints the result event, saves the image, and stops what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from importlib import resources
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from consumer import kafka as kafka_io
+from consumer.app import build_worker
+from consumer.client import EditClient
+from consumer.services import MotoServer, TansuBroker
+from consumer.settings import Settings
+from pipeline.config import TINY_RANDOM
+from schemas.requests import EditRequest, RecolorInstruction
+from storage import ImageStore, S3Location
+
+SAMPLE_ASSET = "sneaker.png"
+DEMO_RECOLOR = RecolorInstruction(target="the sneaker", color="#1E90FF")
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self._started:6.1f}s] {message}", flush=True)
+
+
+def demo_settings(settings: Settings, *, bootstrap: str | None, s3_endpoint: str | None) -> Settings:
+    """The configured settings with the demo's defaults filled in where nothing was configured."""
+    pipeline = settings.pipeline
+    if "model" not in pipeline.model_fields_set:
+        pipeline = pipeline.model_copy(update={"model": TINY_RANDOM, "device": "cpu", "warmup": False})
+    kafka, s3 = settings.kafka, settings.s3
+    if bootstrap:
+        # A one-member group on a local broker: short timeouts make the first join take ~3 s, not ~15 s.
+        kafka = kafka.model_copy(
+            update={
+                "bootstrap_servers": bootstrap,
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 500,
+                "rebalance_timeout_ms": 6000,
+            }
+        )
+    if s3_endpoint:
+        # The embedded S3 server accepts any key pair; fixed ones keep boto3 off the host's credentials.
+        s3 = s3.model_copy(
+            update={"endpoint_url": s3_endpoint, "access_key_id": SecretStr("demo"), "secret_access_key": SecretStr("demo")}
+        )
+    worker = settings.worker.model_copy(update={"http_port": None})
+    return settings.model_copy(update={"pipeline": pipeline, "kafka": kafka, "s3": s3, "worker": worker})
+
+
+async def run_demo(settings: Settings, *, out_dir: Path, embedded: bool, timeout_s: float) -> int:
+    say = _Progress()
+    with contextlib.ExitStack() as services:
+        bootstrap = s3_endpoint = None
+        if embedded:
+            say("starting the embedded Kafka broker (Tansu)")
+            broker = services.enter_context(TansuBroker())
+            bootstrap = broker.bootstrap_servers
+            say("starting the embedded S3 server (moto)")
+            s3_server = services.enter_context(MotoServer())
+            s3_endpoint = s3_server.endpoint_url
+        settings = demo_settings(settings, bootstrap=bootstrap, s3_endpoint=s3_endpoint)
+        return await _run(settings, out_dir=out_dir, timeout_s=timeout_s, say=say)
+
+
+async def _run(settings: Settings, *, out_dir: Path, timeout_s: float, say: _Progress) -> int:
+    kafka, s3 = settings.kafka, settings.s3
+    say(f"Kafka at {kafka.bootstrap_servers}, S3 at {s3.endpoint_url or 'AWS'}")
+    store = ImageStore(s3)
+    loop = asyncio.get_running_loop()
+    for bucket in (s3.input_bucket, s3.output_bucket):
+        await loop.run_in_executor(None, store.ensure_bucket, bucket)
+    await kafka_io.ensure_topics(kafka, [*kafka.request_topics, kafka.result_topic, kafka.dlq_topic])
+
+    sample = resources.files("consumer.assets").joinpath(SAMPLE_ASSET).read_bytes()
+    image = S3Location(s3.input_bucket, f"demo/{SAMPLE_ASSET}")
+    await loop.run_in_executor(None, lambda: store.put_object(image, sample, content_type="image/png"))
+    say(f"uploaded the sample product shot to {image.uri}")
+
+    request = EditRequest(
+        request_id=f"demo-{int(time.time())}",
+        image=image.uri,
+        recolor=[DEMO_RECOLOR],
+        num_inference_steps=25,
+        seed=42,
+        metadata={"source": "klein-edit demo"},
+    )
+    say(f"loading the model {settings.pipeline.model!r} on {settings.pipeline.device} and starting the worker")
+    worker = build_worker(settings)
+    stop = asyncio.Event()
+    worker_task = asyncio.create_task(worker.run(stop), name="demo-worker")
+    try:
+        async with EditClient(kafka) as client:
+            await client.watch_results()
+            await client.submit(request)
+            say(f"published request {request.request_id} to {kafka.request_topic}: {request.compiled_prompt!r}")
+            say("waiting for the result (the first rebalance of a new group takes a few seconds)")
+            waiter = asyncio.create_task(client.wait_for(request.request_id, timeout_s=timeout_s))
+            done, _ = await asyncio.wait({waiter, worker_task}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter not in done:
+                waiter.cancel()
+                worker_task.result()  # surfaces the worker's exception, if any
+                raise RuntimeError("the worker stopped before the result arrived")
+            result = waiter.result()
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker_task
+    print(result.model_dump_json(indent=2), flush=True)
+    if result.output is None:
+        say(f"the edit {result.status.value}: {result.error.message if result.error else ''}")
+        return 1
+    output = S3Location(*result.output.uri.removeprefix("s3://").split("/", 1))
+    data = await loop.run_in_executor(None, store.fetch, output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = out_dir / f"{request.request_id}.{result.output.format.extension}"
+    saved.write_bytes(data)
+    say(f"output object: {result.output.uri} ({result.output.width}x{result.output.height}, "
+        f"{result.output.bytes} bytes, ${result.cost.usd:.6f})")
+    say(f"saved a copy to {saved.resolve()}")
+    say("stopping the worker and the embedded services")
+    return 0

@@ -1,0 +1,66 @@
+"""The one place that decides what each error does to a record.
+
+Every package raises typed errors carrying a stable `code` and a `retryable` flag; this module turns
+an error plus the attempt count into a `Verdict`. Keeping it here (and nowhere else) means a change of
+policy is a change of one table, and `docs/reliability.md` can be checked against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from schemas.errors import ErrorCode, KleinEditError
+
+
+class Action(Enum):
+    RETRY = "retry"  # try the same record again after a backoff; nothing is published yet
+    FAIL = "fail"  # publish a `failed` (or `canceled`) result and commit
+    DEAD_LETTER = "dead_letter"  # publish a `failed` result, copy the raw record to the DLQ, commit
+    CRASH = "crash"  # the process is unhealthy: do not commit, exit non-zero, let the orchestrator replace it
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    backoff_s: float = 0.0
+
+
+class InternalError(KleinEditError):
+    """An unexpected exception. Retryable: a bug then ends in the DLQ, where it can be replayed after a fix."""
+
+    code = ErrorCode.INTERNAL
+    retryable = True
+
+
+class PoisonMessage(KleinEditError):
+    """The record was picked up `max_attempts` times without finishing: it crashed or hung the worker."""
+
+    code = ErrorCode.INTERNAL
+    retryable = False
+
+
+class DeadlineExceeded(KleinEditError):
+    code = ErrorCode.DEADLINE_EXCEEDED
+    retryable = False
+
+
+class RequestRejected(KleinEditError):
+    """The request is valid JSON but breaks a limit configured on this worker (e.g. too many references)."""
+
+    code = ErrorCode.INVALID_EVENT
+    retryable = False
+
+
+def decide(
+    error: KleinEditError, *, attempt: int, max_attempts: int, backoff_s: float, backoff_max_s: float
+) -> Verdict:
+    if getattr(error, "fatal", False):
+        return Verdict(Action.CRASH)
+    if error.code is ErrorCode.INVALID_EVENT or isinstance(error, PoisonMessage):
+        return Verdict(Action.DEAD_LETTER)
+    if error.retryable:
+        if attempt < max_attempts:
+            return Verdict(Action.RETRY, backoff_s=min(backoff_max_s, backoff_s * 2 ** (attempt - 1)))
+        return Verdict(Action.DEAD_LETTER)
+    return Verdict(Action.FAIL)

@@ -1,0 +1,92 @@
+"""aiokafka client construction from `KafkaSettings`, and the dead-letter record format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+
+from consumer.settings import KafkaSettings
+
+# Headers of a dead-lettered record: where it came from and why it was given up on.
+DLQ_ORIGINAL_TOPIC = "klein-edit.original-topic"
+DLQ_ORIGINAL_PARTITION = "klein-edit.original-partition"
+DLQ_ORIGINAL_OFFSET = "klein-edit.original-offset"
+DLQ_ERROR_CODE = "klein-edit.error-code"
+DLQ_ERROR_MESSAGE = "klein-edit.error-message"
+DLQ_ATTEMPTS = "klein-edit.attempts"
+
+
+def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options shared by every client we create."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        kwargs["ssl_context"] = create_ssl_context(
+            cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile
+        )
+    if kafka.security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = kafka.sasl_mechanism or "PLAIN"
+        kwargs["sasl_plain_username"] = kafka.sasl_username
+        kwargs["sasl_plain_password"] = (
+            kafka.sasl_password.get_secret_value() if kafka.sasl_password is not None else None
+        )
+    return kwargs
+
+
+def make_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **client_kwargs(kafka),
+        acks="all",
+        enable_idempotence=kafka.enable_idempotence,
+        linger_ms=2,
+        max_request_size=max(kafka.max_request_bytes, 1_048_576) * 2,
+    )
+
+
+def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+    options: dict[str, Any] = {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "max_poll_interval_ms": kafka.max_poll_interval_ms,
+        "rebalance_timeout_ms": kafka.rebalance_timeout_ms,
+        "fetch_max_bytes": max(kafka.max_request_bytes * 4, 4 * 1_048_576),
+        "max_partition_fetch_bytes": max(kafka.max_request_bytes * 2, 1_048_576),
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **client_kwargs(kafka), **options)
+
+
+def header(headers: Any, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name and value is not None:
+            return bytes(value).decode("utf-8", "replace")
+    return None
+
+
+async def ensure_topics(kafka: KafkaSettings, topics: list[str]) -> None:
+    """Create missing topics (demo, submit and tests; production topics are provisioned by operators)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, num_partitions=kafka.topic_partitions, replication_factor=1) for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another client
+    finally:
+        await admin.close()

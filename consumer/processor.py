@@ -1,0 +1,348 @@
+"""The stages of one edit, free of Kafka: prepare (fetch + decode), edit (GPU), store (encode + upload).
+
+`EditWorker` calls these for each record and overlaps them across records; this module knows nothing
+about offsets or commits. Blocking work goes to the I/O thread pool, GPU work to the `GpuLane`, so the
+event loop only ever waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from PIL import Image
+
+from consumer.fate import DeadlineExceeded, RequestRejected
+from consumer.gpu import GpuLane
+from consumer.settings import Settings
+from pipeline import EditJob, Editor, decode_image, encode_image, megapixels, resolve_output_size
+from schemas.errors import ErrorCode, KleinEditError
+from schemas.requests import EditRequest, OutputFormat
+from schemas.results import (
+    Cost,
+    EditCompleted,
+    EditParams,
+    EditStatus,
+    ErrorInfo,
+    OutputInfo,
+    Timing,
+)
+from storage import (
+    InvalidLocation,
+    PutOutcome,
+    S3Location,
+    StoredObject,
+    parse_input_location,
+    resolve_output_location,
+)
+
+T = TypeVar("T")
+
+# Object metadata written with every output: enough to answer a redelivered request without the GPU.
+META_REQUEST_ID = "request-id"
+
+
+class Store(Protocol):
+    """What the processor needs from S3 (`storage.ImageStore` is the real one)."""
+
+    def fetch(self, location: S3Location) -> bytes: ...
+    def find_output(self, location: S3Location) -> StoredObject | None: ...
+    def put_output(
+        self, location: S3Location, data: bytes, *, content_type: str, metadata: dict[str, str]
+    ) -> PutOutcome: ...
+
+
+@dataclass
+class EditContext:
+    """What is known about one record so far; a failure result is built from whatever got filled in."""
+
+    request_id: str
+    picked_up: float  # time.time() at pickup
+    record_timestamp_ms: int | None
+    attempt: int = 1
+    request: EditRequest | None = None
+    params: EditParams | None = None
+    input_megapixels: float = 0.0
+    fetch_ms: float = 0.0
+    inference_ms: float = 0.0
+    upload_ms: float = 0.0
+    gpu_ms: float = 0.0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def queued_ms(self) -> float:
+        if self.record_timestamp_ms is None:
+            return 0.0
+        return max(0.0, self.picked_up * 1000.0 - self.record_timestamp_ms)
+
+    def timing(self) -> Timing:
+        total = self.queued_ms + (time.time() - self.picked_up) * 1000.0
+        return Timing(
+            queued=round(self.queued_ms, 1),
+            fetch=round(self.fetch_ms, 1),
+            inference=round(self.inference_ms, 1),
+            upload=round(self.upload_ms, 1),
+            total=round(total, 1),
+        )
+
+
+@dataclass
+class PreparedEdit:
+    """A request whose inputs are fetched and decoded, ready for the GPU."""
+
+    request: EditRequest
+    images: list[Image.Image]
+    output: S3Location
+    output_format: OutputFormat
+    params: EditParams
+
+
+@dataclass
+class FinishedEdit:
+    image: Image.Image
+
+
+class EditProcessor:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        editor: Editor,
+        gpu: GpuLane,
+        io: Executor,
+        worker_name: str,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._editor = editor
+        self._gpu = gpu
+        self._io = io
+        self._worker_name = worker_name
+
+    @property
+    def editor(self) -> Editor:
+        return self._editor
+
+    @property
+    def model_name(self) -> str:
+        return self._editor.model_name
+
+    async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    # -- stage 1: checks, locations, idempotency, fetch and decode ------------------------------------
+
+    async def prepare(self, ctx: EditContext, request: EditRequest) -> PreparedEdit | EditCompleted:
+        """Returns the prepared edit, or the finished result when the output already exists."""
+        ctx.request = request
+        ctx.metadata = dict(request.metadata)
+        limits = self._settings.pipeline
+        if len(request.references) > limits.max_references:
+            raise RequestRejected(
+                f"references: {len(request.references)} given, at most {limits.max_references} allowed"
+            )
+        if request.deadline is not None and datetime.now(UTC) > request.deadline:
+            raise DeadlineExceeded(f"deadline {request.deadline.isoformat()} passed before pickup")
+
+        s3 = self._settings.s3
+        inputs = [parse_input_location(request.image, s3, field="image")]
+        inputs += [
+            parse_input_location(ref, s3, field=f"references[{i}]") for i, ref in enumerate(request.references)
+        ]
+        spec = request.output
+        fmt = spec.format if spec else OutputFormat.PNG
+        output = resolve_output_location(
+            spec.uri if spec else None,
+            request_id=request.request_id,
+            extension=fmt.extension,
+            settings=s3,
+            inputs=inputs,
+        )
+
+        started = time.perf_counter()
+        existing = await self._in_io(self._store.find_output, output)
+        if existing is not None:
+            ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
+            return self._replay_existing(ctx, request, existing)
+
+        names = ["image", *(f"references[{i}]" for i in range(len(request.references)))]
+        images = await asyncio.gather(
+            *(self._in_io(self._fetch_and_decode, loc, name) for loc, name in zip(inputs, names, strict=True))
+        )
+        ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
+        ctx.input_megapixels = sum(megapixels(image) for image in images)
+
+        requested = (request.width, request.height) if request.width and request.height else None
+        width, height = resolve_output_size(images[0].size, requested, limits.max_megapixels)
+        ctx.params = EditParams(
+            prompt=request.compiled_prompt,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            seed=request.seed if request.seed is not None else secrets.randbelow(2**32),
+            width=width,
+            height=height,
+            references=len(request.references),
+        )
+        return PreparedEdit(request=request, images=images, output=output, output_format=fmt, params=ctx.params)
+
+    def _fetch_and_decode(self, location: S3Location, name: str) -> Image.Image:
+        data = self._store.fetch(location)
+        limits = self._settings.pipeline
+        return decode_image(
+            data, max_pixels=limits.max_input_pixels, formats=limits.allowed_formats, name=f"{name} ({location.uri})"
+        )
+
+    # -- stage 2: the GPU --------------------------------------------------------------------------------
+
+    async def edit(
+        self, ctx: EditContext, prepared: PreparedEdit, on_step: Callable[[int, int], None] | None = None
+    ) -> FinishedEdit:
+        params = prepared.params
+        job = EditJob(
+            images=prepared.images,
+            prompt=params.prompt,
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            seed=params.seed,
+            width=params.width,
+            height=params.height,
+            on_step=on_step,
+        )
+        started = time.perf_counter()
+        try:
+            result = await self._gpu.run(self._editor.edit, job)
+        finally:
+            ctx.gpu_ms = (time.perf_counter() - started) * 1000.0
+        ctx.inference_ms = result.inference_ms
+        return FinishedEdit(image=result.image)
+
+    # -- stage 3: encode, upload, result ---------------------------------------------------------------
+
+    async def store(self, ctx: EditContext, prepared: PreparedEdit, finished: FinishedEdit) -> EditCompleted:
+        started = time.perf_counter()
+        data = await self._in_io(encode_image, finished.image, prepared.output_format)
+        params = prepared.params
+        metadata = {
+            META_REQUEST_ID: prepared.request.request_id,
+            "seed": str(params.seed),
+            "width": str(params.width),
+            "height": str(params.height),
+            "format": prepared.output_format.value,
+            "steps": str(params.num_inference_steps),
+            "guidance": repr(params.guidance_scale),
+            "references": str(params.references),
+            "input-megapixels": repr(ctx.input_megapixels),
+            "model": self.model_name,
+        }
+        outcome = await self._in_io(
+            lambda: self._store.put_output(
+                prepared.output, data, content_type=prepared.output_format.content_type, metadata=metadata
+            )
+        )
+        ctx.upload_ms = (time.perf_counter() - started) * 1000.0
+        if not outcome.created:
+            # Another worker finished the same request first; its object is the answer, ours is dropped.
+            if outcome.existing is None:
+                raise InvalidLocation(f"output.uri: {prepared.output.uri} exists but could not be read back")
+            return self._replay_existing(ctx, prepared.request, outcome.existing)
+        return self._succeeded(
+            ctx,
+            OutputInfo(
+                uri=prepared.output.uri,
+                width=finished.image.width,
+                height=finished.image.height,
+                format=prepared.output_format,
+                bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+            ),
+            params,
+        )
+
+    # -- results -----------------------------------------------------------------------------------------
+
+    def _replay_existing(self, ctx: EditContext, request: EditRequest, existing: StoredObject) -> EditCompleted:
+        """The answer for a request whose output is already stored: same output, params and cost."""
+        meta = existing.metadata
+        if meta.get(META_REQUEST_ID) != request.request_id:
+            raise InvalidLocation(
+                f"output.uri: {existing.location.uri} already holds another request's output "
+                f"({meta.get(META_REQUEST_ID, 'unknown')}); outputs are never overwritten"
+            )
+        try:
+            width, height = int(meta["width"]), int(meta["height"])
+            params = EditParams(
+                prompt=request.compiled_prompt,
+                num_inference_steps=int(meta.get("steps", request.num_inference_steps)),
+                guidance_scale=float(meta.get("guidance", request.guidance_scale)),
+                seed=int(meta["seed"]),
+                width=width,
+                height=height,
+                references=int(meta.get("references", len(request.references))),
+            )
+            ctx.input_megapixels = float(meta.get("input-megapixels", 0.0))
+            fmt = OutputFormat(meta.get("format", OutputFormat.PNG.value))
+        except (KeyError, ValueError) as exc:
+            raise InvalidLocation(
+                f"output.uri: {existing.location.uri} exists but lacks klein-edit metadata ({exc})"
+            ) from exc
+        ctx.params = params
+        info = OutputInfo(
+            uri=existing.location.uri,
+            width=width,
+            height=height,
+            format=fmt,
+            bytes=existing.size,
+            sha256=existing.sha256 or "",
+        )
+        return self._succeeded(ctx, info, params)
+
+    def _succeeded(self, ctx: EditContext, output: OutputInfo, params: EditParams) -> EditCompleted:
+        cost = Cost.for_output(
+            width=output.width,
+            height=output.height,
+            input_megapixels=ctx.input_megapixels,
+            usd_per_megapixel=self._settings.cost.usd_per_megapixel,
+        )
+        return self._event(ctx, EditStatus.SUCCEEDED, output=output, cost=cost, error=None)
+
+    def unsuccessful(self, ctx: EditContext, error: KleinEditError) -> EditCompleted:
+        """The `failed` (or `canceled`) result for an error: costs nothing, reports the GPU time used."""
+        status = EditStatus.CANCELED if error.code is ErrorCode.CANCELED else EditStatus.FAILED
+        cost = Cost.free(
+            input_megapixels=ctx.input_megapixels, usd_per_megapixel=self._settings.cost.usd_per_megapixel
+        )
+        return self._event(ctx, status, output=None, cost=cost, error=ErrorInfo.from_error(error))
+
+    def _event(
+        self,
+        ctx: EditContext,
+        status: EditStatus,
+        *,
+        output: OutputInfo | None,
+        cost: Cost,
+        error: ErrorInfo | None,
+    ) -> EditCompleted:
+        return EditCompleted(
+            request_id=ctx.request_id,
+            status=status,
+            output=output,
+            cost=cost,
+            timing_ms=ctx.timing(),
+            error=error,
+            params=ctx.params,
+            model=self.model_name,
+            attempt=ctx.attempt,
+            worker=self._worker_name,
+            completed_at=datetime.now(UTC),
+            metadata=ctx.metadata,
+            gpu_ms=round(ctx.gpu_ms, 1),
+        )
+

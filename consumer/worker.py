@@ -1,0 +1,463 @@
+"""The Kafka side of the worker: poll, overlap the stages of several records, publish, commit.
+
+Delivery is at-least-once into an idempotent sink:
+- a record's offset is committed only after its output is in S3 and its result event is acknowledged,
+  and per partition only up to the lowest record still in flight (`PartitionOffsets`);
+- while records are in flight the consumer keeps polling (with partitions paused when full), so an edit
+  longer than `max_poll_interval_ms` never costs the group membership;
+- outputs have a deterministic key and are written with a conditional put, so a redelivered request is
+  answered from S3 without the GPU.
+
+Each record runs as one task: prepare (fetch + decode, I/O threads) -> GPU (one thread, chosen by the
+`GpuGate`) -> store (encode + upload, I/O threads) -> publish. Records overlap, so the GPU works on one
+while the next is fetched and the previous is uploaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from consumer import kafka as kafka_io
+from consumer.codec import decode_request, encode_event, salvage_request_id
+from consumer.fate import Action, InternalError, PoisonMessage, decide
+from consumer.gpu import GpuGate, GpuLane
+from consumer.metrics import WorkerMetrics
+from consumer.offsets import PartitionOffsets
+from consumer.processor import EditContext, EditProcessor, PreparedEdit, Store
+from consumer.settings import Settings
+from pipeline import EditCanceled, Editor
+from schemas.errors import ErrorCode, KleinEditError
+from schemas.results import EditCompleted
+
+log = structlog.get_logger("klein_edit.worker")
+
+EXIT_OK = 0
+EXIT_FATAL = 70  # EX_SOFTWARE: the device is unusable; the orchestrator should replace the process
+
+
+class Ledger(Protocol):
+    """Durable attempt counts per record (`storage.AttemptLedger` is the real one)."""
+
+    def record_attempt(self, topic: str, partition: int, offset: int) -> int: ...
+    def clear(self, topic: str, partition: int, offset: int) -> None: ...
+
+
+class WorkerState:
+    """What the health endpoints report."""
+
+    def __init__(self) -> None:
+        self.model_ready = False
+        self.in_group = False
+        self.draining = False
+        self.consume_task: asyncio.Task[Any] | None = None
+        self.last_loop_at = time.monotonic()
+
+    @property
+    def ready(self) -> bool:
+        return self.model_ready and self.in_group and not self.draining
+
+    @property
+    def alive(self) -> bool:
+        if self.consume_task is not None and self.consume_task.done():
+            return False
+        return time.monotonic() - self.last_loop_at < 60.0
+
+
+@dataclass
+class _InFlight:
+    record: ConsumerRecord[bytes, bytes]
+    task: asyncio.Task[None]
+    request_id: str
+    lane: int
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: EditWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker._commit_ready()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._worker._on_assigned(assigned)
+
+
+class EditWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        editor_factory: Callable[[], Editor],
+        store: Store,
+        ledger: Ledger,
+        metrics: WorkerMetrics | None = None,
+        state: WorkerState | None = None,
+        gpu: GpuLane | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
+        self.state = state or WorkerState()
+        self.gpu = gpu or GpuLane()
+        self._editor_factory = editor_factory
+        self._store = store
+        self._ledger = ledger
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="klein-io")
+        self._gate = GpuGate()
+        self._lanes = {topic: lane for lane, topic in enumerate(settings.kafka.request_topics)}
+        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._in_flight: dict[tuple[TopicPartition, int], _InFlight] = {}
+        self._commit_lock = asyncio.Lock()
+        self._abandon = asyncio.Event()
+        self._fatal: KleinEditError | None = None
+        self._processor: EditProcessor | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._paused: set[TopicPartition] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Load the model, join the group, consume until `stop` is set; returns the exit code."""
+        self.state.consume_task = asyncio.current_task()
+        editor = await self._load_editor()
+        self._processor = EditProcessor(
+            self.settings, store=self._store, editor=editor, gpu=self.gpu, io=self._io,
+            worker_name=self.settings.worker.name,
+        )
+        kafka = self.settings.kafka
+        self._producer = kafka_io.make_producer(kafka)
+        self._consumer = kafka_io.make_consumer(kafka, group_id=kafka.group_id)
+        await self._producer.start()
+        try:
+            await self._consumer.start()
+            self._consumer.subscribe(kafka.request_topics, listener=_Rebalance(self))
+            log.info("worker.started", topics=kafka.request_topics, group=kafka.group_id, model=editor.model_name)
+            try:
+                await self._consume(stop)
+                await self._drain()
+            finally:
+                await self._commit_ready()
+                await self._consumer.stop()
+        finally:
+            await self._producer.stop()
+            self._io.shutdown(wait=False, cancel_futures=True)
+        if self._fatal is not None:
+            log.error("worker.fatal", code=self._fatal.code.value, error=self._fatal.message)
+            return EXIT_FATAL
+        log.info("worker.stopped")
+        return EXIT_OK
+
+    async def _load_editor(self) -> Editor:
+        started = time.perf_counter()
+        editor = await self.gpu.run(self._editor_factory)
+        if self.settings.pipeline.warmup:
+            await self.gpu.run(editor.warm_up)
+        seconds = time.perf_counter() - started
+        self.metrics.model_load_seconds.set(seconds)
+        self._observe_gpu_memory(editor)
+        self.state.model_ready = True
+        self.gpu.reset_clock()
+        log.info("model.ready", model=editor.model_name, load_s=round(seconds, 2))
+        return editor
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        assert self._consumer is not None
+        next_lag_at = 0.0
+        while not stop.is_set() and self._fatal is None:
+            self.state.last_loop_at = time.monotonic()
+            free = self.settings.worker.max_in_flight - len(self._in_flight)
+            self._apply_pauses(full=free <= 0)
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=max(free, 1))
+            for tp, records in batches.items():
+                self._admit(tp, records)
+            await self._commit_ready()
+            if time.monotonic() >= next_lag_at:
+                next_lag_at = time.monotonic() + 5.0
+                await self._observe_lag()
+
+    def _admit(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        assert self._consumer is not None
+        for record in records:
+            if (tp, record.offset) in self._in_flight:
+                continue  # refetched after a rebalance while it still runs here
+            if len(self._in_flight) >= self.settings.worker.max_in_flight:
+                # Fetched despite a pause (aiokafka forgets pauses on rebalance): read it again later.
+                self._consumer.seek(tp, record.offset)
+                return
+            self._start(tp, record)
+
+    def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        request_id = salvage_request_id(record.value, record.key) or f"invalid:{tp.topic}:{tp.partition}:{record.offset}"
+        self._offsets.setdefault(tp, PartitionOffsets()).start(record.offset)
+        lane = self._lanes.get(tp.topic, len(self._lanes))
+        task = asyncio.create_task(self._handle(tp, record, request_id, lane), name=f"edit-{request_id}")
+        self._in_flight[(tp, record.offset)] = _InFlight(record, task, request_id, lane)
+        self.metrics.in_flight.set(len(self._in_flight))
+
+    async def _drain(self) -> None:
+        """Stop fetching; let in-flight edits finish within the grace period, then give up on the rest."""
+        assert self._consumer is not None
+        self.state.draining = True
+        grace = self.settings.worker.drain_grace_s
+        if self._fatal is not None:
+            grace = 0.0
+        log.info("worker.draining", in_flight=len(self._in_flight), grace_s=grace)
+        deadline = time.monotonic() + grace
+        self._apply_pauses(full=True)
+        while self._in_flight and time.monotonic() < deadline:
+            self.state.last_loop_at = time.monotonic()
+            # Polling paused partitions returns nothing but keeps this member in the group.
+            await self._consumer.getmany(timeout_ms=100)
+            await self._commit_ready()
+        if self._in_flight:
+            log.warning("worker.abandoning", records=len(self._in_flight))
+            self._abandon.set()
+            for key, flight in list(self._in_flight.items()):
+                flight.task.cancel()
+                self._offsets[key[0]].abandon(key[1])
+            await asyncio.gather(*(f.task for f in self._in_flight.values()), return_exceptions=True)
+            self._in_flight.clear()
+
+    # -- one record ----------------------------------------------------------------------------------------
+
+    async def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], request_id: str, lane: int) -> None:
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id, topic=tp.topic, partition=tp.partition, offset=record.offset
+        )
+        assert self._processor is not None
+        ctx = EditContext(request_id=request_id, picked_up=time.time(), record_timestamp_ms=record.timestamp)
+        try:
+            result = await self._attempt_until_settled(tp, record, ctx, lane)
+            if result is not None:
+                await self._publish_result(result)
+                self._log_summary(result)
+                self._observe_gpu_memory(self._processor.editor)
+                self._finish(tp, record.offset)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Publishing only fails here when the worker is abandoning; the record stays uncommitted.
+            log.exception("edit.unfinished")
+        finally:
+            self._in_flight.pop((tp, record.offset), None)
+            self.metrics.in_flight.set(len(self._in_flight))
+
+    async def _attempt_until_settled(
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], ctx: EditContext, lane: int
+    ) -> EditCompleted | None:
+        """Run the record until it succeeds or `decide` settles its fate; None means: do not commit."""
+        assert self._processor is not None
+        tries = 0
+        while True:
+            tries += 1
+            ctx.attempt = max(tries, await self._durable_attempt(tp, record.offset))
+            try:
+                if ctx.attempt > self.settings.worker.max_attempts:
+                    raise PoisonMessage(
+                        f"picked up {ctx.attempt - 1} times without finishing (it crashed or hung the worker)"
+                    )
+                request = decode_request(record.value, max_bytes=self.settings.kafka.max_request_bytes)
+                return await self._run_stages(ctx, request, lane)
+            except KleinEditError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("edit.unexpected_error")
+                error = InternalError(f"{type(exc).__name__}: {exc}")
+            worker = self.settings.worker
+            verdict = decide(
+                error, attempt=ctx.attempt, max_attempts=worker.max_attempts,
+                backoff_s=worker.retry_backoff_s, backoff_max_s=worker.retry_backoff_max_s,
+            )
+            if verdict.action is Action.RETRY:
+                self.metrics.retries.labels(code=error.code.value).inc()
+                log.warning("edit.retrying", code=error.code.value, error=error.message,
+                            attempt=ctx.attempt, backoff_s=verdict.backoff_s)
+                await asyncio.sleep(verdict.backoff_s)
+                continue
+            if verdict.action is Action.CRASH:
+                self._fatal = error
+                return None
+            if verdict.action is Action.DEAD_LETTER:
+                await self._dead_letter(record, error, ctx.attempt)
+            return self._processor.unsuccessful(ctx, error)
+
+    async def _run_stages(self, ctx: EditContext, request: Any, lane: int) -> EditCompleted:
+        assert self._processor is not None
+        prepared = await self._processor.prepare(ctx, request)
+        if not isinstance(prepared, PreparedEdit):
+            return prepared  # answered from the stored output: no GPU work
+        await self._gate.acquire(lane)
+        try:
+            finished = await self._processor.edit(ctx, prepared, on_step=self._step_hook())
+        finally:
+            self._gate.release()
+        return await self._processor.store(ctx, prepared, finished)
+
+    def _step_hook(self) -> Callable[[int, int], None]:
+        abandon = self._abandon
+
+        def on_step(done: int, total: int) -> None:  # runs on the GPU thread, between denoising steps
+            if abandon.is_set():
+                raise EditCanceled("worker is shutting down past its grace period")
+
+        return on_step
+
+    async def _durable_attempt(self, tp: TopicPartition, offset: int) -> int:
+        """The attempt number kept in S3, which survives crashes; 0 when S3 cannot be reached."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._io, self._ledger.record_attempt, tp.topic, tp.partition, offset)
+        except KleinEditError as exc:
+            log.warning("ledger.unavailable", error=exc.message)
+            return 0
+
+    def _finish(self, tp: TopicPartition, offset: int) -> None:
+        self._offsets.setdefault(tp, PartitionOffsets()).finish(offset)
+        asyncio.get_running_loop().run_in_executor(self._io, self._clear_ledger, tp, offset)
+
+    def _clear_ledger(self, tp: TopicPartition, offset: int) -> None:
+        with contextlib.suppress(KleinEditError):
+            self._ledger.clear(tp.topic, tp.partition, offset)
+
+    # -- publishing -----------------------------------------------------------------------------------------
+
+    async def _publish_result(self, result: EditCompleted) -> None:
+        await self._send(self.settings.kafka.result_topic, encode_event(result), key=result.request_id.encode())
+        self.metrics.observe_result(result)
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: KleinEditError, attempts: int) -> None:
+        headers = [
+            (kafka_io.DLQ_ORIGINAL_TOPIC, record.topic.encode()),
+            (kafka_io.DLQ_ORIGINAL_PARTITION, str(record.partition).encode()),
+            (kafka_io.DLQ_ORIGINAL_OFFSET, str(record.offset).encode()),
+            (kafka_io.DLQ_ERROR_CODE, error.code.value.encode()),
+            (kafka_io.DLQ_ERROR_MESSAGE, error.message[:1000].encode("utf-8", "replace")),
+            (kafka_io.DLQ_ATTEMPTS, str(attempts).encode()),
+        ]
+        await self._send(self.settings.kafka.dlq_topic, record.value, key=record.key, headers=headers)
+        self.metrics.dead_lettered.labels(code=error.code.value).inc()
+        log.warning("edit.dead_lettered", code=error.code.value, error=error.message, attempts=attempts)
+
+    async def _send(
+        self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        """Send and wait for the ack, retrying through broker outages until acked or abandoned."""
+        assert self._producer is not None
+        delay = 0.5
+        while True:
+            try:
+                await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+                return
+            except KafkaError as exc:
+                if self._abandon.is_set():
+                    raise
+                log.warning("publish.retrying", topic=topic, error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # -- offsets, pauses, rebalances --------------------------------------------------------------------------
+
+    async def _commit_ready(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        async with self._commit_lock:
+            assigned = consumer.assignment()
+            to_commit = {}
+            for tp, offsets in self._offsets.items():
+                offset = offsets.committable()
+                # A partition that moved to another member is not ours to commit: its owner redoes the record.
+                if offset is not None and tp in assigned:
+                    to_commit[tp] = offset
+            if not to_commit:
+                return
+            try:
+                await consumer.commit(to_commit)
+            except KafkaError as exc:
+                log.warning("commit.failed", error=repr(exc), partitions=len(to_commit))
+                return
+            for tp, offset in to_commit.items():
+                self._offsets[tp].committed = offset
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        assert self._consumer is not None
+        self.state.in_group = True
+        self._paused &= assigned
+        for tp in assigned:
+            offsets = self._offsets.get(tp)
+            if offsets is None:
+                continue
+            # The partition came back: don't redo what already finished here but was not yet committed.
+            if not offsets.in_flight and offsets.highest_done is not None and offsets.abandoned_at is None:
+                self._consumer.seek(tp, offsets.highest_done + 1)
+            offsets.committed = None
+        # aiokafka forgets pauses on every rebalance: restore them before the next fetch.
+        self._paused.clear()
+        full = len(self._in_flight) >= self.settings.worker.max_in_flight or self.state.draining
+        self._apply_pauses(full=full)
+        log.info("partitions.assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+
+    def _apply_pauses(self, *, full: bool) -> None:
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        wanted = set(assigned) if full else set()
+        if wanted != self._paused or (full and set(self._consumer.paused()) != wanted):
+            to_resume = (self._paused - wanted) & assigned
+            if to_resume:
+                self._consumer.resume(*to_resume)
+            if wanted:
+                self._consumer.pause(*wanted)
+            self._paused = wanted
+
+    async def _observe_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        assigned = list(consumer.assignment())
+        if not assigned:
+            return
+        with contextlib.suppress(KafkaError, asyncio.TimeoutError):
+            ends = await asyncio.wait_for(consumer.end_offsets(assigned), timeout=2.0)
+            for tp in assigned:
+                committed = await asyncio.wait_for(consumer.committed(tp), timeout=2.0)
+                lag = ends.get(tp, 0) - (committed or 0)
+                self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(lag, 0))
+        if self._processor is not None:
+            self.metrics.gpu_busy_ratio.set(self.gpu.duty_cycle)
+
+    def _observe_gpu_memory(self, editor: Editor) -> None:
+        stats = editor.memory_stats()
+        self.metrics.gpu_memory.labels(kind="allocated").set(stats.get("allocated_bytes", 0.0))
+        self.metrics.gpu_memory.labels(kind="peak").set(stats.get("peak_bytes", 0.0))
+
+    # -- logging ----------------------------------------------------------------------------------------------
+
+    def _log_summary(self, result: EditCompleted) -> None:
+        """The one line per edit that operators grep for."""
+        fields: dict[str, Any] = {
+            "status": result.status.value,
+            "attempt": result.attempt,
+            "timing_ms": result.timing_ms.model_dump(),
+            "usd": result.cost.usd,
+        }
+        if result.output is not None:
+            fields.update(output=result.output.uri, width=result.output.width, height=result.output.height)
+        if result.error is not None:
+            fields.update(code=result.error.code.value, error=result.error.message)
+        if result.error is not None and result.error.code is not ErrorCode.CANCELED:
+            log.warning("edit.completed", **fields)
+        else:
+            log.info("edit.completed", **fields)
