@@ -1,0 +1,25 @@
+"""Fixtures for the consumer tests: the tiny editor (built once) and per-test isolated settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from consumer.settings import Settings
+from pipeline import Editor, KleinEditor
+from pipeline.config import TINY_RANDOM, PipelineSettings
+from tests.consumer.harness import integration_settings
+
+
+@pytest.fixture(scope="session")
+def tiny_editor() -> Editor:
+    return KleinEditor.load(PipelineSettings(model=TINY_RANDOM, device="cpu", warmup=False))
+
+
+@pytest.fixture
+def make_settings(kafka_bootstrap: str, s3_endpoint: str) -> Callable[..., Settings]:
+    def make(**sections: dict[str, object]) -> Settings:
+        return integration_settings(kafka_bootstrap, s3_endpoint, **sections)
+
+    return make
