@@ -1,0 +1,44 @@
+"""Image editing with FLUX.2 [klein] base: decoding inputs, running edits, loading the model.
+
+The consumer depends on the `Editor` protocol; `KleinEditor` is the real implementation and
+`StandInEditor` a model-free one. This package imports nothing from `storage` or `consumer`.
+"""
+
+from __future__ import annotations
+
+from pipeline import errors
+from pipeline.config import PipelineSettings
+from pipeline.editor import EditJob, Editor, EditOutput, KleinEditor
+from pipeline.errors import (
+    DeviceFailure,
+    EditCanceled,
+    GpuOutOfMemory,
+    ImageTooLarge,
+    InvalidImage,
+    ModelLoadError,
+    PipelineError,
+)
+from pipeline.images import check_edit_input, decode_image, encode_image, megapixels, resolve_output_size
+from pipeline.standin import StandInEditor
+
+__all__ = [
+    "DeviceFailure",
+    "EditCanceled",
+    "EditJob",
+    "EditOutput",
+    "Editor",
+    "GpuOutOfMemory",
+    "ImageTooLarge",
+    "InvalidImage",
+    "KleinEditor",
+    "ModelLoadError",
+    "PipelineError",
+    "PipelineSettings",
+    "StandInEditor",
+    "check_edit_input",
+    "decode_image",
+    "encode_image",
+    "errors",
+    "megapixels",
+    "resolve_output_size",
+]
