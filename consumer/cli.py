@@ -85,7 +85,64 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--group", default=None, help="consumer group that remembers what was replayed")
     r.set_defaults(handler=_cmd_dlq_replay)
 
+    p = sub.add_parser("cancel", help="ask workers to cancel a request (skipped or stopped between steps)")
+    p.add_argument("request_id")
+    p.add_argument("--reason", default=None)
+    p.set_defaults(handler=_cmd_cancel)
+
+    p = sub.add_parser("bench", help="benchmarks: orchestration (stand-in editor) or pipeline (random weights)")
+    bench = p.add_subparsers(dest="bench_mode", required=True)
+    b = bench.add_parser("orchestration", help="GPU-thread duty cycle with real Kafka and S3, vs a serial loop")
+    b.add_argument("--jobs", type=int, default=40)
+    b.add_argument("--edit-ms", type=float, default=200.0)
+    b.add_argument("--image-mb", type=float, default=2.0)
+    b.add_argument("--no-embedded", action="store_true", help="use the configured Kafka and S3 endpoints")
+    b.set_defaults(handler=_cmd_bench_orchestration)
+    b = bench.add_parser("pipeline", help="the real Flux2KleinPipeline code path with random weights",
+                         add_help=False)
+    b.add_argument("args", nargs=argparse.REMAINDER, help="see `klein-edit bench pipeline --help`")
+    b.set_defaults(handler=_cmd_bench_pipeline)
+
     return parser
+
+
+def _cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from consumer.client import EditClient
+    from schemas.control import CancelRequested
+
+    try:
+        command = CancelRequested(request_id=args.request_id, requested_at=datetime.now(UTC), reason=args.reason)
+    except ValidationError as exc:
+        print(f"klein-edit cancel: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+
+    async def send() -> None:
+        async with EditClient(settings.kafka) as client:
+            await client.cancel(command)
+
+    asyncio.run(send())
+    print(json.dumps({"canceled": command.request_id, "topic": settings.kafka.control_topic}))
+    return 0
+
+
+def _cmd_bench_orchestration(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.bench import print_orchestration_summary, run_orchestration_benchmark
+
+    summary = asyncio.run(
+        run_orchestration_benchmark(
+            settings, jobs=args.jobs, edit_ms=args.edit_ms, image_mb=args.image_mb, embedded=not args.no_embedded
+        )
+    )
+    print_orchestration_summary(summary)
+    return 0
+
+
+def _cmd_bench_pipeline(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.bench import main as pipeline_bench
+
+    return pipeline_bench(list(args.args))
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from consumer import kafka as kafka_io
 from consumer.codec import encode_event
 from consumer.settings import KafkaSettings
+from schemas.control import CancelRequested
 from schemas.requests import EditRequest
 from schemas.results import EditCompleted
 
@@ -57,6 +58,11 @@ class EditClient:
     async def submit(self, request: EditRequest, *, topic: str | None = None) -> None:
         await self._producer.send_and_wait(
             topic or self._kafka.request_topic, encode_event(request), key=request.request_id.encode()
+        )
+
+    async def cancel(self, command: CancelRequested) -> None:
+        await self._producer.send_and_wait(
+            self._kafka.control_topic, encode_event(command), key=command.request_id.encode()
         )
 
     async def wait_for(self, request_id: str, *, timeout_s: float) -> EditCompleted:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import threading
 import time
 from collections.abc import Callable
@@ -62,20 +61,27 @@ class GpuLane:
 
 
 class GpuGate:
-    """Decides which prepared edit gets the GPU next: the lowest (lane, arrival) wins.
+    """Decides which prepared edit gets the GPU next: the most urgent lane, then the earliest arrival.
 
-    Edits are fetched ahead of time, so several may be ready at once; the gate lets the most urgent
-    lane go first without a queue of its own per lane. Handing over costs one event-loop iteration.
+    Edits are fetched ahead of time, so several may be ready at once. `low_lane_share` keeps lower
+    lanes from starving: each turn given to the top lane while a lower lane waits earns that share of
+    a turn, and a whole earned turn goes to the best waiter of the lower lanes. Handing over costs one
+    event-loop iteration.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, low_lane_share: float = 0.0) -> None:
         self._busy = False
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrivals = 0
+        self._share = low_lane_share
+        self._credit = 0.0
 
     @property
     def waiting(self) -> int:
         return sum(1 for _, _, fut in self._waiters if not fut.done())
+
+    def waiting_in(self, lane: int) -> int:
+        return sum(1 for waiter_lane, _, fut in self._waiters if waiter_lane == lane and not fut.done())
 
     async def acquire(self, lane: int) -> None:
         if not self._busy and not self._waiters:
@@ -83,7 +89,7 @@ class GpuGate:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._arrivals += 1
-        heapq.heappush(self._waiters, (lane, self._arrivals, fut))
+        self._waiters.append((lane, self._arrivals, fut))
         try:
             await fut
         except asyncio.CancelledError:
@@ -92,9 +98,17 @@ class GpuGate:
             raise
 
     def release(self) -> None:
-        while self._waiters:
-            _, _, fut = heapq.heappop(self._waiters)
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self._busy = False
+        self._waiters = [w for w in self._waiters if not w[2].done()]
+        if not self._waiters:
+            self._busy = False
+            return
+        ordered = sorted(self._waiters, key=lambda w: (w[0], w[1]))
+        chosen = ordered[0]
+        lower = [w for w in ordered if w[0] > chosen[0]]
+        if lower and self._share > 0:
+            self._credit += self._share
+            if self._credit >= 1.0:
+                self._credit -= 1.0
+                chosen = lower[0]
+        self._waiters.remove(chosen)
+        chosen[2].set_result(None)

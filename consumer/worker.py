@@ -30,14 +30,18 @@ from aiokafka.errors import KafkaError
 
 from consumer import kafka as kafka_io
 from consumer.codec import decode_request, encode_event, salvage_request_id
+from consumer.control import CancelRegistry, ControlReader
 from consumer.fate import Action, InternalError, PoisonMessage, decide
 from consumer.gpu import GpuGate, GpuLane
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import PartitionOffsets
 from consumer.processor import EditContext, EditProcessor, PreparedEdit, Store
+from consumer.progress import ProgressReporter
 from consumer.settings import Settings
 from pipeline import EditCanceled, Editor
 from schemas.errors import ErrorCode, KleinEditError
+from schemas.progress import EditProgressed, EditStage
+from schemas.requests import EditRequest
 from schemas.results import EditCompleted
 
 log = structlog.get_logger("klein_edit.worker")
@@ -71,6 +75,8 @@ class WorkerState:
     def alive(self) -> bool:
         if self.consume_task is not None and self.consume_task.done():
             return False
+        if not self.model_ready:
+            return True  # loading runs on the GPU thread; the startup probe bounds how long it may take
         return time.monotonic() - self.last_loop_at < 60.0
 
 
@@ -113,8 +119,11 @@ class EditWorker:
         self._store = store
         self._ledger = ledger
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="klein-io")
-        self._gate = GpuGate()
+        self._gate = GpuGate(low_lane_share=settings.kafka.low_lane_share)
         self._lanes = {topic: lane for lane, topic in enumerate(settings.kafka.request_topics)}
+        self._cancels = CancelRegistry(settings.worker.canceled_ids_capacity)
+        self._control = ControlReader(settings.kafka, self._cancels)
+        self._next_offset: dict[TopicPartition, int] = {}  # one past the last record admitted
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._in_flight: dict[tuple[TopicPartition, int], _InFlight] = {}
         self._commit_lock = asyncio.Lock()
@@ -139,7 +148,12 @@ class EditWorker:
         self._producer = kafka_io.make_producer(kafka)
         self._consumer = kafka_io.make_consumer(kafka, group_id=kafka.group_id)
         await self._producer.start()
+        control_stop = asyncio.Event()
+        control_task = asyncio.create_task(self._control.run(control_stop), name="control-reader")
         try:
+            # Cancels published before this worker started must be known before its first pickup.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._control.caught_up.wait()), timeout=15.0)
             await self._consumer.start()
             self._consumer.subscribe(kafka.request_topics, listener=_Rebalance(self))
             log.info("worker.started", topics=kafka.request_topics, group=kafka.group_id, model=editor.model_name)
@@ -150,6 +164,9 @@ class EditWorker:
                 await self._commit_ready()
                 await self._consumer.stop()
         finally:
+            control_stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(control_task, timeout=5.0)
             await self._producer.stop()
             self._io.shutdown(wait=False, cancel_futures=True)
         if self._fatal is not None:
@@ -196,6 +213,7 @@ class EditWorker:
                 self._consumer.seek(tp, record.offset)
                 return
             self._start(tp, record)
+            self._next_offset[tp] = record.offset + 1
 
     def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         request_id = salvage_request_id(record.value, record.key) or f"invalid:{tp.topic}:{tp.partition}:{record.offset}"
@@ -261,14 +279,12 @@ class EditWorker:
         tries = 0
         while True:
             tries += 1
-            ctx.attempt = max(tries, await self._durable_attempt(tp, record.offset))
+            # The durable count (which catches crash loops) is taken when the record gets the GPU, in
+            # `_count_gpu_attempt`: counting at pickup blamed every prefetched bystander of a poison record.
+            ctx.attempt = tries
             try:
-                if ctx.attempt > self.settings.worker.max_attempts:
-                    raise PoisonMessage(
-                        f"picked up {ctx.attempt - 1} times without finishing (it crashed or hung the worker)"
-                    )
                 request = decode_request(record.value, max_bytes=self.settings.kafka.max_request_bytes)
-                return await self._run_stages(ctx, request, lane)
+                return await self._run_stages(ctx, request, lane, tp=tp, offset=record.offset)
             except KleinEditError as exc:
                 error = exc
             except asyncio.CancelledError:
@@ -294,26 +310,87 @@ class EditWorker:
                 await self._dead_letter(record, error, ctx.attempt)
             return self._processor.unsuccessful(ctx, error)
 
-    async def _run_stages(self, ctx: EditContext, request: Any, lane: int) -> EditCompleted:
+    async def _run_stages(
+        self, ctx: EditContext, request: EditRequest, lane: int, *, tp: TopicPartition, offset: int
+    ) -> EditCompleted:
         assert self._processor is not None
-        prepared = await self._processor.prepare(ctx, request)
-        if not isinstance(prepared, PreparedEdit):
-            return prepared  # answered from the stored output: no GPU work
-        await self._gate.acquire(lane)
+        reporter = self._reporter_for(ctx, request)
         try:
-            finished = await self._processor.edit(ctx, prepared, on_step=self._step_hook())
+            self._raise_if_canceled(ctx.request_id, "before pickup")
+            if reporter:
+                reporter.stage(EditStage.FETCHING)
+            prepared = await self._processor.prepare(ctx, request)
+            if not isinstance(prepared, PreparedEdit):
+                return prepared  # answered from the stored output: no GPU work
+            await self._gate.acquire(lane)
+            try:
+                self._raise_if_canceled(ctx.request_id, "while waiting for the GPU")
+                await self._count_gpu_attempt(ctx, tp, offset)
+                if reporter:
+                    reporter.stage(EditStage.EDITING, total_steps=prepared.params.num_inference_steps)
+                finished = await self._processor.edit(ctx, prepared, on_step=self._step_hook(ctx.request_id, reporter))
+            finally:
+                self._gate.release()
+            self._raise_if_canceled(ctx.request_id, "after the last step, before upload")
+            if reporter:
+                reporter.stage(EditStage.UPLOADING)
+            return await self._processor.store(ctx, prepared, finished)
         finally:
-            self._gate.release()
-        return await self._processor.store(ctx, prepared, finished)
+            if reporter:
+                reporter.close()
 
-    def _step_hook(self) -> Callable[[int, int], None]:
-        abandon = self._abandon
+    def _raise_if_canceled(self, request_id: str, when: str) -> None:
+        if request_id in self._cancels:
+            raise EditCanceled(f"canceled by a control command {when}")
+
+    def _reporter_for(self, ctx: EditContext, request: EditRequest) -> ProgressReporter | None:
+        wanted = request.progress if request.progress is not None else self.settings.worker.progress
+        if not wanted:
+            return None
+        return ProgressReporter(
+            request_id=ctx.request_id,
+            worker=self.settings.worker.name,
+            interval_s=self.settings.worker.progress_interval_s,
+            emit=self._emit_progress,
+            picked_up=time.monotonic() - (time.time() - ctx.picked_up),
+        )
+
+    def _emit_progress(self, event: EditProgressed) -> None:
+        """Fire and forget: the producer batches it; a failure costs one progress event, nothing more."""
+        if self._producer is None:
+            return
+        send = self._producer.send(
+            self.settings.kafka.progress_topic, encode_event(event), key=event.request_id.encode()
+        )
+        asyncio.ensure_future(send).add_done_callback(_ignore_result)
+
+    def _step_hook(self, request_id: str, reporter: ProgressReporter | None) -> Callable[[int, int], None]:
+        abandon, cancels = self._abandon, self._cancels
+        loop = asyncio.get_running_loop()
 
         def on_step(done: int, total: int) -> None:  # runs on the GPU thread, between denoising steps
             if abandon.is_set():
                 raise EditCanceled("worker is shutting down past its grace period")
+            if request_id in cancels:
+                raise EditCanceled(f"canceled by a control command after step {done}/{total}")
+            if reporter is not None:
+                loop.call_soon_threadsafe(reporter.step, done, total)
 
         return on_step
+
+    async def _count_gpu_attempt(self, ctx: EditContext, tp: TopicPartition, offset: int) -> None:
+        """Count this GPU run in the ledger; give up on a record that already had `max_attempts` of them.
+
+        Counted here, with the GPU held, not at pickup: a process death (OOM kill, CUDA segfault, hang)
+        then counts against the one record on the GPU, not against the records prefetched behind it,
+        which were dead-lettered as poison along with it before (tests/consumer/test_faults.py poison
+        test). A crash while fetching or decoding is not counted (see docs/reliability.md).
+        """
+        ctx.attempt = max(ctx.attempt, await self._durable_attempt(tp, offset))
+        if ctx.attempt > self.settings.worker.max_attempts:
+            raise PoisonMessage(
+                f"picked up {ctx.attempt - 1} times without finishing (it crashed or hung the worker)"
+            )
 
     async def _durable_attempt(self, tp: TopicPartition, offset: int) -> int:
         """The attempt number kept in S3, which survives crashes; 0 when S3 cannot be reached."""
@@ -411,16 +488,44 @@ class EditWorker:
         log.info("partitions.assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 
     def _apply_pauses(self, *, full: bool) -> None:
+        """Pause everything when full; otherwise pause lower lanes while a higher lane has a backlog.
+
+        A lower lane keeps one record in flight even then, so the gate's `low_lane_share` always has a
+        candidate and the lane is never starved.
+        """
         assert self._consumer is not None
         assigned = self._consumer.assignment()
-        wanted = set(assigned) if full else set()
-        if wanted != self._paused or (full and set(self._consumer.paused()) != wanted):
+        wanted = set(assigned) if full else self._lanes_to_hold(assigned)
+        if wanted != self._paused or (wanted and not wanted <= set(self._consumer.paused())):
             to_resume = (self._paused - wanted) & assigned
             if to_resume:
                 self._consumer.resume(*to_resume)
             if wanted:
                 self._consumer.pause(*wanted)
             self._paused = wanted
+
+    def _lanes_to_hold(self, assigned: set[TopicPartition]) -> set[TopicPartition]:
+        if len(self._lanes) < 2:
+            return set()
+        in_flight_per_lane: dict[int, int] = {}
+        for flight in self._in_flight.values():
+            in_flight_per_lane[flight.lane] = in_flight_per_lane.get(flight.lane, 0) + 1
+        hold: set[TopicPartition] = set()
+        higher_has_work = False
+        for lane in sorted(set(self._lanes.values())):
+            partitions = {tp for tp in assigned if self._lanes.get(tp.topic) == lane}
+            if higher_has_work and in_flight_per_lane.get(lane, 0) >= 1:
+                hold |= partitions
+            backlog = in_flight_per_lane.get(lane, 0) + sum(self._unread(tp) for tp in partitions)
+            higher_has_work = higher_has_work or backlog > 0
+        return hold
+
+    def _unread(self, tp: TopicPartition) -> int:
+        assert self._consumer is not None
+        highwater = self._consumer.highwater(tp)
+        if highwater is None or tp not in self._next_offset:
+            return 0
+        return max(0, highwater - self._next_offset[tp])
 
     async def _observe_lag(self) -> None:
         consumer = self._consumer
@@ -461,3 +566,8 @@ class EditWorker:
             log.warning("edit.completed", **fields)
         else:
             log.info("edit.completed", **fields)
+
+
+def _ignore_result(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.debug("progress.send_failed", error=repr(future.exception()))

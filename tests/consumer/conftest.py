@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from consumer.settings import Settings
 from pipeline import Editor, KleinEditor
 from pipeline.config import TINY_RANDOM, PipelineSettings
-from tests.consumer.harness import integration_settings
+from tests.consumer.harness import WorkerProcess, integration_settings
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +24,19 @@ def make_settings(kafka_bootstrap: str, s3_endpoint: str) -> Callable[..., Setti
         return integration_settings(kafka_bootstrap, s3_endpoint, **sections)
 
     return make
+
+
+@pytest.fixture
+def worker_processes() -> Iterator[Callable[..., WorkerProcess]]:
+    """Starts real worker processes (`WorkerProcess(settings, spec, **worker_overrides)`); kills them all
+    at the end of the test, whatever happened."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, spec: str, **worker: Any) -> WorkerProcess:
+        process = WorkerProcess(settings, spec, **worker)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

@@ -7,26 +7,38 @@ other's records or objects on the shared broker and S3 server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from PIL import Image
 from pydantic import SecretStr
 
 from consumer import kafka as kafka_io
 from consumer.app import build_worker
 from consumer.codec import encode_event
+from consumer.services import free_port
 from consumer.settings import KafkaSettings, Settings, WorkerSettings
 from pipeline import Editor
 from pipeline.config import TINY_RANDOM, PipelineSettings
 from schemas.requests import EditRequest
 from schemas.results import EditCompleted
 from storage import ImageStore, S3Location, S3Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def integration_settings(kafka_bootstrap: str, s3_endpoint: str, **sections: dict[str, Any]) -> Settings:
@@ -55,7 +67,12 @@ def integration_settings(kafka_bootstrap: str, s3_endpoint: str, **sections: dic
         "max_attempts": 1,
     }
     pipeline: dict[str, Any] = {"model": TINY_RANDOM, "device": "cpu", "warmup": False}
-    worker: dict[str, Any] = {"name": f"w-{tag}", "http_port": None, "retry_backoff_s": 0.2, "drain_grace_s": 20}
+    worker: dict[str, Any] = {
+        "name": f"w-{tag}",
+        "http_port": None,
+        "retry_backoff_s": 0.2,
+        "drain_grace_s": 20,
+    }
     kafka.update(sections.get("kafka", {}))
     s3.update(sections.get("s3", {}))
     pipeline.update(sections.get("pipeline", {}))
@@ -105,7 +122,9 @@ async def publish(
         if isinstance(value, EditRequest):
             key = key or value.request_id.encode()
             value = encode_event(value)
-        await producer.send_and_wait(topic or settings.kafka.request_topic, value=value, key=key, headers=headers)
+        await producer.send_and_wait(
+            topic or settings.kafka.request_topic, value=value, key=key, headers=headers
+        )
     finally:
         await producer.stop()
 
@@ -133,8 +152,12 @@ async def read_topic(
     return records
 
 
-async def results(settings: Settings, *, count: int, timeout_s: float = 60.0, settle_s: float = 0.0) -> list[EditCompleted]:
-    records = await read_topic(settings, settings.kafka.result_topic, count=count, timeout_s=timeout_s, settle_s=settle_s)
+async def results(
+    settings: Settings, *, count: int, timeout_s: float = 60.0, settle_s: float = 0.0
+) -> list[EditCompleted]:
+    records = await read_topic(
+        settings, settings.kafka.result_topic, count=count, timeout_s=timeout_s, settle_s=settle_s
+    )
     return [EditCompleted.model_validate_json(r.value) for r in records if r.value]
 
 
@@ -174,7 +197,9 @@ def output_objects(store: ImageStore, settings: Settings) -> dict[str, bytes]:
     client = store.client
     bucket = settings.s3.output_bucket
     objects: dict[str, bytes] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=settings.s3.output_prefix):
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=settings.s3.output_prefix
+    ):
         for item in page.get("Contents", []):
             objects[item["Key"]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
     return objects
@@ -204,8 +229,187 @@ async def running_worker(
 
 
 def request(settings: Settings, image: str, **fields: Any) -> EditRequest:
-    body: dict[str, Any] = {"request_id": f"r-{uuid.uuid4().hex[:12]}", "image": image, "num_inference_steps": 25}
+    body: dict[str, Any] = {
+        "request_id": f"r-{uuid.uuid4().hex[:12]}",
+        "image": image,
+        "num_inference_steps": 25,
+    }
     if "prompt" not in fields and "recolor" not in fields:
         body["prompt"] = "make it blue"
     body.update(fields)
     return EditRequest.model_validate(body)
+
+
+# -- real worker processes ------------------------------------------------------------------------------
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """`settings` rendered as KLEIN_EDIT_* variables (nested with `__`, lists and dicts as JSON, secrets
+    unwrapped, None left out) so a worker subprocess builds exactly the same `Settings`."""
+    env: dict[str, str] = {}
+    for section_name in type(settings).model_fields:
+        section = getattr(settings, section_name)
+        for field_name in type(section).model_fields:
+            value = getattr(section, field_name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, list | dict | tuple):
+                text = json.dumps(value)
+            else:
+                text = str(value)
+            env[f"KLEIN_EDIT_{section_name.upper()}__{field_name.upper()}"] = text
+    return env
+
+
+class WorkerProcess:
+    """`python -m tests.consumer.worker_process SPEC` with `settings` in its environment.
+
+    Its stderr (JSON logs) goes to a file so tests can wait for log events. `kill()` is idempotent;
+    the `worker_processes` fixture calls it for every process a test started, pass or fail.
+    """
+
+    def __init__(self, settings: Settings, spec: str, *, name: str | None = None, **worker: Any) -> None:
+        self.spec = spec
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KLEIN_EDIT_")}
+        env.update(settings_env(settings))
+        env["KLEIN_EDIT_WORKER__NAME"] = name or f"{settings.worker.name}-{uuid.uuid4().hex[:4]}"
+        env["KLEIN_EDIT_WORKER__HTTP_PORT"] = str(free_port())  # None cannot be written to the environment
+        for key, value in worker.items():
+            env[f"KLEIN_EDIT_WORKER__{key.upper()}"] = str(value)
+        self.name = env["KLEIN_EDIT_WORKER__NAME"]
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the child's lifetime
+            prefix="klein-edit-worker-", suffix=".log", delete=False
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.consumer.worker_process", spec],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def log_text(self) -> str:
+        with open(self._log.name, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("event") == name:
+                found.append(entry)
+        return found
+
+    async def wait_for_event(
+        self, name: str, *, count: int = 1, timeout_s: float = 60.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.events(name)
+            if len(found) >= count:
+                return found
+            if self.returncode is not None:
+                raise AssertionError(
+                    f"worker exited ({self.returncode}) before {name!r}:\n{self.log_text()[-4000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"no {name!r} from the worker in {timeout_s} s:\n{self.log_text()[-4000:]}"
+                )
+            await asyncio.sleep(0.1)
+
+    async def wait_assigned(self, *, timeout_s: float = 60.0) -> None:
+        """Until the worker joined its group and got partitions (or an empty assignment)."""
+        await self.wait_for_event("partitions.assigned", timeout_s=timeout_s)
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.returncode is None:
+            self.process.send_signal(sig)
+
+    async def wait_exit(self, timeout_s: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout_s
+        while self.returncode is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker still running after {timeout_s} s:\n{self.log_text()[-4000:]}")
+            await asyncio.sleep(0.1)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+
+
+async def wait_for_attempt_record(store: ImageStore, settings: Settings, *, timeout_s: float = 60.0) -> str:
+    """Until the attempt ledger holds an object: a worker picked a record up (the edit starts next)."""
+    prefix = f"{settings.s3.state_prefix}attempts/"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        listed = store.client.list_objects_v2(Bucket=settings.s3.output_bucket, Prefix=prefix)
+        if listed.get("Contents"):
+            return listed["Contents"][0]["Key"]
+        await asyncio.sleep(0.1)
+    raise TimeoutError("no record was picked up")
+
+
+# -- checks shared by the delivery tests -------------------------------------------------------------------
+
+
+async def dead_letters(
+    settings: Settings, *, count: int, timeout_s: float = 60.0, settle_s: float = 0.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    return await read_topic(
+        settings, settings.kafka.dlq_topic, count=count, timeout_s=timeout_s, settle_s=settle_s
+    )
+
+
+def dlq_headers(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
+    return {key: bytes(value).decode() for key, value in record.headers or () if value is not None}
+
+
+def by_request(events: list[EditCompleted]) -> dict[str, list[EditCompleted]]:
+    grouped: dict[str, list[EditCompleted]] = {}
+    for event in events:
+        grouped.setdefault(event.request_id, []).append(event)
+    return grouped
+
+
+def assert_one_output_per_request(events: list[EditCompleted], objects: dict[str, bytes]) -> None:
+    """No request has two different outputs: every succeeded result of a request names the same object
+    with the same bytes, and the bucket holds exactly one object per succeeded request."""
+    succeeded: dict[str, set[tuple[str, str]]] = {}
+    for event in events:
+        if event.output is not None:
+            succeeded.setdefault(event.request_id, set()).add((event.output.uri, event.output.sha256))
+    for request_id, outputs in succeeded.items():
+        assert len(outputs) == 1, f"{request_id} has {len(outputs)} different outputs: {outputs}"
+    assert len(objects) == len(succeeded), (sorted(objects), sorted(succeeded))
+    for outputs in succeeded.values():
+        ((uri, sha),) = outputs
+        key = uri.split("/", 3)[3]
+        assert hashlib.sha256(objects[key]).hexdigest() == sha
+
+
+def no_lag(settings: Settings) -> dict[str, int]:
+    return {
+        f"{topic}-{p}": 0
+        for topic in settings.kafka.request_topics
+        for p in range(settings.kafka.topic_partitions)
+    }

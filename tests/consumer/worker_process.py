@@ -3,6 +3,7 @@
     python -m tests.consumer.worker_process standin:EDIT_MS     # StandInEditor holding the GPU thread
     python -m tests.consumer.worker_process tiny                # the tiny random-weight model
     python -m tests.consumer.worker_process crash-on:REQUEST_ID # os._exit(137) when that request is edited
+    python -m tests.consumer.worker_process device-failure-on:TEXT  # a sticky CUDA error for that request
 
 Settings come from KLEIN_EDIT_* like the real `klein-edit worker`; only the editor is injected, through
 the same `editor_factory` seam the tests use in-process.
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from consumer.app import build_worker, install_signal_handlers, serve
 from consumer.logs import configure_logging
 from consumer.settings import Settings
-from pipeline import EditJob, Editor, KleinEditor, StandInEditor
+from pipeline import DeviceFailure, EditJob, Editor, KleinEditor, StandInEditor
 
 
 def editor_factory(spec: str, settings: Settings) -> Callable[[], Editor]:
@@ -34,6 +35,13 @@ def editor_factory(spec: str, settings: Settings) -> Callable[[], Editor]:
                 os._exit(137)  # what the OOM killer or a segfault in a CUDA kernel looks like
 
         return lambda: StandInEditor(edit_ms=50, fault=crash)
+    if kind == "device-failure-on":
+
+        def sticky(job: EditJob) -> None:
+            if arg in job.prompt:
+                raise DeviceFailure("CUDA error: an illegal memory access was encountered (injected)")
+
+        return lambda: StandInEditor(edit_ms=50, fault=sticky)
     raise SystemExit(f"unknown editor spec {spec!r}")
 
 

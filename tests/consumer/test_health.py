@@ -1,0 +1,186 @@
+"""HealthServer.respond: /livez, /readyz, /metrics, 404 and 405, over a real WorkerState and WorkerMetrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from consumer.health import HealthServer
+from consumer.metrics import WorkerMetrics
+from consumer.worker import WorkerState
+from schemas.results import Cost, EditCompleted, EditStatus, Timing
+
+
+@pytest.fixture
+def state() -> WorkerState:
+    return WorkerState()
+
+
+@pytest.fixture
+def metrics() -> WorkerMetrics:
+    return WorkerMetrics()
+
+
+@pytest.fixture
+def server(state: WorkerState, metrics: WorkerMetrics) -> HealthServer:
+    return HealthServer(state, metrics, host="127.0.0.1", port=0)
+
+
+def ready(state: WorkerState) -> None:
+    state.model_ready = True
+    state.in_group = True
+    state.draining = False
+    state.last_loop_at = time.monotonic()
+
+
+# --- /livez ----------------------------------------------------------------------------------------
+
+
+def test_livez_ok_for_a_fresh_worker(server: HealthServer) -> None:
+    assert server.respond("GET", "/livez") == (200, "text/plain", b"ok\n")
+
+
+def test_livez_ok_while_the_loop_turns(server: HealthServer, state: WorkerState) -> None:
+    ready(state)
+    assert server.respond("GET", "/livez")[0] == 200
+
+
+def test_livez_fails_when_the_loop_stalls(server: HealthServer, state: WorkerState) -> None:
+    ready(state)
+    state.last_loop_at = time.monotonic() - 120
+    assert server.respond("GET", "/livez") == (503, "text/plain", b"consume loop stopped\n")
+
+
+async def test_livez_fails_when_the_consume_task_ended(server: HealthServer, state: WorkerState) -> None:
+    async def consume() -> None:
+        return None
+
+    state.consume_task = asyncio.create_task(consume())
+    await state.consume_task
+    assert server.respond("GET", "/livez")[0] == 503
+
+
+async def test_livez_ok_while_the_consume_task_runs(server: HealthServer, state: WorkerState) -> None:
+    task = asyncio.create_task(asyncio.sleep(10))
+    state.consume_task = task
+    try:
+        assert server.respond("GET", "/livez")[0] == 200
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# --- /readyz ---------------------------------------------------------------------------------------
+
+
+def test_readyz_503_before_the_model_is_ready(server: HealthServer, state: WorkerState) -> None:
+    state.in_group = True
+    assert server.respond("GET", "/readyz") == (503, "text/plain", b"not ready: model loading\n")
+
+
+def test_readyz_503_before_joining_the_group(server: HealthServer, state: WorkerState) -> None:
+    state.model_ready = True
+    assert server.respond("GET", "/readyz") == (
+        503,
+        "text/plain",
+        b"not ready: not in the consumer group yet\n",
+    )
+
+
+def test_readyz_200_when_ready(server: HealthServer, state: WorkerState) -> None:
+    ready(state)
+    assert server.respond("GET", "/readyz") == (200, "text/plain", b"ready\n")
+
+
+def test_readyz_503_while_draining(server: HealthServer, state: WorkerState) -> None:
+    ready(state)
+    state.draining = True
+    assert server.respond("GET", "/readyz") == (503, "text/plain", b"not ready: draining\n")
+
+
+def test_readyz_follows_the_lifecycle(server: HealthServer, state: WorkerState) -> None:
+    codes = [server.respond("GET", "/readyz")[0]]
+    state.model_ready = True
+    codes.append(server.respond("GET", "/readyz")[0])
+    state.in_group = True
+    codes.append(server.respond("GET", "/readyz")[0])
+    state.draining = True
+    codes.append(server.respond("GET", "/readyz")[0])
+    assert codes == [503, 503, 200, 503]
+
+
+def test_query_strings_are_ignored(server: HealthServer, state: WorkerState) -> None:
+    ready(state)
+    assert server.respond("GET", "/readyz?verbose=1")[0] == 200
+    assert server.respond("GET", "/livez?x")[0] == 200
+
+
+# --- /metrics --------------------------------------------------------------------------------------
+
+
+def test_metrics_exposes_the_worker_registry(server: HealthServer) -> None:
+    status, content_type, body = server.respond("GET", "/metrics")
+    assert status == 200
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    text = body.decode()
+    for name in (
+        "klein_edit_in_flight",
+        "klein_edit_gpu_busy_ratio",
+        "klein_edit_model_load_seconds",
+        "# TYPE klein_edit_edits_total counter",
+        "# TYPE klein_edit_stage_seconds histogram",
+    ):
+        assert name in text
+
+
+def test_metrics_reflect_observed_results(server: HealthServer, metrics: WorkerMetrics) -> None:
+    metrics.in_flight.set(3)
+    metrics.observe_result(
+        EditCompleted(
+            request_id="req-1",
+            status=EditStatus.SUCCEEDED,
+            cost=Cost.for_output(width=1000, height=1000, input_megapixels=1.0, usd_per_megapixel=0.002),
+            timing_ms=Timing(inference=1500.0, total=2000.0),
+            model="tiny-random",
+            attempt=1,
+            worker="w",
+            completed_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+    )
+    text = server.respond("GET", "/metrics")[2].decode()
+    assert "klein_edit_in_flight 3.0" in text
+    assert 'klein_edit_edits_total{code="",status="succeeded"} 1.0' in text
+    assert "klein_edit_billed_megapixels_total 1.0" in text
+    assert "klein_edit_billed_usd_total 0.002" in text
+    assert 'klein_edit_stage_seconds_count{stage="inference"} 1.0' in text
+    assert 'klein_edit_stage_seconds_sum{stage="inference"} 1.5' in text
+
+
+def test_each_worker_has_its_own_registry() -> None:
+    a, b = WorkerMetrics(), WorkerMetrics()
+    a.in_flight.set(7)
+    assert b"klein_edit_in_flight 7.0" in a.render()
+    assert b"klein_edit_in_flight 0.0" in b.render()
+
+
+# --- other paths and methods -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/livez/", "/readyzz", "/metrics/x", ""])
+def test_unknown_paths_are_404(server: HealthServer, path: str) -> None:
+    assert server.respond("GET", path) == (404, "text/plain", b"not found\n")
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "HEAD", "OPTIONS", "get"])
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics", "/nope"])
+def test_other_methods_are_405(server: HealthServer, method: str, path: str) -> None:
+    assert server.respond(method, path) == (405, "text/plain", b"only GET\n")
+
+
+def test_port_before_start_is_the_configured_one(state: WorkerState, metrics: WorkerMetrics) -> None:
+    assert HealthServer(state, metrics, host="127.0.0.1", port=18080).port == 18080
