@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 import threading
 import time
@@ -92,13 +93,20 @@ async def _run_once(
     run_settings = settings.model_copy(update={"kafka": kafka, "worker": worker_settings})
     await kafka_io.ensure_topics(kafka, [kafka.request_topic, kafka.result_topic, kafka.dlq_topic])
     spans = _EditSpans()
-    worker = build_worker(run_settings, editor_factory=lambda: _TimedEditor(StandInEditor(edit_ms=edit_ms), spans))
+    worker = build_worker(
+        run_settings, editor_factory=lambda: _TimedEditor(StandInEditor(edit_ms=edit_ms), spans)
+    )
     async with EditClient(kafka) as client:
         await client.watch_results()
         # The backlog is published before the worker starts, as after an outage or a burst.
         requests = [
-            EditRequest(request_id=f"bench-{tag}-{i}", image=image_uris[i % len(image_uris)],
-                        prompt="recolor the product to #1E90FF", num_inference_steps=25, seed=i)
+            EditRequest(
+                request_id=f"bench-{tag}-{i}",
+                image=image_uris[i % len(image_uris)],
+                prompt="recolor the product to #1E90FF",
+                num_inference_steps=25,
+                seed=i,
+            )
             for i in range(jobs)
         ]
         for request in requests:
@@ -122,7 +130,7 @@ async def _run_once(
     ordered = sorted(spans.spans)
     busy = sum(end - start for start, end in ordered)
     window = ordered[-1][1] - ordered[0][0]
-    gaps = [b[0] - a[1] for a, b in zip(ordered, ordered[1:], strict=False)]
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(ordered)]
     return {
         "jobs": jobs,
         "max_in_flight": max_in_flight,
@@ -144,12 +152,19 @@ async def run_orchestration_benchmark(
             settings = settings.model_copy(
                 update={
                     "kafka": settings.kafka.model_copy(
-                        update={"bootstrap_servers": broker.bootstrap_servers, "session_timeout_ms": 6000,
-                                "heartbeat_interval_ms": 500, "rebalance_timeout_ms": 6000}
+                        update={
+                            "bootstrap_servers": broker.bootstrap_servers,
+                            "session_timeout_ms": 6000,
+                            "heartbeat_interval_ms": 500,
+                            "rebalance_timeout_ms": 6000,
+                        }
                     ),
                     "s3": settings.s3.model_copy(
-                        update={"endpoint_url": s3_server.endpoint_url, "access_key_id": SecretStr("bench"),
-                                "secret_access_key": SecretStr("bench")}
+                        update={
+                            "endpoint_url": s3_server.endpoint_url,
+                            "access_key_id": SecretStr("bench"),
+                            "secret_access_key": SecretStr("bench"),
+                        }
                     ),
                 }
             )
@@ -188,7 +203,8 @@ def print_orchestration_summary(summary: dict[str, Any]) -> None:
         f"{summary['image_bytes'] / 1e6:.1f} MB images\n"
         f"  overlapped (max_in_flight={summary['max_in_flight']}): GPU busy {summary['gpu_duty_cycle']:.2%}, "
         f"{summary['overhead_ms_per_edit']:.1f} ms overhead/edit, {summary['edits_per_s']:.2f} edits/s\n"
-        f"  serial:                   GPU busy {summary['serial_gpu_duty_cycle']:.2%}, "
-        f"{summary['serial_overhead_ms_per_edit']:.1f} ms overhead/edit, {summary['serial_edits_per_s']:.2f} edits/s"
+        f"  serial:{'':19}GPU busy {summary['serial_gpu_duty_cycle']:.2%}, "
+        f"{summary['serial_overhead_ms_per_edit']:.1f} ms overhead/edit, "
+        f"{summary['serial_edits_per_s']:.2f} edits/s"
     )
     print(json.dumps(summary))

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from consumer.logs import configure_logging
 from consumer.settings import Settings
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         print(f"klein-edit: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(format=settings.log.format, level=settings.log.level)
@@ -90,16 +91,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default=None)
     p.set_defaults(handler=_cmd_cancel)
 
-    p = sub.add_parser("bench", help="benchmarks: orchestration (stand-in editor) or pipeline (random weights)")
+    p = sub.add_parser(
+        "bench", help="benchmarks: orchestration (stand-in editor) or pipeline (random weights)"
+    )
     bench = p.add_subparsers(dest="bench_mode", required=True)
-    b = bench.add_parser("orchestration", help="GPU-thread duty cycle with real Kafka and S3, vs a serial loop")
+    b = bench.add_parser(
+        "orchestration", help="GPU-thread duty cycle with real Kafka and S3, vs a serial loop"
+    )
     b.add_argument("--jobs", type=int, default=40)
     b.add_argument("--edit-ms", type=float, default=200.0)
     b.add_argument("--image-mb", type=float, default=2.0)
     b.add_argument("--no-embedded", action="store_true", help="use the configured Kafka and S3 endpoints")
     b.set_defaults(handler=_cmd_bench_orchestration)
-    b = bench.add_parser("pipeline", help="the real Flux2KleinPipeline code path with random weights",
-                         add_help=False)
+    b = bench.add_parser(
+        "pipeline", help="the real Flux2KleinPipeline code path with random weights", add_help=False
+    )
     b.add_argument("args", nargs=argparse.REMAINDER, help="see `klein-edit bench pipeline --help`")
     b.set_defaults(handler=_cmd_bench_pipeline)
 
@@ -113,7 +119,9 @@ def _cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
     from schemas.control import CancelRequested
 
     try:
-        command = CancelRequested(request_id=args.request_id, requested_at=datetime.now(UTC), reason=args.reason)
+        command = CancelRequested(
+            request_id=args.request_id, requested_at=datetime.now(UTC), reason=args.reason
+        )
     except ValidationError as exc:
         print(f"klein-edit cancel: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
@@ -132,7 +140,11 @@ def _cmd_bench_orchestration(settings: Settings, args: argparse.Namespace) -> in
 
     summary = asyncio.run(
         run_orchestration_benchmark(
-            settings, jobs=args.jobs, edit_ms=args.edit_ms, image_mb=args.image_mb, embedded=not args.no_embedded
+            settings,
+            jobs=args.jobs,
+            edit_ms=args.edit_ms,
+            image_mb=args.image_mb,
+            embedded=not args.no_embedded,
         )
     )
     print_orchestration_summary(summary)
@@ -179,8 +191,11 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline import ModelLoadError
 
     try:
-        return asyncio.run(run_demo(settings, out_dir=Path(args.out_dir), embedded=not args.no_embedded,
-                                    timeout_s=args.timeout))
+        return asyncio.run(
+            run_demo(
+                settings, out_dir=Path(args.out_dir), embedded=not args.no_embedded, timeout_s=args.timeout
+            )
+        )
     except ModelLoadError as exc:
         print(f"klein-edit demo: cannot load the model: {exc}", file=sys.stderr)
         return 3
@@ -199,7 +214,9 @@ def _cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     result = asyncio.run(submit(settings, request, wait=args.wait, timeout_s=args.timeout, topic=args.topic))
     if result is None:
-        print(json.dumps({"submitted": request.request_id, "topic": args.topic or settings.kafka.request_topic}))
+        print(
+            json.dumps({"submitted": request.request_id, "topic": args.topic or settings.kafka.request_topic})
+        )
         return 0
     print(result.model_dump_json(indent=2))
     return 0 if result.status.value == "succeeded" else 1

@@ -10,7 +10,7 @@ import asyncio
 import time
 from types import TracebackType
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumer import kafka as kafka_io
 from consumer.codec import encode_event
@@ -25,6 +25,7 @@ class EditClient:
         self._kafka = kafka
         self._producer = kafka_io.make_producer(kafka)
         self._results: AIOKafkaConsumer | None = None
+        self._received: dict[str, EditCompleted] = {}
 
     async def __aenter__(self) -> EditClient:
         await self._producer.start()
@@ -66,13 +67,17 @@ class EditClient:
         )
 
     async def wait_for(self, request_id: str, *, timeout_s: float) -> EditCompleted:
+        """The result of `request_id`; results of other requests read meanwhile are kept for later."""
         if self._results is None:
             raise RuntimeError("call watch_results() before submit() to wait for a result")
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while request_id not in self._received:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no result for {request_id} within {timeout_s:.0f} s")
             batches = await self._results.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
-                    if record.key == request_id.encode() and record.value:
-                        return EditCompleted.model_validate_json(record.value)
-        raise TimeoutError(f"no result for {request_id} within {timeout_s:.0f} s")
+                    if record.key and record.value:
+                        result = EditCompleted.model_validate_json(record.value)
+                        self._received.setdefault(result.request_id, result)
+        return self._received.pop(request_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -61,10 +62,8 @@ def salvage_request_id(raw: bytes | None, key: bytes | None) -> str | None:
         if isinstance(body, dict):
             candidates.append(body.get("request_id"))
     if key:
-        try:
+        with contextlib.suppress(UnicodeDecodeError):
             candidates.append(key.decode("utf-8"))
-        except UnicodeDecodeError:
-            pass
     for candidate in candidates:
         if isinstance(candidate, str) and _REQUEST_ID_RE.fullmatch(candidate):
             return candidate

@@ -55,7 +55,11 @@ def demo_settings(settings: Settings, *, bootstrap: str | None, s3_endpoint: str
     if s3_endpoint:
         # The embedded S3 server accepts any key pair; fixed ones keep boto3 off the host's credentials.
         s3 = s3.model_copy(
-            update={"endpoint_url": s3_endpoint, "access_key_id": SecretStr("demo"), "secret_access_key": SecretStr("demo")}
+            update={
+                "endpoint_url": s3_endpoint,
+                "access_key_id": SecretStr("demo"),
+                "secret_access_key": SecretStr("demo"),
+            }
         )
     worker = settings.worker.model_copy(update={"http_port": None})
     return settings.model_copy(update={"pipeline": pipeline, "kafka": kafka, "s3": s3, "worker": worker})
@@ -98,7 +102,9 @@ async def _run(settings: Settings, *, out_dir: Path, timeout_s: float, say: _Pro
         seed=42,
         metadata={"source": "klein-edit demo"},
     )
-    say(f"loading the model {settings.pipeline.model!r} on {settings.pipeline.device} and starting the worker")
+    say(
+        f"loading the model {settings.pipeline.model!r} on {settings.pipeline.device} and starting the worker"
+    )
     worker = build_worker(settings)
     stop = asyncio.Event()
     worker_task = asyncio.create_task(worker.run(stop), name="demo-worker")
@@ -106,7 +112,10 @@ async def _run(settings: Settings, *, out_dir: Path, timeout_s: float, say: _Pro
         async with EditClient(kafka) as client:
             await client.watch_results()
             await client.submit(request)
-            say(f"published request {request.request_id} to {kafka.request_topic}: {request.compiled_prompt!r}")
+            say(
+                f"published request {request.request_id} to {kafka.request_topic}: "
+                f"{request.compiled_prompt!r}"
+            )
             say("waiting for the result (the first rebalance of a new group takes a few seconds)")
             waiter = asyncio.create_task(client.wait_for(request.request_id, timeout_s=timeout_s))
             done, _ = await asyncio.wait({waiter, worker_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -125,11 +134,17 @@ async def _run(settings: Settings, *, out_dir: Path, timeout_s: float, say: _Pro
         return 1
     output = S3Location(*result.output.uri.removeprefix("s3://").split("/", 1))
     data = await loop.run_in_executor(None, store.fetch, output)
-    out_dir.mkdir(parents=True, exist_ok=True)
     saved = out_dir / f"{request.request_id}.{result.output.format.extension}"
-    saved.write_bytes(data)
-    say(f"output object: {result.output.uri} ({result.output.width}x{result.output.height}, "
-        f"{result.output.bytes} bytes, ${result.cost.usd:.6f})")
+    await loop.run_in_executor(None, _save, saved, data)
+    say(
+        f"output object: {result.output.uri} ({result.output.width}x{result.output.height}, "
+        f"{result.output.bytes} bytes, ${result.cost.usd:.6f})"
+    )
     say(f"saved a copy to {saved.resolve()}")
     say("stopping the worker and the embedded services")
     return 0
+
+
+def _save(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)

@@ -56,7 +56,9 @@ async def replay_dead_letters(
                         continue
                     if not dry_run:
                         await producer.send_and_wait(
-                            topic, value=record.value, key=record.key,
+                            topic,
+                            value=record.value,
+                            key=record.key,
                             headers=[(REPLAYED_FROM_OFFSET, f"{tp.partition}:{record.offset}".encode())],
                         )
                     replayed[code] = replayed.get(code, 0) + 1

@@ -27,7 +27,7 @@ class Verdict:
 
 
 class InternalError(KleinEditError):
-    """An unexpected exception. Retryable: a bug then ends in the DLQ, where it can be replayed after a fix."""
+    """An unexpected exception. Retryable: a bug then ends in the DLQ, to be replayed after a fix."""
 
     code = ErrorCode.INTERNAL
     retryable = True

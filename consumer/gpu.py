@@ -1,53 +1,140 @@
-"""The single boundary that all GPU work crosses: one dedicated thread.
+"""The single boundary that all GPU work crosses: one dedicated thread with a priority queue.
 
 CUDA work from several threads would contend for one device and make OOMs unpredictable, and work on
-the event loop would stop Kafka heartbeats. So model loading, warm-up and every edit run here, one at a
-time, and the lane measures how busy that thread is (the duty cycle the throughput goal is about).
+the event loop would stop Kafka heartbeats. So model loading, warm-up and every edit run on this one
+thread. The thread picks its next job itself, the moment the previous one ends: handing over through
+the event loop would cost a few GIL hand-offs per edit while I/O threads decode and encode images,
+which is exactly the idle time the duty-cycle goal is about.
+
+Jobs carry a lane (0 = most urgent). The next job is the earliest of the most urgent lane, except
+that each turn given to it while a lower lane waits earns `low_lane_share` of a turn for the lower
+lanes; a whole earned turn goes to the earliest job of the lower lanes, so they are never starved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import itertools
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
+@dataclass
+class _Job:
+    lane: int
+    arrival: int
+    fn: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    on_start: Callable[[], None] | None = None
+    started: bool = field(default=False)
+
+
 class GpuLane:
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klein-gpu")
-        self._lock = threading.Lock()
+    def __init__(self, *, low_lane_share: float = 0.0) -> None:
+        self._share = low_lane_share
+        self._credit = 0.0
+        self._queue: list[_Job] = []
+        self._cond = threading.Condition()
+        self._arrivals = itertools.count()
+        self._closed = False
         self._busy_s = 0.0
         self._started = time.perf_counter()
         self.running = False
+        # A daemon thread: an edit abandoned at shutdown must not keep the process alive.
+        self._thread = threading.Thread(target=self._serve, name="klein-gpu", daemon=True)
+        self._thread.start()
 
-    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def run(
+        self,
+        fn: Callable[P, T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run `fn` on the GPU thread in lane 0 (model loading, warm-up)."""
+        return await self.submit(functools.partial(fn, *args, **kwargs), lane=0)
+
+    async def submit(
+        self, fn: Callable[[], T], *, lane: int, on_start: Callable[[], None] | None = None
+    ) -> T:
+        """Queue `fn` in `lane`; `on_start` runs on the event loop when the GPU thread starts it.
+
+        Cancelling the awaiting task removes a job that has not started; a started job runs to its
+        end (stop it through its own step callback).
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(self._timed, fn, *args, **kwargs))
-
-    def _timed(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-        self.running = True
-        start = time.perf_counter()
+        job = _Job(lane, next(self._arrivals), fn, loop, loop.create_future(), on_start)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the GPU lane is shut down")
+            self._queue.append(job)
+            self._cond.notify()
         try:
-            return fn(*args, **kwargs)
-        finally:
-            with self._lock:
-                self._busy_s += time.perf_counter() - start
-            self.running = False
+            result: T = await job.future
+            return result
+        except asyncio.CancelledError:
+            with self._cond:
+                if not job.started and job in self._queue:
+                    self._queue.remove(job)
+            raise
+
+    def waiting(self, lane: int | None = None) -> int:
+        with self._cond:
+            return sum(1 for job in self._queue if lane is None or job.lane == lane)
+
+    def _next_job(self) -> _Job:
+        ordered = sorted(self._queue, key=lambda job: (job.lane, job.arrival))
+        chosen = ordered[0]
+        lower = [job for job in ordered if job.lane > chosen.lane]
+        if lower and self._share > 0:
+            self._credit += self._share
+            if self._credit >= 1.0:
+                self._credit -= 1.0
+                chosen = lower[0]
+        self._queue.remove(chosen)
+        chosen.started = True
+        return chosen
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._queue:
+                    return
+                job = self._next_job()
+            if job.on_start is not None:
+                _call_soon(job.loop, job.on_start)
+            self.running = True
+            start = time.perf_counter()
+            try:
+                result = job.fn()
+            except BaseException as exc:  # delivered to the awaiting task, which decides what it means
+                _call_soon(job.loop, _settle, job.future, None, exc)
+            else:
+                _call_soon(job.loop, _settle, job.future, result, None)
+            finally:
+                elapsed = time.perf_counter() - start
+                with self._cond:
+                    self._busy_s += elapsed
+                self.running = False
 
     @property
     def busy_seconds(self) -> float:
-        with self._lock:
+        with self._cond:
             return self._busy_s
 
     def reset_clock(self) -> None:
-        with self._lock:
+        with self._cond:
             self._busy_s = 0.0
             self._started = time.perf_counter()
 
@@ -57,58 +144,26 @@ class GpuLane:
         return self.busy_seconds / elapsed if elapsed > 0 else 0.0
 
     def shutdown(self, *, wait: bool) -> None:
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+        """Refuse new jobs and drop queued ones; with `wait`, wait for the running job to end."""
+        with self._cond:
+            self._closed = True
+            dropped, self._queue = self._queue, []
+            self._cond.notify_all()
+        for job in dropped:
+            _call_soon(job.loop, job.future.cancel)
+        if wait:
+            self._thread.join()
 
 
-class GpuGate:
-    """Decides which prepared edit gets the GPU next: the most urgent lane, then the earliest arrival.
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
-    Edits are fetched ahead of time, so several may be ready at once. `low_lane_share` keeps lower
-    lanes from starving: each turn given to the top lane while a lower lane waits earns that share of
-    a turn, and a whole earned turn goes to the best waiter of the lower lanes. Handing over costs one
-    event-loop iteration.
-    """
 
-    def __init__(self, *, low_lane_share: float = 0.0) -> None:
-        self._busy = False
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._arrivals = 0
-        self._share = low_lane_share
-        self._credit = 0.0
-
-    @property
-    def waiting(self) -> int:
-        return sum(1 for _, _, fut in self._waiters if not fut.done())
-
-    def waiting_in(self, lane: int) -> int:
-        return sum(1 for waiter_lane, _, fut in self._waiters if waiter_lane == lane and not fut.done())
-
-    async def acquire(self, lane: int) -> None:
-        if not self._busy and not self._waiters:
-            self._busy = True
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._arrivals += 1
-        self._waiters.append((lane, self._arrivals, fut))
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # the turn was handed to us as we were cancelled: pass it on
-            raise
-
-    def release(self) -> None:
-        self._waiters = [w for w in self._waiters if not w[2].done()]
-        if not self._waiters:
-            self._busy = False
-            return
-        ordered = sorted(self._waiters, key=lambda w: (w[0], w[1]))
-        chosen = ordered[0]
-        lower = [w for w in ordered if w[0] > chosen[0]]
-        if lower and self._share > 0:
-            self._credit += self._share
-            if self._credit >= 1.0:
-                self._credit -= 1.0
-                chosen = lower[0]
-        self._waiters.remove(chosen)
-        chosen[2].set_result(None)
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+        loop.call_soon_threadsafe(fn, *args)

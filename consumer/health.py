@@ -48,8 +48,10 @@ class HealthServer:
         if path == "/readyz":
             if self._state.ready:
                 return 200, "text/plain", b"ready\n"
-            why = "model loading" if not self._state.model_ready else (
-                "draining" if self._state.draining else "not in the consumer group yet"
+            why = (
+                "model loading"
+                if not self._state.model_ready
+                else ("draining" if self._state.draining else "not in the consumer group yet")
             )
             return 503, "text/plain", f"not ready: {why}\n".encode()
         if path == "/metrics":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -51,7 +52,9 @@ def make_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
     )
 
 
-def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+def make_consumer(
+    kafka: KafkaSettings, *topics: str, group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
     options: dict[str, Any] = {
         "group_id": group_id,
         "enable_auto_commit": False,
@@ -82,11 +85,12 @@ async def ensure_topics(kafka: KafkaSettings, topics: list[str]) -> None:
         existing = set(await admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently by another client
                 await admin.create_topics(
-                    [NewTopic(t, num_partitions=kafka.topic_partitions, replication_factor=1) for t in missing]
+                    [
+                        NewTopic(t, num_partitions=kafka.topic_partitions, replication_factor=1)
+                        for t in missing
+                    ]
                 )
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another client
     finally:
         await admin.close()

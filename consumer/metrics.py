@@ -13,21 +13,44 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.edits = Counter("klein_edit_edits", "Edits finished, by status and error code.", ["status", "code"], registry=r)
+        self.edits = Counter(
+            "klein_edit_edits", "Edits finished, by status and error code.", ["status", "code"], registry=r
+        )
         self.stage_seconds = Histogram(
-            "klein_edit_stage_seconds", "Seconds per stage of an edit.", ["stage"], buckets=_STAGE_BUCKETS, registry=r
+            "klein_edit_stage_seconds",
+            "Seconds per stage of an edit.",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
         )
-        self.in_flight = Gauge("klein_edit_in_flight", "Requests picked up and not yet committed.", registry=r)
+        self.in_flight = Gauge(
+            "klein_edit_in_flight", "Requests picked up and not yet committed.", registry=r
+        )
         self.consumer_lag = Gauge(
-            "klein_edit_consumer_lag", "End offset minus committed offset.", ["topic", "partition"], registry=r
+            "klein_edit_consumer_lag",
+            "End offset minus committed offset.",
+            ["topic", "partition"],
+            registry=r,
         )
-        self.model_load_seconds = Gauge("klein_edit_model_load_seconds", "Model load and warm-up time.", registry=r)
-        self.gpu_memory = Gauge("klein_edit_gpu_memory_bytes", "GPU memory in use and peak.", ["kind"], registry=r)
-        self.billed_megapixels = Counter("klein_edit_billed_megapixels", "Output megapixels billed.", registry=r)
+        self.model_load_seconds = Gauge(
+            "klein_edit_model_load_seconds", "Model load and warm-up time.", registry=r
+        )
+        self.gpu_memory = Gauge(
+            "klein_edit_gpu_memory_bytes", "GPU memory in use and peak.", ["kind"], registry=r
+        )
+        self.billed_megapixels = Counter(
+            "klein_edit_billed_megapixels", "Output megapixels billed.", registry=r
+        )
         self.billed_usd = Counter("klein_edit_billed_usd", "USD billed.", registry=r)
-        self.dead_lettered = Counter("klein_edit_dead_lettered", "Records sent to the DLQ.", ["code"], registry=r)
-        self.retries = Counter("klein_edit_retries", "Retries of a record after a transient error.", ["code"], registry=r)
-        self.gpu_busy_ratio = Gauge("klein_edit_gpu_busy_ratio", "Share of wall time the GPU thread was busy.", registry=r)
+        self.dead_lettered = Counter(
+            "klein_edit_dead_lettered", "Records sent to the DLQ.", ["code"], registry=r
+        )
+        self.retries = Counter(
+            "klein_edit_retries", "Retries of a record after a transient error.", ["code"], registry=r
+        )
+        self.gpu_busy_ratio = Gauge(
+            "klein_edit_gpu_busy_ratio", "Share of wall time the GPU thread was busy.", registry=r
+        )
 
     def observe_result(self, event: EditCompleted) -> None:
         code = event.error.code.value if event.error else ""

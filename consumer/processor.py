@@ -22,7 +22,16 @@ from PIL import Image
 from consumer.fate import DeadlineExceeded, RequestRejected
 from consumer.gpu import GpuLane
 from consumer.settings import Settings
-from pipeline import EditJob, Editor, decode_image, encode_image, megapixels, resolve_output_size
+from pipeline import (
+    EditJob,
+    Editor,
+    EditOutput,
+    check_edit_input,
+    decode_image,
+    encode_image,
+    megapixels,
+    resolve_output_size,
+)
 from schemas.errors import ErrorCode, KleinEditError
 from schemas.requests import EditRequest, OutputFormat
 from schemas.results import (
@@ -155,7 +164,8 @@ class EditProcessor:
         s3 = self._settings.s3
         inputs = [parse_input_location(request.image, s3, field="image")]
         inputs += [
-            parse_input_location(ref, s3, field=f"references[{i}]") for i, ref in enumerate(request.references)
+            parse_input_location(ref, s3, field=f"references[{i}]")
+            for i, ref in enumerate(request.references)
         ]
         spec = request.output
         fmt = spec.format if spec else OutputFormat.PNG
@@ -191,20 +201,35 @@ class EditProcessor:
             height=height,
             references=len(request.references),
         )
-        return PreparedEdit(request=request, images=images, output=output, output_format=fmt, params=ctx.params)
+        return PreparedEdit(
+            request=request, images=images, output=output, output_format=fmt, params=ctx.params
+        )
 
     def _fetch_and_decode(self, location: S3Location, name: str) -> Image.Image:
         data = self._store.fetch(location)
         limits = self._settings.pipeline
-        return decode_image(
-            data, max_pixels=limits.max_input_pixels, formats=limits.allowed_formats, name=f"{name} ({location.uri})"
+        image = decode_image(
+            data,
+            max_pixels=limits.max_input_pixels,
+            formats=limits.allowed_formats,
+            name=f"{name} ({location.uri})",
         )
+        check_edit_input(image, name)  # the pipeline's own size/aspect rules, before any GPU time is spent
+        return image
 
     # -- stage 2: the GPU --------------------------------------------------------------------------------
 
     async def edit(
-        self, ctx: EditContext, prepared: PreparedEdit, on_step: Callable[[int, int], None] | None = None
+        self,
+        ctx: EditContext,
+        prepared: PreparedEdit,
+        *,
+        lane: int = 0,
+        before: Callable[[], None] | None = None,
+        on_start: Callable[[], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> FinishedEdit:
+        """Queue the edit on the GPU lane; `before` runs on the GPU thread first, `on_start` on the loop."""
         params = prepared.params
         job = EditJob(
             images=prepared.images,
@@ -216,11 +241,21 @@ class EditProcessor:
             height=params.height,
             on_step=on_step,
         )
-        started = time.perf_counter()
+        gpu_started: list[float] = []
+
+        def run_on_gpu() -> EditOutput:
+            gpu_started.append(time.perf_counter())
+            if on_step is not None:
+                on_step(0, params.num_inference_steps)  # a cancel that came while queued stops it here
+            if before is not None:
+                before()
+            return self._editor.edit(job)
+
         try:
-            result = await self._gpu.run(self._editor.edit, job)
+            result = await self._gpu.submit(run_on_gpu, lane=lane, on_start=on_start)
         finally:
-            ctx.gpu_ms = (time.perf_counter() - started) * 1000.0
+            if gpu_started:
+                ctx.gpu_ms = (time.perf_counter() - gpu_started[0]) * 1000.0
         ctx.inference_ms = result.inference_ms
         return FinishedEdit(image=result.image)
 
@@ -268,7 +303,9 @@ class EditProcessor:
 
     # -- results -----------------------------------------------------------------------------------------
 
-    def _replay_existing(self, ctx: EditContext, request: EditRequest, existing: StoredObject) -> EditCompleted:
+    def _replay_existing(
+        self, ctx: EditContext, request: EditRequest, existing: StoredObject
+    ) -> EditCompleted:
         """The answer for a request whose output is already stored: same output, params and cost."""
         meta = existing.metadata
         if meta.get(META_REQUEST_ID) != request.request_id:
@@ -345,4 +382,3 @@ class EditProcessor:
             metadata=ctx.metadata,
             gpu_ms=round(ctx.gpu_ms, 1),
         )
-

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 TANSU_HINT = (
     "The embedded Kafka broker (Tansu) was not found. Install it with "
@@ -62,19 +63,27 @@ def find_tansu() -> str:
 
 
 class _ChildService:
+    """A server process we start, wait for and always stop."""
+
     name = "service"
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix=f"klein-edit-{self.name}-", suffix=".log", delete=False)
+        # Kept open for the child's lifetime (it writes there) and closed in stop().
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix=f"klein-edit-{self.name}-", suffix=".log", delete=False
+        )
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
     def start(self, timeout_s: float = 30.0) -> None:
         self.process = subprocess.Popen(
-            self.command(), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            self.command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env=self.environment(),
         )
         try:
@@ -100,7 +109,7 @@ class _ChildService:
                 self.process.wait(timeout=10)
         self.process = None
 
-    def __enter__(self) -> _ChildService:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

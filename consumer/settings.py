@@ -10,7 +10,7 @@ import os
 import socket
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.config import PipelineSettings
@@ -28,7 +28,10 @@ class KafkaSettings(BaseModel):
         description="Higher-priority request topics, most urgent first; read before request_topic.",
     )
     low_lane_share: float = Field(
-        default=0.1, ge=0.0, le=1.0, description="Share of picks given to lower lanes while a higher lane has work."
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of picks given to lower lanes while a higher lane has work.",
     )
     result_topic: str = "edit.results"
     dlq_topic: str = "edit.requests.dlq"
@@ -51,8 +54,12 @@ class KafkaSettings(BaseModel):
     )
     enable_idempotence: bool = Field(default=False, description="Needs broker support (Tansu lacks it).")
     request_timeout_ms: int = Field(default=30_000, ge=1000)
-    topic_partitions: int = Field(default=4, ge=1, description="Partitions of topics that klein-edit creates itself.")
-    max_request_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request records are rejected.")
+    topic_partitions: int = Field(
+        default=4, ge=1, description="Partitions of topics that klein-edit creates itself."
+    )
+    max_request_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Larger request records are rejected."
+    )
 
     @property
     def request_topics(self) -> list[str]:
@@ -77,8 +84,18 @@ class WorkerSettings(BaseModel):
     progress: bool = Field(default=False, description="Publish progress events for every request.")
     progress_interval_s: float = Field(default=1.0, gt=0.0)
     canceled_ids_capacity: int = Field(default=10_000, ge=1)
-    http_port: int | None = Field(default=8080, description="Port of /livez, /readyz, /metrics; None disables.")
+    http_port: int | None = Field(
+        default=8080, description="Port of /livez, /readyz, /metrics; None disables."
+    )
     http_host: str = "0.0.0.0"
+
+    @field_validator("http_port", mode="before")
+    @classmethod
+    def _port_off(cls, value: object) -> object:
+        # One env var can turn the endpoint off: KLEIN_EDIT_WORKER__HTTP_PORT=off (or none, null, "").
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none", "null"):
+            return None
+        return value
 
 
 class LogSettings(BaseModel):

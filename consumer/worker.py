@@ -9,7 +9,7 @@ Delivery is at-least-once into an idempotent sink:
   answered from S3 without the GPU.
 
 Each record runs as one task: prepare (fetch + decode, I/O threads) -> GPU (one thread, chosen by the
-`GpuGate`) -> store (encode + upload, I/O threads) -> publish. Records overlap, so the GPU works on one
+`GpuLane`) -> store (encode + upload, I/O threads) -> publish. Records overlap, so the GPU works on one
 while the next is fetched and the previous is uploaded.
 """
 
@@ -32,7 +32,7 @@ from consumer import kafka as kafka_io
 from consumer.codec import decode_request, encode_event, salvage_request_id
 from consumer.control import CancelRegistry, ControlReader
 from consumer.fate import Action, InternalError, PoisonMessage, decide
-from consumer.gpu import GpuGate, GpuLane
+from consumer.gpu import GpuLane
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import PartitionOffsets
 from consumer.processor import EditContext, EditProcessor, PreparedEdit, Store
@@ -43,6 +43,7 @@ from schemas.errors import ErrorCode, KleinEditError
 from schemas.progress import EditProgressed, EditStage
 from schemas.requests import EditRequest
 from schemas.results import EditCompleted
+from storage import LedgerEntry
 
 log = structlog.get_logger("klein_edit.worker")
 
@@ -53,7 +54,8 @@ EXIT_FATAL = 70  # EX_SOFTWARE: the device is unusable; the orchestrator should 
 class Ledger(Protocol):
     """Durable attempt counts per record (`storage.AttemptLedger` is the real one)."""
 
-    def record_attempt(self, topic: str, partition: int, offset: int) -> int: ...
+    def record_pickup(self, topic: str, partition: int, offset: int) -> LedgerEntry: ...
+    def record_gpu_run(self, topic: str, partition: int, offset: int) -> LedgerEntry: ...
     def clear(self, topic: str, partition: int, offset: int) -> None: ...
 
 
@@ -114,12 +116,11 @@ class EditWorker:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self.state = state or WorkerState()
-        self.gpu = gpu or GpuLane()
+        self.gpu = gpu or GpuLane(low_lane_share=settings.kafka.low_lane_share)
         self._editor_factory = editor_factory
         self._store = store
         self._ledger = ledger
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="klein-io")
-        self._gate = GpuGate(low_lane_share=settings.kafka.low_lane_share)
         self._lanes = {topic: lane for lane, topic in enumerate(settings.kafka.request_topics)}
         self._cancels = CancelRegistry(settings.worker.canceled_ids_capacity)
         self._control = ControlReader(settings.kafka, self._cancels)
@@ -134,14 +135,18 @@ class EditWorker:
         self._producer: AIOKafkaProducer | None = None
         self._paused: set[TopicPartition] = set()
 
-    # -- lifecycle ---------------------------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
         """Load the model, join the group, consume until `stop` is set; returns the exit code."""
         self.state.consume_task = asyncio.current_task()
         editor = await self._load_editor()
         self._processor = EditProcessor(
-            self.settings, store=self._store, editor=editor, gpu=self.gpu, io=self._io,
+            self.settings,
+            store=self._store,
+            editor=editor,
+            gpu=self.gpu,
+            io=self._io,
             worker_name=self.settings.worker.name,
         )
         kafka = self.settings.kafka
@@ -156,7 +161,9 @@ class EditWorker:
                 await asyncio.wait_for(asyncio.shield(self._control.caught_up.wait()), timeout=15.0)
             await self._consumer.start()
             self._consumer.subscribe(kafka.request_topics, listener=_Rebalance(self))
-            log.info("worker.started", topics=kafka.request_topics, group=kafka.group_id, model=editor.model_name)
+            log.info(
+                "worker.started", topics=kafka.request_topics, group=kafka.group_id, model=editor.model_name
+            )
             try:
                 await self._consume(stop)
                 await self._drain()
@@ -216,7 +223,10 @@ class EditWorker:
             self._next_offset[tp] = record.offset + 1
 
     def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
-        request_id = salvage_request_id(record.value, record.key) or f"invalid:{tp.topic}:{tp.partition}:{record.offset}"
+        request_id = (
+            salvage_request_id(record.value, record.key)
+            or f"invalid:{tp.topic}:{tp.partition}:{record.offset}"
+        )
         self._offsets.setdefault(tp, PartitionOffsets()).start(record.offset)
         lane = self._lanes.get(tp.topic, len(self._lanes))
         task = asyncio.create_task(self._handle(tp, record, request_id, lane), name=f"edit-{request_id}")
@@ -247,9 +257,11 @@ class EditWorker:
             await asyncio.gather(*(f.task for f in self._in_flight.values()), return_exceptions=True)
             self._in_flight.clear()
 
-    # -- one record ----------------------------------------------------------------------------------------
+    # -- one record ------------------------------------------------------------------------------------
 
-    async def _handle(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], request_id: str, lane: int) -> None:
+    async def _handle(
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], request_id: str, lane: int
+    ) -> None:
         structlog.contextvars.bind_contextvars(
             request_id=request_id, topic=tp.topic, partition=tp.partition, offset=record.offset
         )
@@ -279,8 +291,6 @@ class EditWorker:
         tries = 0
         while True:
             tries += 1
-            # The durable count (which catches crash loops) is taken when the record gets the GPU, in
-            # `_count_gpu_attempt`: counting at pickup blamed every prefetched bystander of a poison record.
             ctx.attempt = tries
             try:
                 request = decode_request(record.value, max_bytes=self.settings.kafka.max_request_bytes)
@@ -294,13 +304,21 @@ class EditWorker:
                 error = InternalError(f"{type(exc).__name__}: {exc}")
             worker = self.settings.worker
             verdict = decide(
-                error, attempt=ctx.attempt, max_attempts=worker.max_attempts,
-                backoff_s=worker.retry_backoff_s, backoff_max_s=worker.retry_backoff_max_s,
+                error,
+                attempt=ctx.attempt,
+                max_attempts=worker.max_attempts,
+                backoff_s=worker.retry_backoff_s,
+                backoff_max_s=worker.retry_backoff_max_s,
             )
             if verdict.action is Action.RETRY:
                 self.metrics.retries.labels(code=error.code.value).inc()
-                log.warning("edit.retrying", code=error.code.value, error=error.message,
-                            attempt=ctx.attempt, backoff_s=verdict.backoff_s)
+                log.warning(
+                    "edit.retrying",
+                    code=error.code.value,
+                    error=error.message,
+                    attempt=ctx.attempt,
+                    backoff_s=verdict.backoff_s,
+                )
                 await asyncio.sleep(verdict.backoff_s)
                 continue
             if verdict.action is Action.CRASH:
@@ -322,15 +340,21 @@ class EditWorker:
             prepared = await self._processor.prepare(ctx, request)
             if not isinstance(prepared, PreparedEdit):
                 return prepared  # answered from the stored output: no GPU work
-            await self._gate.acquire(lane)
-            try:
-                self._raise_if_canceled(ctx.request_id, "while waiting for the GPU")
-                await self._count_gpu_attempt(ctx, tp, offset)
+            count_run = await self._gpu_run_counter(ctx, tp, offset)
+            total_steps = prepared.params.num_inference_steps
+
+            def started() -> None:  # on the event loop, as the GPU thread takes the job
                 if reporter:
-                    reporter.stage(EditStage.EDITING, total_steps=prepared.params.num_inference_steps)
-                finished = await self._processor.edit(ctx, prepared, on_step=self._step_hook(ctx.request_id, reporter))
-            finally:
-                self._gate.release()
+                    reporter.stage(EditStage.EDITING, total_steps=total_steps)
+
+            finished = await self._processor.edit(
+                ctx,
+                prepared,
+                lane=lane,
+                before=count_run,
+                on_start=started,
+                on_step=self._step_hook(ctx.request_id, reporter),
+            )
             self._raise_if_canceled(ctx.request_id, "after the last step, before upload")
             if reporter:
                 reporter.stage(EditStage.UPLOADING)
@@ -378,28 +402,37 @@ class EditWorker:
 
         return on_step
 
-    async def _count_gpu_attempt(self, ctx: EditContext, tp: TopicPartition, offset: int) -> None:
-        """Count this GPU run in the ledger; give up on a record that already had `max_attempts` of them.
+    async def _gpu_run_counter(self, ctx: EditContext, tp: TopicPartition, offset: int) -> Callable[[], None]:
+        """Check the durable counts before the GPU, and return what counts this record's GPU run.
 
-        Counted here, with the GPU held, not at pickup: a process death (OOM kill, CUDA segfault, hang)
-        then counts against the one record on the GPU, not against the records prefetched behind it,
-        which were dead-lettered as poison along with it before (tests/consumer/test_faults.py poison
-        test). A crash while fetching or decoding is not counted (see docs/reliability.md).
+        Only GPU runs are blamed for crashes: a process death (OOM kill, CUDA segfault, hang) counts
+        against the one record on the GPU, not against the records fetched ahead of it. A record on
+        its first pickup is counted off the GPU thread (no GPU idle time; a crash in the first
+        milliseconds of its edit may go uncounted once); a redelivered record, the suspicious case, is
+        counted on the GPU thread before its edit starts, so the count is durable before any risk.
         """
-        ctx.attempt = max(ctx.attempt, await self._durable_attempt(tp, offset))
-        if ctx.attempt > self.settings.worker.max_attempts:
-            raise PoisonMessage(
-                f"picked up {ctx.attempt - 1} times without finishing (it crashed or hung the worker)"
-            )
-
-    async def _durable_attempt(self, tp: TopicPartition, offset: int) -> int:
-        """The attempt number kept in S3, which survives crashes; 0 when S3 cannot be reached."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._io, self._ledger.record_attempt, tp.topic, tp.partition, offset)
+            entry = await loop.run_in_executor(
+                self._io, self._ledger.record_pickup, tp.topic, tp.partition, offset
+            )
         except KleinEditError as exc:
             log.warning("ledger.unavailable", error=exc.message)
-            return 0
+            entry = LedgerEntry(pickups=ctx.attempt, gpu_runs=0)
+        ctx.attempt = max(ctx.attempt, entry.gpu_runs + 1)
+        if entry.gpu_runs >= self.settings.worker.max_attempts:
+            raise PoisonMessage(
+                f"its edit started {entry.gpu_runs} times without finishing (it crashed or hung the worker)"
+            )
+
+        def count_run() -> None:
+            with contextlib.suppress(KleinEditError):
+                self._ledger.record_gpu_run(tp.topic, tp.partition, offset)
+
+        if entry.pickups > 1 or ctx.attempt > 1:
+            return count_run  # runs on the GPU thread, before the edit
+        loop.run_in_executor(self._io, count_run)  # overlaps the wait for the GPU and the edit itself
+        return _nothing
 
     def _finish(self, tp: TopicPartition, offset: int) -> None:
         self._offsets.setdefault(tp, PartitionOffsets()).finish(offset)
@@ -409,13 +442,17 @@ class EditWorker:
         with contextlib.suppress(KleinEditError):
             self._ledger.clear(tp.topic, tp.partition, offset)
 
-    # -- publishing -----------------------------------------------------------------------------------------
+    # -- publishing ------------------------------------------------------------------------------------
 
     async def _publish_result(self, result: EditCompleted) -> None:
-        await self._send(self.settings.kafka.result_topic, encode_event(result), key=result.request_id.encode())
+        await self._send(
+            self.settings.kafka.result_topic, encode_event(result), key=result.request_id.encode()
+        )
         self.metrics.observe_result(result)
 
-    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: KleinEditError, attempts: int) -> None:
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], error: KleinEditError, attempts: int
+    ) -> None:
         headers = [
             (kafka_io.DLQ_ORIGINAL_TOPIC, record.topic.encode()),
             (kafka_io.DLQ_ORIGINAL_PARTITION, str(record.partition).encode()),
@@ -429,7 +466,12 @@ class EditWorker:
         log.warning("edit.dead_lettered", code=error.code.value, error=error.message, attempts=attempts)
 
     async def _send(
-        self, topic: str, value: bytes | None, *, key: bytes | None, headers: list[tuple[str, bytes]] | None = None
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Send and wait for the ack, retrying through broker outages until acked or abandoned."""
         assert self._producer is not None
@@ -445,7 +487,7 @@ class EditWorker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    # -- offsets, pauses, rebalances --------------------------------------------------------------------------
+    # -- offsets, pauses, rebalances -------------------------------------------------------------------
 
     async def _commit_ready(self) -> None:
         consumer = self._consumer
@@ -490,7 +532,7 @@ class EditWorker:
     def _apply_pauses(self, *, full: bool) -> None:
         """Pause everything when full; otherwise pause lower lanes while a higher lane has a backlog.
 
-        A lower lane keeps one record in flight even then, so the gate's `low_lane_share` always has a
+        A lower lane keeps one record in flight even then, so the GPU lane's `low_lane_share` always has a
         candidate and the lane is never starved.
         """
         assert self._consumer is not None
@@ -522,7 +564,7 @@ class EditWorker:
 
     def _unread(self, tp: TopicPartition) -> int:
         assert self._consumer is not None
-        highwater = self._consumer.highwater(tp)
+        highwater: int | None = self._consumer.highwater(tp)
         if highwater is None or tp not in self._next_offset:
             return 0
         return max(0, highwater - self._next_offset[tp])
@@ -548,7 +590,7 @@ class EditWorker:
         self.metrics.gpu_memory.labels(kind="allocated").set(stats.get("allocated_bytes", 0.0))
         self.metrics.gpu_memory.labels(kind="peak").set(stats.get("peak_bytes", 0.0))
 
-    # -- logging ----------------------------------------------------------------------------------------------
+    # -- logging ---------------------------------------------------------------------------------------
 
     def _log_summary(self, result: EditCompleted) -> None:
         """The one line per edit that operators grep for."""
@@ -566,6 +608,10 @@ class EditWorker:
             log.warning("edit.completed", **fields)
         else:
             log.info("edit.completed", **fields)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:

@@ -40,7 +40,8 @@ class KleinEditError(Exception):
             self.retryable = retryable
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code.value}, retryable={self.retryable}, message={self.message!r})"
+        name = type(self).__name__
+        return f"{name}(code={self.code.value}, retryable={self.retryable}, message={self.message!r})"
 
 
 class InvalidEvent(KleinEditError):

@@ -28,6 +28,8 @@ class EditProgressed(WireModel):
     step: int = Field(ge=0, description="Denoising steps done (0 outside the editing stage's steps).")
     total_steps: int = Field(ge=0)
     elapsed_ms: float = Field(ge=0, description="Since pickup.")
-    eta_ms: float | None = Field(default=None, description="Estimated time to the end of the edit; null if unknown.")
+    eta_ms: float | None = Field(
+        default=None, description="Estimated time to the end of the edit; null if unknown."
+    )
     worker: str
     at: datetime

@@ -11,13 +11,24 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from schemas._base import WireModel
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 HEX_COLOR_PATTERN = r"^#(?:[0-9A-Fa-f]{6}|[0-9A-Fa-f]{3})$"
 MAX_PROMPT_CHARS = 2000
+# Unanchored, as in JSON Schema: "contains at least one non-whitespace character".
+NOT_BLANK = r"\S"
 # A hard cap on what one record may list; the configurable limit (default 4) is checked by the worker.
 MAX_REFERENCES_HARD = 16
 MIN_STEPS, MAX_STEPS = 25, 50
@@ -43,7 +54,7 @@ class OutputFormat(StrEnum):
 class RecolorInstruction(WireModel):
     """Paint `target` in exactly `color`; e-commerce systems send these instead of prompts."""
 
-    target: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+    target: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NOT_BLANK)] = Field(
         description="What to recolour, in words, e.g. 'the sneakers'."
     )
     color: Annotated[str, StringConstraints(pattern=HEX_COLOR_PATTERN)] = Field(
@@ -71,17 +82,28 @@ class OutputSpec(WireModel):
 class EditRequest(WireModel):
     """One edit: a base image, optional references, an instruction and sampling options."""
 
+    # The cross-field rules are published in the JSON Schema too, so producers can check them first.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [{"required": ["prompt"]}, {"required": ["recolor"]}],
+            "dependentRequired": {"width": ["height"], "height": ["width"]},
+        },
+    )
+
     schema_version: Literal[1] = 1
     request_id: RequestId = Field(description="1-128 chars of A-Za-z0-9._:- ; the result is keyed by it.")
     image: ImageRef = Field(description="Base image: s3://bucket/key, or a bare key in the input bucket.")
     references: list[ImageRef] = Field(default_factory=list, max_length=MAX_REFERENCES_HARD)
-    prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = None
+    prompt: (
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NOT_BLANK)] | None
+    ) = None
     recolor: list[RecolorInstruction] | None = Field(default=None, min_length=1, max_length=16)
-    num_inference_steps: int = Field(default=50, ge=MIN_STEPS, le=MAX_STEPS)
-    guidance_scale: float = Field(default=4.0, ge=0.0, le=30.0)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    width: int | None = Field(default=None, ge=64, le=4096, multiple_of=16)
-    height: int | None = Field(default=None, ge=64, le=4096, multiple_of=16)
+    # Strict numbers: `"seed": true` or `"num_inference_steps": "30"` are producer bugs, not values to coerce.
+    num_inference_steps: StrictInt = Field(default=50, ge=MIN_STEPS, le=MAX_STEPS)
+    guidance_scale: StrictFloat = Field(default=4.0, ge=0.0, le=30.0)
+    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
+    width: StrictInt | None = Field(default=None, ge=64, le=4096, multiple_of=16)
+    height: StrictInt | None = Field(default=None, ge=64, le=4096, multiple_of=16)
     output: OutputSpec | None = None
     metadata: dict[
         Annotated[str, StringConstraints(min_length=1, max_length=128)],
@@ -90,7 +112,7 @@ class EditRequest(WireModel):
     deadline: datetime | None = Field(
         default=None, description="ISO-8601; a request picked up after it fails with DEADLINE_EXCEEDED."
     )
-    progress: bool | None = Field(default=None, description="Publish progress events for this request.")
+    progress: StrictBool | None = Field(default=None, description="Publish progress events for this request.")
 
     @field_validator("deadline")
     @classmethod
@@ -118,7 +140,9 @@ RECOLOR_TEMPLATE = (
 )
 
 
-def compile_prompt(prompt: str | None, recolor: tuple[RecolorInstruction, ...] | list[RecolorInstruction]) -> str:
+def compile_prompt(
+    prompt: str | None, recolor: tuple[RecolorInstruction, ...] | list[RecolorInstruction]
+) -> str:
     """Turn a free prompt plus recolour instructions into the one prompt the model sees.
 
     Each instruction renders `RECOLOR_TEMPLATE`; the free prompt (if any) comes first. The template

@@ -108,4 +108,6 @@ class EditCompleted(WireModel):
     worker: str = Field(description="Identity of the worker process that produced this event.")
     completed_at: datetime
     metadata: dict[str, str] = Field(default_factory=dict)
-    gpu_ms: float = Field(default=0.0, description="GPU time spent on this request (also for canceled edits).")
+    gpu_ms: float = Field(
+        default=0.0, description="GPU time spent on this request (also for canceled edits)."
+    )

@@ -14,8 +14,11 @@ ImageDraw.Draw(shadow).ellipse((48, 168, 288, 196), fill=120)
 img.paste((200, 200, 198), (0, 0), shadow.filter(ImageFilter.GaussianBlur(8)))
 d = ImageDraw.Draw(img)
 # upper
-d.polygon([(60, 160), (70, 110), (120, 92), (150, 70), (190, 72), (205, 105), (270, 128), (282, 160)],
-          fill=(196, 30, 45), outline=(120, 16, 28))
+d.polygon(
+    [(60, 160), (70, 110), (120, 92), (150, 70), (190, 72), (205, 105), (270, 128), (282, 160)],
+    fill=(196, 30, 45),
+    outline=(120, 16, 28),
+)
 d.polygon([(150, 70), (190, 72), (200, 100), (160, 100)], fill=(170, 24, 38))
 # laces
 for i in range(4):

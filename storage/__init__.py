@@ -12,7 +12,7 @@ from storage.errors import (
     StorageError,
     StorageUnavailable,
 )
-from storage.ledger import AttemptLedger
+from storage.ledger import AttemptLedger, LedgerEntry
 from storage.locations import S3Location, parse_input_location, resolve_output_location
 from storage.store import ImageStore, PutOutcome, StoredObject
 
@@ -23,6 +23,7 @@ __all__ = [
     "InputNotFound",
     "InputTooLarge",
     "InvalidLocation",
+    "LedgerEntry",
     "PutOutcome",
     "S3Location",
     "S3Settings",

@@ -1,15 +1,18 @@
-"""A durable attempt counter per Kafka record, kept as small objects in S3.
+"""Durable attempt counters per Kafka record, kept as small objects in S3.
 
 A record that crashes the worker outright (a segfault, an OOM kill) never reaches an `except` block,
 so an in-memory retry count dies with the process and the record crash-loops the partition forever.
-Counting attempts in S3 before the work starts lets the next worker see "this is attempt N" and
-dead-letter the record once N is too high.
+Two counts per record let the next worker see what happened:
+- `pickups`: how often a worker started on the record (counted at pickup, cheap to keep exact);
+- `gpu_runs`: how often its edit started on the GPU. Only the record on the GPU is blamed for a crash,
+  not the records fetched ahead of it, so poison detection uses this count.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -25,6 +28,12 @@ _TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _MAX_RECORD_BYTES = 4096
 
 
+@dataclass(frozen=True)
+class LedgerEntry:
+    pickups: int = 0
+    gpu_runs: int = 0
+
+
 class AttemptLedger:
     """Counts processing attempts per (topic, partition, offset) in the output bucket.
 
@@ -36,15 +45,31 @@ class AttemptLedger:
         self._client = store.client
         self._settings = settings
 
-    def record_attempt(self, topic: str, partition: int, offset: int) -> int:
-        """Count one more attempt at this record and return the count (1 for the first)."""
+    def record_pickup(self, topic: str, partition: int, offset: int) -> LedgerEntry:
+        """Count one more pickup of this record; returns the counts including this pickup."""
         location = self.location_of(topic, partition, offset)
-        attempts = self._read(location) + 1
+        entry = self._read(location)
+        entry = LedgerEntry(pickups=entry.pickups + 1, gpu_runs=entry.gpu_runs)
+        self._write(location, topic, partition, offset, entry)
+        return entry
+
+    def record_gpu_run(self, topic: str, partition: int, offset: int) -> LedgerEntry:
+        """Count one more start of this record's edit on the GPU; returns the new counts."""
+        location = self.location_of(topic, partition, offset)
+        entry = self._read(location)
+        entry = LedgerEntry(pickups=max(entry.pickups, 1), gpu_runs=entry.gpu_runs + 1)
+        self._write(location, topic, partition, offset, entry)
+        return entry
+
+    def _write(
+        self, location: S3Location, topic: str, partition: int, offset: int, entry: LedgerEntry
+    ) -> None:
         document = {
             "topic": topic,
             "partition": partition,
             "offset": offset,
-            "attempts": attempts,
+            "pickups": entry.pickups,
+            "gpu_runs": entry.gpu_runs,
             "updated_at": datetime.now(UTC).isoformat(),
         }
         try:
@@ -57,7 +82,6 @@ class AttemptLedger:
             )
         except (ClientError, BotoCoreError) as exc:
             raise output_error(exc, location.uri, "record an attempt in") from exc
-        return attempts
 
     def clear(self, topic: str, partition: int, offset: int) -> None:
         """Forget the record's attempts (after its offset is committed). Clearing twice is harmless."""
@@ -75,7 +99,7 @@ class AttemptLedger:
         key = f"{self._settings.state_prefix}attempts/{topic}/{partition}/{offset}.json"
         return S3Location(self._settings.output_bucket, key)
 
-    def _read(self, location: S3Location) -> int:
+    def _read(self, location: S3Location) -> LedgerEntry:
         try:
             response = self._client.get_object(
                 Bucket=location.bucket, Key=location.key, Range=f"bytes=0-{_MAX_RECORD_BYTES - 1}"
@@ -87,14 +111,17 @@ class AttemptLedger:
                 client_error_status(exc) == 404
                 and exc.response.get("Error", {}).get("Code") != "NoSuchBucket"
             ):
-                return 0
+                return LedgerEntry()
             raise output_error(exc, location.uri, "read the attempt count from") from exc
         except (BotoCoreError, OSError) as exc:
             raise output_error(exc, location.uri, "read the attempt count from") from exc
         try:
-            attempts = json.loads(raw)["attempts"]
+            document = json.loads(raw)
+            pickups, gpu_runs = document["pickups"], document["gpu_runs"]
         except (ValueError, KeyError, TypeError):
             # S3 PUTs are atomic, so only a foreign writer leaves this; counting from zero again costs
             # at most a few extra attempts, while failing here would block the whole partition.
-            return 0
-        return attempts if isinstance(attempts, int) and attempts >= 0 else 0
+            return LedgerEntry()
+        if not all(isinstance(n, int) and n >= 0 for n in (pickups, gpu_runs)):
+            return LedgerEntry()
+        return LedgerEntry(pickups=pickups, gpu_runs=gpu_runs)

@@ -122,12 +122,6 @@ def test_invalid_configuration_exits_2(
     assert "max_attempts" in captured.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: main() only catches pydantic.ValidationError, but a malformed JSON list in the "
-    "environment raises pydantic_settings.SettingsError, so the CLI dies with a traceback instead of "
-    "'invalid configuration' and exit code 2",
-)
 def test_malformed_json_list_in_the_environment_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,8 +33,9 @@ async def test_recolor_request_produces_object_and_result(
     settings = make_settings()
     store = await prepare(settings)
     image = stage_image(store, settings, "shots/shoe.png", png_bytes(160, 96))
-    req = request(settings, image, recolor=[{"target": "the shoe", "color": "#1E90FF"}], seed=7,
-                  metadata={"sku": "A-1"})
+    req = request(
+        settings, image, recolor=[{"target": "the shoe", "color": "#1E90FF"}], seed=7, metadata={"sku": "A-1"}
+    )
 
     async with running_worker(settings, lambda: tiny_editor):
         await publish(settings, req)
@@ -49,11 +50,14 @@ async def test_recolor_request_produces_object_and_result(
     assert (result.output.width, result.output.height) == (160, 96)
     assert result.params is not None
     assert result.params.seed == 7
-    assert "#1E90FF" in result.params.prompt and "the shoe" in result.params.prompt
+    assert "#1E90FF" in result.params.prompt
+    assert "the shoe" in result.params.prompt
     assert result.cost.output_megapixels == pytest.approx(160 * 96 / 1e6)
     assert result.cost.usd == pytest.approx(160 * 96 / 1e6 * 0.002)
     assert result.cost.input_megapixels == pytest.approx(160 * 96 / 1e6)
-    assert result.timing_ms.inference > 0 and result.timing_ms.fetch > 0 and result.timing_ms.upload > 0
+    assert result.timing_ms.inference > 0
+    assert result.timing_ms.fetch > 0
+    assert result.timing_ms.upload > 0
     assert result.timing_ms.total >= result.timing_ms.queued + result.timing_ms.inference
     assert result.metadata == {"sku": "A-1"}
     assert result.attempt == 1
@@ -75,19 +79,25 @@ async def test_multi_reference_request_with_explicit_size_and_format(
     base = stage_image(store, settings, "base.png", png_bytes(128, 128))
     refs = [
         stage_image(store, settings, "ref-a.png", png_bytes(96, 160, (10, 200, 10))),
-        f"ref-b.png",
+        "ref-b.png",
     ]
     stage_image(store, settings, "ref-b.png", png_bytes(160, 96, (10, 10, 200)))
     req = request(
-        settings, base, references=refs, prompt="put the logo from image 2 on the shirt of image 1",
-        width=112, height=80, output={"format": "jpeg"},
+        settings,
+        base,
+        references=refs,
+        prompt="put the logo from image 2 on the shirt of image 1",
+        width=112,
+        height=80,
+        output={"format": "jpeg"},
     )
     async with running_worker(settings, lambda: tiny_editor):
         await publish(settings, req)
         (result,) = await results(settings, count=1)
 
     assert result.status is EditStatus.SUCCEEDED, result.error
-    assert result.output is not None and result.params is not None
+    assert result.output is not None
+    assert result.params is not None
     assert result.output.uri.endswith(f"{req.request_id}.jpg")
     assert (result.output.width, result.output.height) == (112, 80)
     assert result.params.references == 2

@@ -1,4 +1,4 @@
-"""GpuLane (one dedicated thread, busy-time accounting) and GpuGate (lane priority, FIFO, cancellation)."""
+"""GpuLane: one dedicated thread, busy-time accounting, lane priority with a share, cancellation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumer.gpu import GpuGate, GpuLane
+from consumer.gpu import GpuLane
 
 
 @pytest.fixture
@@ -121,135 +121,96 @@ async def test_shutdown_stops_the_lane() -> None:
         await gpu.run(lambda: None)
 
 
-# --- GpuGate ---------------------------------------------------------------------------------------
+# --- lanes: which queued job runs next ----------------------------------------------------------------
 
 
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
+async def hold(lane: GpuLane) -> tuple[asyncio.Task[None], threading.Event]:
+    """Occupy the GPU thread until the returned event is set, so other jobs queue up behind."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocker() -> None:
+        entered.set()
+        release.wait(5)
+
+    task = asyncio.create_task(lane.submit(blocker, lane=0))
+    while not entered.is_set():
+        await asyncio.sleep(0.001)
+    return task, release
 
 
-async def take_turn(gate: GpuGate, lane: int, name: str, order: list[str]) -> None:
-    await gate.acquire(lane)
-    order.append(name)
-    gate.release()
-
-
-async def test_gate_is_free_at_first() -> None:
-    gate = GpuGate()
-    await asyncio.wait_for(gate.acquire(3), timeout=1)
-    assert gate.waiting == 0
-    gate.release()
-    await asyncio.wait_for(gate.acquire(0), timeout=1)
-    gate.release()
-
-
-async def test_gate_holds_others_until_released() -> None:
-    gate = GpuGate()
-    await gate.acquire(0)
-    waiter = asyncio.create_task(gate.acquire(0))
-    await settle()
-    assert not waiter.done()
-    assert gate.waiting == 1
-    gate.release()
-    await asyncio.wait_for(waiter, timeout=1)
-    assert gate.waiting == 0
-    gate.release()
-
-
-async def test_gate_serves_the_lowest_lane_first_and_fifo_within_a_lane() -> None:
-    gate = GpuGate()
-    order: list[str] = []
-    await gate.acquire(0)  # hold the gate while the others queue up
+async def queue_jobs(
+    lane: GpuLane, jobs: list[tuple[int, str]], order: list[str]
+) -> list[asyncio.Task[None]]:
     tasks = []
-    for lane, name in [(2, "c1"), (1, "b1"), (2, "c2"), (0, "a1"), (1, "b2"), (0, "a2"), (2, "c3")]:
-        tasks.append(asyncio.create_task(take_turn(gate, lane, name, order)))
-        await settle()  # fix the arrival order
-    assert gate.waiting == 7
-    gate.release()
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=2)
+    for lane_no, name in jobs:
+        tasks.append(asyncio.create_task(lane.submit(lambda name=name: order.append(name), lane=lane_no)))
+        while lane.waiting() < len(tasks):  # fix the arrival order
+            await asyncio.sleep(0.001)
+    return tasks
+
+
+async def test_the_most_urgent_lane_goes_first_and_fifo_within_a_lane(lane: GpuLane) -> None:
+    order: list[str] = []
+    blocker, release = await hold(lane)
+    jobs = [(2, "c1"), (1, "b1"), (2, "c2"), (0, "a1"), (1, "b2"), (0, "a2"), (2, "c3")]
+    tasks = await queue_jobs(lane, jobs, order)
+    assert lane.waiting() == 7
+    assert lane.waiting(2) == 3
+    release.set()
+    await asyncio.wait_for(asyncio.gather(blocker, *tasks), timeout=2)
     assert order == ["a1", "a2", "b1", "b2", "c1", "c2", "c3"]
-    assert gate.waiting == 0
 
 
-async def test_a_more_urgent_arrival_overtakes_queued_lower_lanes() -> None:
-    gate = GpuGate()
+async def test_lower_lanes_get_their_share_of_turns() -> None:
+    gpu = GpuLane(low_lane_share=0.25)
+    try:
+        order: list[str] = []
+        blocker, release = await hold(gpu)
+        jobs = [(1, f"low{i}") for i in range(3)] + [(0, f"urgent{i}") for i in range(9)]
+        tasks = await queue_jobs(gpu, jobs, order)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(blocker, *tasks), timeout=2)
+        # Every 4th turn while the low lane waits goes to it: 3 urgent, 1 low, ...
+        assert order[:8] == ["urgent0", "urgent1", "urgent2", "low0", "urgent3", "urgent4", "urgent5", "low1"]
+        assert order.index("urgent8") < order.index("low2")
+    finally:
+        gpu.shutdown(wait=True)
+
+
+async def test_a_cancelled_job_that_has_not_started_never_runs(lane: GpuLane) -> None:
     order: list[str] = []
-    await gate.acquire(0)
-    low = asyncio.create_task(take_turn(gate, 1, "low", order))
-    await settle()
-    high = asyncio.create_task(take_turn(gate, 0, "high", order))
-    await settle()
-    gate.release()
-    await asyncio.wait_for(asyncio.gather(low, high), timeout=2)
-    assert order == ["high", "low"]
-
-
-async def test_gate_survives_a_cancelled_waiter() -> None:
-    gate = GpuGate()
-    order: list[str] = []
-    await gate.acquire(0)
-    doomed = asyncio.create_task(take_turn(gate, 0, "doomed", order))
-    later = asyncio.create_task(take_turn(gate, 1, "later", order))
-    await settle()
+    blocker, release = await hold(lane)
+    doomed, later = await queue_jobs(lane, [(0, "doomed"), (1, "later")], order)
     doomed.cancel()
-    await settle()
-    assert doomed.cancelled()
-    assert gate.waiting == 1
-    gate.release()
-    await asyncio.wait_for(later, timeout=1)
+    with contextlib.suppress(asyncio.CancelledError):
+        await doomed
+    assert lane.waiting() == 1
+    release.set()
+    await asyncio.wait_for(asyncio.gather(blocker, later), timeout=2)
     assert order == ["later"]
-    # and the gate is free again afterwards
-    await asyncio.wait_for(gate.acquire(0), timeout=1)
-    gate.release()
 
 
-async def test_a_waiter_cancelled_as_it_gets_the_turn_passes_it_on() -> None:
-    gate = GpuGate()
-    order: list[str] = []
-    await gate.acquire(0)
-    first = asyncio.create_task(take_turn(gate, 0, "first", order))
-    second = asyncio.create_task(take_turn(gate, 0, "second", order))
-    await settle()
-    gate.release()  # hands the turn to `first` ...
-    first.cancel()  # ... which is cancelled before it could run
-    await asyncio.wait_for(second, timeout=1)
-    assert first.cancelled()
-    assert order == ["second"]
-    await asyncio.wait_for(gate.acquire(0), timeout=1)
-    gate.release()
+async def test_on_start_runs_on_the_event_loop_when_the_job_starts(lane: GpuLane) -> None:
+    seen: list[str] = []
+    loop_thread = threading.get_ident()
+
+    def started() -> None:
+        seen.append("start-on-loop" if threading.get_ident() == loop_thread else "start-elsewhere")
+
+    await lane.submit(lambda: seen.append("job"), lane=0, on_start=started)
+    await asyncio.sleep(0.01)
+    assert sorted(seen) == ["job", "start-on-loop"]
 
 
-async def test_all_waiters_cancelled_leaves_the_gate_free() -> None:
-    gate = GpuGate()
-    await gate.acquire(0)
-    waiters = [asyncio.create_task(gate.acquire(lane)) for lane in (0, 1, 2)]
-    await settle()
-    for waiter in waiters:
-        waiter.cancel()
-    await settle()
-    assert gate.waiting == 0
-    gate.release()
-    await asyncio.wait_for(gate.acquire(5), timeout=1)
-    gate.release()
-
-
-async def test_many_contenders_each_get_exactly_one_turn() -> None:
-    gate = GpuGate()
-    holders = 0
-    most = 0
-    turns: list[int] = []
-
-    async def contend(i: int) -> None:
-        nonlocal holders, most
-        await gate.acquire(i % 3)
-        holders += 1
-        most = max(most, holders)
-        await asyncio.sleep(0)
-        holders -= 1
-        turns.append(i)
-        gate.release()
-
-    await asyncio.wait_for(asyncio.gather(*(contend(i) for i in range(30))), timeout=5)
-    assert most == 1
-    assert sorted(turns) == list(range(30))
+async def test_shutdown_cancels_queued_jobs() -> None:
+    gpu = GpuLane()
+    blocker, release = await hold(gpu)
+    queued = asyncio.create_task(gpu.submit(lambda: None, lane=0))
+    while gpu.waiting() < 1:
+        await asyncio.sleep(0.001)
+    gpu.shutdown(wait=False)
+    release.set()
+    await blocker
+    with pytest.raises(asyncio.CancelledError):
+        await queued

@@ -93,8 +93,14 @@ def test_a_whole_section_can_be_given_as_json(monkeypatch: pytest.MonkeyPatch) -
     assert settings.worker.max_attempts == 7
 
 
-def test_scalar_null_is_not_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KLEIN_EDIT_WORKER__HTTP_PORT", "null")
+@pytest.mark.parametrize("value", ["off", "null", "none", ""])
+def test_one_variable_turns_the_http_endpoint_off(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("KLEIN_EDIT_WORKER__HTTP_PORT", value)
+    assert Settings().worker.http_port is None
+
+
+def test_a_bad_http_port_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLEIN_EDIT_WORKER__HTTP_PORT", "eighty")
     with pytest.raises(ValidationError, match="http_port"):
         Settings()
 

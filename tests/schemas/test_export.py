@@ -121,12 +121,6 @@ def test_invalid_requests_fail_the_published_schema(schemas: dict[str, dict[str,
         EditRequest.model_validate(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CONTRACT GAP: the cross-field rules of EditRequest (prompt or recolor required; width and "
-    "height together) live in a model_validator and are not expressed in the published JSON Schema, "
-    "so producers validating against it accept records the worker dead-letters",
-)
 @pytest.mark.parametrize(
     "body",
     [

@@ -239,21 +239,11 @@ def test_the_failing_recolor_item_is_located_by_index() -> None:
     assert error_locs(recolor=items) == [("recolor", 1, "color")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a whitespace-only prompt passes min_length=1, but compile_prompt strips it, so a request "
-    "with no real instruction is accepted and the model runs on an empty prompt",
-)
 def test_whitespace_only_prompt_without_recolor_is_rejected() -> None:
     with pytest.raises(ValidationError):
         build(prompt="   ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a whitespace-only recolor target passes min_length=1 and compiles to "
-    "'Recolor  to the exact color ...' (no object named)",
-)
 def test_whitespace_only_recolor_target_is_rejected() -> None:
     with pytest.raises(ValidationError):
         build(recolor=[{"target": "   ", "color": "#fff"}])
@@ -555,3 +545,20 @@ def test_compiled_prompt_property_of_the_request() -> None:
         == SNEAKERS
     )
     assert build().compiled_prompt == "make it sunny"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("seed", True),
+        ("num_inference_steps", "30"),
+        ("guidance_scale", True),
+        ("width", 512.0),
+        ("progress", 1),
+    ],
+)
+def test_numbers_and_flags_are_not_coerced_from_other_json_types(field: str, value: object) -> None:
+    body = {"request_id": "r", "image": "a.png", "prompt": "p", "width": 512, "height": 512, field: value}
+    with pytest.raises(ValidationError) as info:
+        EditRequest.model_validate_json(json.dumps(body))
+    assert info.value.errors()[0]["loc"][0] == field

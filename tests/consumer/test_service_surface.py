@@ -1,0 +1,88 @@
+"""The health and metrics endpoints of a running worker (real broker and S3, HTTP over a socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+
+from consumer.app import build_worker, serve
+from consumer.services import free_port
+from consumer.settings import Settings
+from pipeline import Editor, StandInEditor
+from tests.consumer.harness import png_bytes, prepare, publish, request, results, stage_image
+
+pytestmark = pytest.mark.integration
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def fetch(port: int, path: str) -> tuple[int, str]:
+    return await asyncio.to_thread(get, port, path)
+
+
+async def eventually(check: Callable[[], object], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+async def test_not_ready_while_loading_ready_in_group_and_counters_move(
+    make_settings: Callable[..., Settings],
+) -> None:
+    port = free_port()
+    settings = make_settings(worker={"http_port": port, "http_host": "127.0.0.1"})
+    store = await prepare(settings)
+    image = stage_image(store, settings, "m.png", png_bytes(64, 64))
+    loaded = threading.Event()
+
+    def slow_load() -> Editor:
+        loaded.wait(30)  # the model is "loading" until the test says so
+        return StandInEditor(edit_ms=20)
+
+    worker = build_worker(settings, editor_factory=slow_load)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(worker, stop))
+    try:
+        await eventually(lambda: get(port, "/livez")[0] == 200)
+        status, body = await fetch(port, "/readyz")
+        assert (status, body) == (503, "not ready: model loading\n")
+
+        loaded.set()
+        await eventually(lambda: get(port, "/readyz")[0] == 200)
+        _, metrics = await fetch(port, "/metrics")
+        assert "klein_edit_model_load_seconds" in metrics
+        assert 'klein_edit_edits_total{code="",status="succeeded"}' not in metrics
+
+        await publish(settings, request(settings, image))
+        (result,) = await results(settings, count=1)
+        assert result.status.value == "succeeded"
+
+        def counted() -> bool:
+            text = get(port, "/metrics")[1]
+            return 'klein_edit_edits_total{code="",status="succeeded"} 1.0' in text
+
+        await eventually(counted)
+        _, metrics = await fetch(port, "/metrics")
+        assert 'klein_edit_stage_seconds_count{stage="inference"} 1.0' in metrics
+        assert f"klein_edit_billed_megapixels_total {64 * 64 / 1e6}" in metrics
+        assert "klein_edit_in_flight 0.0" in metrics
+        assert 'klein_edit_gpu_memory_bytes{kind="peak"}' in metrics
+        assert (await fetch(port, "/nope"))[0] == 404
+    finally:
+        loaded.set()
+        stop.set()
+        assert await asyncio.wait_for(task, timeout=60) == 0
