@@ -4,7 +4,8 @@ A stand-in editor holds the GPU thread for a fixed time per edit, so every milli
 is idle between edits is the worker's own overhead (Kafka, S3, decoding, encoding, commits). The same
 backlog runs twice on a real broker and a real S3 server: through the overlapped worker
 (`max_in_flight` records in flight) and through the plain serial loop (one record at a time:
-fetch -> edit -> upload -> publish -> commit), and both are reported side by side.
+fetch -> edit -> upload -> publish -> commit), and both are reported side by side; a third run repeats
+the overlapped one with progress events on for every request, to measure what they cost.
 """
 
 from __future__ import annotations
@@ -76,7 +77,13 @@ def noise_png(target_bytes: int, seed: int) -> bytes:
 
 
 async def _run_once(
-    settings: Settings, *, jobs: int, edit_ms: float, image_uris: list[str], max_in_flight: int
+    settings: Settings,
+    *,
+    jobs: int,
+    edit_ms: float,
+    image_uris: list[str],
+    max_in_flight: int,
+    progress: bool = False,
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     kafka = settings.kafka.model_copy(
@@ -86,10 +93,13 @@ async def _run_once(
             "result_topic": f"bench-{tag}.results",
             "dlq_topic": f"bench-{tag}.dlq",
             "control_topic": f"bench-{tag}.control",
+            "progress_topic": f"bench-{tag}.progress",
             "priority_topics": [],
         }
     )
-    worker_settings = settings.worker.model_copy(update={"max_in_flight": max_in_flight, "http_port": None})
+    worker_settings = settings.worker.model_copy(
+        update={"max_in_flight": max_in_flight, "http_port": None, "progress": progress}
+    )
     run_settings = settings.model_copy(update={"kafka": kafka, "worker": worker_settings})
     await kafka_io.ensure_topics(kafka, [kafka.request_topic, kafka.result_topic, kafka.dlq_topic])
     spans = _EditSpans()
@@ -181,6 +191,15 @@ async def run_orchestration_benchmark(
             settings, jobs=jobs, edit_ms=edit_ms, image_uris=uris, max_in_flight=settings.worker.max_in_flight
         )
         serial = await _run_once(settings, jobs=jobs, edit_ms=edit_ms, image_uris=uris, max_in_flight=1)
+        # The same overlapped run with progress events on for every request: their cost, measured.
+        with_progress = await _run_once(
+            settings,
+            jobs=jobs,
+            edit_ms=edit_ms,
+            image_uris=uris,
+            max_in_flight=settings.worker.max_in_flight,
+            progress=True,
+        )
     return {
         "mode": "orchestration",
         "jobs": jobs,
@@ -194,6 +213,8 @@ async def run_orchestration_benchmark(
         "serial_gpu_duty_cycle": round(serial["gpu_duty_cycle"], 4),
         "serial_overhead_ms_per_edit": round(serial["overhead_ms_per_edit"], 2),
         "serial_edits_per_s": round(serial["edits_per_s"], 3),
+        "progress_gpu_duty_cycle": round(with_progress["gpu_duty_cycle"], 4),
+        "progress_overhead_ms_per_edit": round(with_progress["overhead_ms_per_edit"], 2),
     }
 
 
@@ -205,6 +226,8 @@ def print_orchestration_summary(summary: dict[str, Any]) -> None:
         f"{summary['overhead_ms_per_edit']:.1f} ms overhead/edit, {summary['edits_per_s']:.2f} edits/s\n"
         f"  serial:{'':19}GPU busy {summary['serial_gpu_duty_cycle']:.2%}, "
         f"{summary['serial_overhead_ms_per_edit']:.1f} ms overhead/edit, "
-        f"{summary['serial_edits_per_s']:.2f} edits/s"
+        f"{summary['serial_edits_per_s']:.2f} edits/s\n"
+        f"  overlapped + progress events: GPU busy {summary['progress_gpu_duty_cycle']:.2%}, "
+        f"{summary['progress_overhead_ms_per_edit']:.1f} ms overhead/edit"
     )
     print(json.dumps(summary))

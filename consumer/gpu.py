@@ -49,6 +49,7 @@ class GpuLane:
         self._busy_s = 0.0
         self._started = time.perf_counter()
         self.running = False
+        self._job_started: float | None = None
         # A daemon thread: an edit abandoned at shutdown must not keep the process alive.
         self._thread = threading.Thread(target=self._serve, name="klein-gpu", daemon=True)
         self._thread.start()
@@ -116,6 +117,7 @@ class GpuLane:
                 _call_soon(job.loop, job.on_start)
             self.running = True
             start = time.perf_counter()
+            self._job_started = start
             try:
                 result = job.fn()
             except BaseException as exc:  # delivered to the awaiting task, which decides what it means
@@ -127,6 +129,12 @@ class GpuLane:
                 with self._cond:
                     self._busy_s += elapsed
                 self.running = False
+                self._job_started = None
+
+    def current_job_seconds(self) -> float:
+        """How long the job now on the GPU thread has been running (0 when idle)."""
+        started = self._job_started
+        return 0.0 if started is None else time.perf_counter() - started
 
     @property
     def busy_seconds(self) -> float:

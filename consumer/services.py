@@ -8,6 +8,7 @@ child process we own, stopped (and waited for) when the context exits.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def find_tansu() -> str:
     raise ServiceError(TANSU_HINT)
 
 
-class _ChildService:
+class LocalService:
     """A server process we start, wait for and always stop."""
 
     name = "service"
@@ -99,8 +100,18 @@ class _ChildService:
     def log_path(self) -> str:
         return self._log.name
 
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets open but answers nothing (an outage, for fault drills)."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.resume()  # a stopped process does not act on SIGTERM until continued
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
@@ -119,7 +130,7 @@ class _ChildService:
         self.stop()
 
 
-class TansuBroker(_ChildService):
+class TansuBroker(LocalService):
     """An Apache-Kafka-compatible broker with in-memory storage: a restart is a new, empty cluster."""
 
     name = "tansu"
@@ -141,7 +152,7 @@ class TansuBroker(_ChildService):
         return {"PATH": "/usr/bin:/bin", "RUST_LOG": "warn"}
 
 
-class MotoServer(_ChildService):
+class MotoServer(LocalService):
     """moto's S3 server: real HTTP S3 semantics, state in memory."""
 
     name = "moto"

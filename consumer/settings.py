@@ -81,6 +81,12 @@ class WorkerSettings(BaseModel):
     drain_grace_s: float = Field(
         default=120.0, ge=0.0, description="On SIGTERM, how long the in-flight edit may run on."
     )
+    edit_timeout_s: float | None = Field(
+        default=900.0,
+        gt=0,
+        description="An edit running longer than this marks the worker not live (/livez 503), so a hung "
+        "GPU is restarted by the orchestrator; None disables.",
+    )
     progress: bool = Field(default=False, description="Publish progress events for every request.")
     progress_interval_s: float = Field(default=1.0, gt=0.0)
     canceled_ids_capacity: int = Field(default=10_000, ge=1)

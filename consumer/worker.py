@@ -68,6 +68,8 @@ class WorkerState:
         self.draining = False
         self.consume_task: asyncio.Task[Any] | None = None
         self.last_loop_at = time.monotonic()
+        self.gpu: GpuLane | None = None
+        self.edit_timeout_s: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -79,6 +81,12 @@ class WorkerState:
             return False
         if not self.model_ready:
             return True  # loading runs on the GPU thread; the startup probe bounds how long it may take
+        if (
+            self.gpu is not None
+            and self.edit_timeout_s
+            and self.gpu.current_job_seconds() > self.edit_timeout_s
+        ):
+            return False  # a hung kernel: let the orchestrator restart us (the ledger counts the run)
         return time.monotonic() - self.last_loop_at < 60.0
 
 
@@ -117,6 +125,8 @@ class EditWorker:
         self.metrics = metrics or WorkerMetrics()
         self.state = state or WorkerState()
         self.gpu = gpu or GpuLane(low_lane_share=settings.kafka.low_lane_share)
+        self.state.gpu = self.gpu
+        self.state.edit_timeout_s = settings.worker.edit_timeout_s
         self._editor_factory = editor_factory
         self._store = store
         self._ledger = ledger

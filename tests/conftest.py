@@ -10,48 +10,46 @@ A service that cannot be had is a test failure with the reason, never a skip.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from consumer.services import MotoServer, ServiceError, TansuBroker
+from consumer.services import LocalService, MotoServer, ServiceError, TansuBroker
 
 KAFKA_ENV = "KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP"
 S3_ENV = "KLEIN_EDIT_TEST_S3_ENDPOINT"
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    configured = os.environ.get(KAFKA_ENV)
+def _service(
+    env_name: str, start: Callable[[], LocalService], address: Callable[[Any], str]
+) -> Iterator[str]:
+    configured = os.environ.get(env_name)
     if configured:
         yield configured
         return
     try:
-        broker = TansuBroker()
-        broker.start()
+        service = start()
+        service.start()
     except ServiceError as exc:
-        pytest.fail(f"no Kafka broker for the integration tests: {exc} (or set {KAFKA_ENV})")
+        pytest.fail(
+            f"no {env_name.removeprefix('KLEIN_EDIT_TEST_').lower()} for the integration tests: {exc} "
+            f"(or set {env_name})"
+        )
     try:
-        yield broker.bootstrap_servers
+        yield address(service)
     finally:
-        broker.stop()
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    yield from _service(KAFKA_ENV, TansuBroker, lambda broker: broker.bootstrap_servers)
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    configured = os.environ.get(S3_ENV)
-    if configured:
-        yield configured
-        return
-    try:
-        server = MotoServer()
-        server.start()
-    except ServiceError as exc:
-        pytest.fail(f"no S3 server for the integration tests: {exc} (or set {S3_ENV})")
-    try:
-        yield server.endpoint_url
-    finally:
-        server.stop()
+    yield from _service(S3_ENV, MotoServer, lambda server: server.endpoint_url)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

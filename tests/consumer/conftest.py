@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from consumer.services import MotoServer, TansuBroker
 from consumer.settings import Settings
 from pipeline import Editor, KleinEditor
 from pipeline.config import TINY_RANDOM, PipelineSettings
@@ -40,3 +41,17 @@ def worker_processes() -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def private_moto() -> Iterator[MotoServer]:
+    """An S3 server of the test's own, to `pause()` (an outage) and `resume()` without touching others."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def private_tansu() -> Iterator[TansuBroker]:
+    """A Kafka broker of the test's own, to `pause()` and `resume()`."""
+    with TansuBroker() as broker:
+        yield broker

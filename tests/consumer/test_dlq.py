@@ -6,10 +6,6 @@ The cause here is an S3 outage that outlasts the worker's retries (a private mot
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-from collections.abc import Iterator
 
 import pytest
 
@@ -41,19 +37,6 @@ from tests.consumer.harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def private_moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
-
-
 @pytest.mark.timeout(150)
 async def test_s3_outage_past_max_attempts_is_dead_lettered_then_replayed_and_done(
     kafka_bootstrap: str, private_moto: MotoServer
@@ -71,12 +54,12 @@ async def test_s3_outage_past_max_attempts_is_dead_lettered_then_replayed_and_do
     editor = StandInEditor(edit_ms=50)
     assert private_moto.process is not None
     async with running_worker(settings, lambda: editor):
-        os.kill(private_moto.process.pid, signal.SIGSTOP)
+        private_moto.pause()
         await publish(settings, req)
         (failed,) = await results(settings, count=1, timeout_s=60)
         (dead,) = await dead_letters(settings, count=1)
         assert await wait_for_no_lag(settings) == no_lag(settings)  # given up on and committed
-        os.kill(private_moto.process.pid, signal.SIGCONT)  # the cause is fixed
+        private_moto.resume()  # the cause is fixed
         await publish(settings, bad)
         await results(settings, count=2)
 

@@ -7,11 +7,9 @@ errors) use real worker processes; outages stop a private broker or S3 server wi
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -45,32 +43,6 @@ from tests.consumer.harness import (
 pytestmark = pytest.mark.integration
 
 StartWorker = Callable[..., WorkerProcess]
-
-
-@pytest.fixture
-def private_moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
-
-
-@pytest.fixture
-def private_tansu() -> Iterator[TansuBroker]:
-    broker = TansuBroker()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        if broker.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(broker.process.pid, signal.SIGCONT)
-        broker.stop()
 
 
 # -- GPU out of memory ----------------------------------------------------------------------------------
@@ -314,11 +286,11 @@ async def test_s3_outage_shorter_than_the_retries_recovers(
     editor = StandInEditor(edit_ms=50)
     assert private_moto.process is not None
     async with running_worker(settings, lambda: editor):
-        os.kill(private_moto.process.pid, signal.SIGSTOP)
+        private_moto.pause()
         await publish(settings, req)
         await asyncio.sleep(8.0)
         assert await results(settings, count=1, timeout_s=0.5) == []
-        os.kill(private_moto.process.pid, signal.SIGCONT)
+        private_moto.resume()
         (result,) = await results(settings, count=1, timeout_s=40)
         assert await wait_for_no_lag(settings) == no_lag(settings)
     assert result.status is EditStatus.SUCCEEDED
@@ -345,9 +317,9 @@ async def test_broker_stopped_for_20_s_during_work_loses_nothing(
             await publish(settings, req)
         await wait_for_attempt_record(store, settings)
         await asyncio.sleep(1.0)
-        os.kill(private_tansu.process.pid, signal.SIGSTOP)
+        private_tansu.pause()
         await asyncio.sleep(20.0)
-        os.kill(private_tansu.process.pid, signal.SIGCONT)
+        private_tansu.resume()
         assert await wait_for_no_lag(settings, timeout_s=90) == no_lag(settings)
         events = await results(settings, count=len(reqs), timeout_s=30, settle_s=1.0)
 

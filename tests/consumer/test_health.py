@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from datetime import UTC, datetime
 
 import pytest
 
+from consumer.gpu import GpuLane
 from consumer.health import HealthServer
 from consumer.metrics import WorkerMetrics
 from consumer.worker import WorkerState
@@ -47,6 +49,28 @@ def test_livez_ok_for_a_fresh_worker(server: HealthServer) -> None:
 def test_livez_ok_while_the_loop_turns(server: HealthServer, state: WorkerState) -> None:
     ready(state)
     assert server.respond("GET", "/livez")[0] == 200
+
+
+async def test_livez_fails_when_an_edit_runs_past_the_edit_timeout(
+    server: HealthServer, state: WorkerState
+) -> None:
+    gpu = GpuLane()
+    release = threading.Event()
+    try:
+        ready(state)
+        state.gpu, state.edit_timeout_s = gpu, 0.05
+        job = asyncio.create_task(gpu.run(release.wait, 5))
+        await asyncio.sleep(0.02)
+        assert server.respond("GET", "/livez")[0] == 200  # running, but not for long yet
+        await asyncio.sleep(0.1)
+        state.last_loop_at = time.monotonic()
+        assert server.respond("GET", "/livez")[0] == 503  # a hung kernel: restart the pod
+        release.set()
+        await job
+        assert server.respond("GET", "/livez")[0] == 200
+    finally:
+        release.set()
+        gpu.shutdown(wait=True)
 
 
 def test_livez_fails_when_the_loop_stalls(server: HealthServer, state: WorkerState) -> None:
