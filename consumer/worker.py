@@ -135,6 +135,7 @@ class EditWorker:
         self._cancels = CancelRegistry(settings.worker.canceled_ids_capacity)
         self._control = ControlReader(settings.kafka, self._cancels)
         self._next_offset: dict[TopicPartition, int] = {}  # one past the last record admitted
+        self._lane_credit = 0.0  # turns earned by lower lanes while the top lane has work
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._in_flight: dict[tuple[TopicPartition, int], _InFlight] = {}
         self._commit_lock = asyncio.Lock()
@@ -216,6 +217,8 @@ class EditWorker:
             for tp, records in batches.items():
                 self._admit(tp, records)
             await self._commit_ready()
+            if len(self._lanes) > 1:
+                await self._learn_positions()
             if time.monotonic() >= next_lag_at:
                 next_lag_at = time.monotonic() + 5.0
                 await self._observe_lag()
@@ -225,10 +228,16 @@ class EditWorker:
         for record in records:
             if (tp, record.offset) in self._in_flight:
                 continue  # refetched after a rebalance while it still runs here
-            if len(self._in_flight) >= self.settings.worker.max_in_flight:
-                # Fetched despite a pause (aiokafka forgets pauses on rebalance): read it again later.
+            lane = self._lanes.get(tp.topic, len(self._lanes))
+            if len(self._in_flight) >= self.settings.worker.max_in_flight or lane in self._held_lanes():
+                # Full, or a lower lane while a higher one has work (fetched despite a pause, or in the
+                # same batch): read it again later.
                 self._consumer.seek(tp, record.offset)
                 return
+            if lane > 0 and self._lane_credit >= 1.0 and self._higher_lane_has_work(lane):
+                self._lane_credit -= 1.0  # this lower-lane record is the share's turn
+            elif lane == 0 and self._lanes_waiting_below(0):
+                self._lane_credit += self.settings.kafka.low_lane_share
             self._start(tp, record)
             self._next_offset[tp] = record.offset + 1
 
@@ -526,6 +535,8 @@ class EditWorker:
         self.state.in_group = True
         self._paused &= assigned
         for tp in assigned:
+            self._next_offset.pop(tp, None)  # relearned: the committed position may have moved
+        for tp in assigned:
             offsets = self._offsets.get(tp)
             if offsets is None:
                 continue
@@ -557,27 +568,54 @@ class EditWorker:
             self._paused = wanted
 
     def _lanes_to_hold(self, assigned: set[TopicPartition]) -> set[TopicPartition]:
+        held = self._held_lanes()
+        return {tp for tp in assigned if self._lanes.get(tp.topic, len(self._lanes)) in held}
+
+    def _held_lanes(self) -> set[int]:
+        """Lower lanes that may not take a record now: a higher lane has work and their share is not due.
+
+        Each record admitted from the top lane while lower lanes wait earns `low_lane_share` of a
+        turn; a whole earned turn lets one lower-lane record in. The GPU lane applies the same share
+        among records already fetched, so a lower lane is never starved at either step.
+        """
         if len(self._lanes) < 2:
             return set()
-        in_flight_per_lane: dict[int, int] = {}
+        held = set()
+        for lane in sorted(set(self._lanes.values()))[1:]:
+            if self._higher_lane_has_work(lane) and self._lane_credit < 1.0:
+                held.add(lane)
+        return held
+
+    def _higher_lane_has_work(self, lane: int) -> bool:
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
         for flight in self._in_flight.values():
-            in_flight_per_lane[flight.lane] = in_flight_per_lane.get(flight.lane, 0) + 1
-        hold: set[TopicPartition] = set()
-        higher_has_work = False
-        for lane in sorted(set(self._lanes.values())):
-            partitions = {tp for tp in assigned if self._lanes.get(tp.topic) == lane}
-            if higher_has_work and in_flight_per_lane.get(lane, 0) >= 1:
-                hold |= partitions
-            backlog = in_flight_per_lane.get(lane, 0) + sum(self._unread(tp) for tp in partitions)
-            higher_has_work = higher_has_work or backlog > 0
-        return hold
+            if flight.lane < lane:
+                return True
+        return any(self._lanes.get(tp.topic, lane) < lane and self._unread(tp) > 0 for tp in assigned)
+
+    def _lanes_waiting_below(self, lane: int) -> bool:
+        """Whether a lane below `lane` has records waiting (so the top lane's admissions earn it turns)."""
+        assert self._consumer is not None
+        return any(
+            self._lanes.get(tp.topic, lane) > lane and self._unread(tp) > 0
+            for tp in self._consumer.assignment()
+        )
 
     def _unread(self, tp: TopicPartition) -> int:
+        """Records of `tp` not yet admitted; 1 ("maybe some") until the first fetch tells us."""
         assert self._consumer is not None
         highwater: int | None = self._consumer.highwater(tp)
         if highwater is None or tp not in self._next_offset:
-            return 0
+            return 1
         return max(0, highwater - self._next_offset[tp])
+
+    async def _learn_positions(self) -> None:
+        """Where each newly assigned partition starts, so lane backlogs count records never admitted."""
+        assert self._consumer is not None
+        for tp in self._consumer.assignment() - self._next_offset.keys():
+            with contextlib.suppress(KafkaError, asyncio.TimeoutError):
+                self._next_offset[tp] = await asyncio.wait_for(self._consumer.position(tp), timeout=1.0)
 
     async def _observe_lag(self) -> None:
         consumer = self._consumer
