@@ -25,7 +25,11 @@ from schemas.errors import KleinEditError
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    # `bench pipeline` passes its own options through to `python -m pipeline.bench`.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.handler is not _cmd_bench_pipeline:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.passthrough = extra
     try:
         settings = Settings()
     except (ValidationError, SettingsError) as exc:
@@ -106,7 +110,6 @@ def _parser() -> argparse.ArgumentParser:
     b = bench.add_parser(
         "pipeline", help="the real Flux2KleinPipeline code path with random weights", add_help=False
     )
-    b.add_argument("args", nargs=argparse.REMAINDER, help="see `klein-edit bench pipeline --help`")
     b.set_defaults(handler=_cmd_bench_pipeline)
 
     return parser
@@ -154,7 +157,7 @@ def _cmd_bench_orchestration(settings: Settings, args: argparse.Namespace) -> in
 def _cmd_bench_pipeline(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.bench import main as pipeline_bench
 
-    return pipeline_bench(list(args.args))
+    return pipeline_bench(list(args.passthrough))
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:

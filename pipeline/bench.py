@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -302,6 +303,7 @@ def _benchmark_one(
         "linear_flops_per_pass": flops["linear_flops"],
         "attention_flops_per_pass": flops["attention_flops"],
         "achieved_tflops": round(flops["total_flops"] / (median_ms / 1e3) / 1e12, 3) if pass_ms else None,
+        "_pixels": np.asarray(output.image, dtype=np.int16),
     }
     del editor, pipe, output, timer
     gc.collect()
@@ -328,7 +330,7 @@ def run_pipeline_benchmark(
     device = torch.device("cuda" if torch.cuda.is_available() and settings.device != "cpu" else "cpu")
     dtype = resolve_dtype(settings, device)
     plans = [(name, parse_option_set(name, settings)) for name in option_sets]  # fail before building
-    return [
+    results = [
         _benchmark_one(
             plan,
             name,
@@ -342,6 +344,16 @@ def run_pipeline_benchmark(
         )
         for name, plan in plans
     ]
+    # Same weights (seeded build), inputs and seed: the pixel difference is what the option changes.
+    reference = results[0].pop("_pixels")
+    results[0]["vs_first_option_set"] = {"mean_abs_pixel_diff": 0.0, "max_abs_pixel_diff": 0}
+    for result in results[1:]:
+        diff = np.abs(result.pop("_pixels") - reference)
+        result["vs_first_option_set"] = {
+            "mean_abs_pixel_diff": round(float(diff.mean()), 3),
+            "max_abs_pixel_diff": int(diff.max()),
+        }
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,9 +377,25 @@ def main(argv: list[str] | None = None) -> int:
         references=args.references,
         option_sets=[name for name in args.option_sets.split(",") if name],
     )
-    for result in results:
-        print(json.dumps(result))
+    print_summary(results)
     return 0
+
+
+def print_summary(results: list[dict[str, Any]]) -> None:
+    """One human line per option set, then (as the last line) one JSON object with everything."""
+    for r in results:
+        per_step_s = r["transformer_s"] / max(1, r["steps"])
+        other_s = max(0.0, r["edit_s"] - r["transformer_s"])
+        r["est_50_step_edit_s"] = round(per_step_s * 50 + other_s, 3)
+        print(
+            f"{r['option_set']:>16} [{r['dims']}, {r['device_name']}, {r['dtype']}]: "
+            f"{r['ms_per_pass_median']:.1f} ms/pass, {r['edit_s']:.2f} s per {r['steps']}-step edit "
+            f"(~{r['est_50_step_edit_s']:.1f} s at 50 steps), peak {r['peak_memory_bytes'] / 1e9:.2f} GB, "
+            f"{r['achieved_tflops']:.1f} TFLOP/s, "
+            f"mean |pixel diff| vs {results[0]['option_set']} "
+            f"{r['vs_first_option_set']['mean_abs_pixel_diff']:.2f}"
+        )
+    print(json.dumps({"mode": "pipeline", "results": results}))
 
 
 if __name__ == "__main__":
