@@ -162,6 +162,7 @@ def _cmd_bench_pipeline(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from consumer.app import build_worker, install_signal_handlers, serve
+    from consumer.worker import BrokerUnreachable
     from pipeline import ModelLoadError
 
     async def run() -> int:
@@ -174,6 +175,9 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"klein-edit: cannot load the model: {exc}", file=sys.stderr)
         return 3
+    except BrokerUnreachable as exc:
+        print(f"klein-edit: {exc}", file=sys.stderr)
+        return 4
     return _exit_promptly(code)
 
 

@@ -54,6 +54,9 @@ class KafkaSettings(BaseModel):
     )
     enable_idempotence: bool = Field(default=False, description="Needs broker support (Tansu lacks it).")
     request_timeout_ms: int = Field(default=30_000, ge=1000)
+    startup_timeout_s: float = Field(
+        default=60.0, ge=0, description="How long the worker retries unreachable brokers at start-up."
+    )
     topic_partitions: int = Field(
         default=4, ge=1, description="Partitions of topics that klein-edit creates itself."
     )

@@ -37,7 +37,7 @@ from consumer.metrics import WorkerMetrics
 from consumer.offsets import PartitionOffsets
 from consumer.processor import EditContext, EditProcessor, PreparedEdit, Store
 from consumer.progress import ProgressReporter
-from consumer.settings import Settings
+from consumer.settings import KafkaSettings, Settings
 from pipeline import EditCanceled, Editor
 from schemas.errors import ErrorCode, KleinEditError
 from schemas.progress import EditProgressed, EditStage
@@ -162,15 +162,15 @@ class EditWorker:
         )
         kafka = self.settings.kafka
         self._producer = kafka_io.make_producer(kafka)
+        await _start_client(self._producer, kafka, stop)
         self._consumer = kafka_io.make_consumer(kafka, group_id=kafka.group_id)
-        await self._producer.start()
         control_stop = asyncio.Event()
         control_task = asyncio.create_task(self._control.run(control_stop), name="control-reader")
         try:
             # Cancels published before this worker started must be known before its first pickup.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._control.caught_up.wait()), timeout=15.0)
-            await self._consumer.start()
+            await _start_client(self._consumer, kafka, stop)
             self._consumer.subscribe(kafka.request_topics, listener=_Rebalance(self))
             log.info(
                 "worker.started", topics=kafka.request_topics, group=kafka.group_id, model=editor.model_name
@@ -656,6 +656,35 @@ class EditWorker:
             log.warning("edit.completed", **fields)
         else:
             log.info("edit.completed", **fields)
+
+
+class BrokerUnreachable(Exception):
+    """The brokers could not be reached at start-up within the connection budget."""
+
+
+async def _start_client(
+    client: AIOKafkaProducer | AIOKafkaConsumer, kafka: KafkaSettings, stop: asyncio.Event
+) -> None:
+    """Start an aiokafka client, retrying while the brokers are down (a rollout racing the cluster).
+
+    Gives up after `kafka.startup_timeout_s` with one clear message; the orchestrator restarts us.
+    """
+    deadline = time.monotonic() + kafka.startup_timeout_s
+    delay = 0.5
+    while True:
+        try:
+            await client.start()
+            return
+        except KafkaError as exc:
+            await client.stop()
+            if stop.is_set() or time.monotonic() + delay > deadline:
+                raise BrokerUnreachable(
+                    f"cannot reach Kafka at {kafka.bootstrap_servers} ({exc}); check "
+                    "KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS and the security settings"
+                ) from exc
+            log.warning("kafka.unreachable", error=repr(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _nothing() -> None:
