@@ -234,21 +234,25 @@ class EditWorker:
                 # same batch): read it again later.
                 self._consumer.seek(tp, record.offset)
                 return
+            gpu_lane = lane
             if lane > 0 and self._lane_credit >= 1.0 and self._higher_lane_has_work(lane):
-                self._lane_credit -= 1.0  # this lower-lane record is the share's turn
+                # This lower-lane record is the share's turn: it queues for the GPU as if urgent, so
+                # the turn is not taken away again by the urgent records admitted after it.
+                self._lane_credit -= 1.0
+                gpu_lane = 0
             elif lane == 0 and self._lanes_waiting_below(0):
                 self._lane_credit += self.settings.kafka.low_lane_share
-            self._start(tp, record)
+            self._start(tp, record, gpu_lane=gpu_lane)
             self._next_offset[tp] = record.offset + 1
 
-    def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+    def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], *, gpu_lane: int) -> None:
         request_id = (
             salvage_request_id(record.value, record.key)
             or f"invalid:{tp.topic}:{tp.partition}:{record.offset}"
         )
         self._offsets.setdefault(tp, PartitionOffsets()).start(record.offset)
         lane = self._lanes.get(tp.topic, len(self._lanes))
-        task = asyncio.create_task(self._handle(tp, record, request_id, lane), name=f"edit-{request_id}")
+        task = asyncio.create_task(self._handle(tp, record, request_id, gpu_lane), name=f"edit-{request_id}")
         self._in_flight[(tp, record.offset)] = _InFlight(record, task, request_id, lane)
         self.metrics.in_flight.set(len(self._in_flight))
 
@@ -584,6 +588,9 @@ class EditWorker:
         for lane in sorted(set(self._lanes.values()))[1:]:
             if self._higher_lane_has_work(lane) and self._lane_credit < 1.0:
                 held.add(lane)
+        free = self.settings.worker.max_in_flight - len(self._in_flight)
+        if self._lane_credit >= 1.0 and free <= 1 and self._lanes_waiting_below(0):
+            held.add(0)  # the last free slot is the lower lanes' earned turn: keep it for them
         return held
 
     def _higher_lane_has_work(self, lane: int) -> bool:
