@@ -118,18 +118,20 @@ class GpuLane:
             self.running = True
             start = time.perf_counter()
             self._job_started = start
+            result: Any = None
+            error: BaseException | None = None
             try:
                 result = job.fn()
             except BaseException as exc:  # delivered to the awaiting task, which decides what it means
-                _call_soon(job.loop, _settle, job.future, None, exc)
-            else:
-                _call_soon(job.loop, _settle, job.future, result, None)
-            finally:
-                elapsed = time.perf_counter() - start
-                with self._cond:
-                    self._busy_s += elapsed
-                self.running = False
-                self._job_started = None
+                error = exc
+            # The lane is idle again before the awaiting task hears of the result.
+            elapsed = time.perf_counter() - start
+            with self._cond:
+                self._busy_s += elapsed
+            self.running = False
+            self._job_started = None
+            _call_soon(job.loop, _settle, job.future, result, error)
+            del result, error  # the next job may be long: don't hold on to this one's tensors
 
     def current_job_seconds(self) -> float:
         """How long the job now on the GPU thread has been running (0 when idle)."""

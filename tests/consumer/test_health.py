@@ -58,11 +58,12 @@ async def test_livez_fails_when_an_edit_runs_past_the_edit_timeout(
     release = threading.Event()
     try:
         ready(state)
-        state.gpu, state.edit_timeout_s = gpu, 0.05
-        job = asyncio.create_task(gpu.run(release.wait, 5))
-        await asyncio.sleep(0.02)
+        state.gpu, state.edit_timeout_s = gpu, 1.0
+        job = asyncio.create_task(gpu.run(release.wait, 10))
+        while not gpu.running:
+            await asyncio.sleep(0.005)
         assert server.respond("GET", "/livez")[0] == 200  # running, but not for long yet
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(1.2)
         state.last_loop_at = time.monotonic()
         assert server.respond("GET", "/livez")[0] == 503  # a hung kernel: restart the pod
         release.set()
