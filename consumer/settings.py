@@ -76,8 +76,12 @@ class CostSettings(BaseModel):
 
 class WorkerSettings(BaseModel):
     name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    prefetch: int = Field(default=2, ge=0, description="Requests fetched ahead of the one on the GPU.")
-    max_in_flight: int = Field(default=4, ge=1, description="Requests picked up but not yet committed.")
+    max_in_flight: int = Field(
+        default=4,
+        ge=1,
+        description="Requests picked up and not yet committed: one on the GPU, the others being fetched "
+        "ahead or uploaded. Bounds memory (decoded images) and redelivery after a crash.",
+    )
     max_attempts: int = Field(default=3, ge=1, description="Tries of a request before it is dead-lettered.")
     retry_backoff_s: float = Field(default=1.0, ge=0.0, description="First retry delay; doubles each time.")
     retry_backoff_max_s: float = Field(default=30.0, ge=0.0)

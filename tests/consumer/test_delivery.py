@@ -173,7 +173,7 @@ async def test_rebalance_in_the_middle_of_long_edits_skips_and_forks_nothing(
     make_settings: Callable[..., Settings], worker_processes: StartWorker
 ) -> None:
     # Edits of 4 s with max_poll_interval 2 s: only polling while paused keeps the members in the group.
-    settings = make_settings(kafka={"max_poll_interval_ms": 2000}, worker={"max_in_flight": 2, "prefetch": 1})
+    settings = make_settings(kafka={"max_poll_interval_ms": 2000}, worker={"max_in_flight": 2})
     store = await prepare(settings)
     image = stage_image(store, settings, "a.png", png_bytes(64, 64))
     reqs = _requests_for_each_partition(settings, image, 3)
