@@ -363,10 +363,12 @@ class EditWorker:
             prepared = await self._processor.prepare(ctx, request)
             if not isinstance(prepared, PreparedEdit):
                 return prepared  # answered from the stored output: no GPU work
-            count_run = await self._gpu_run_counter(ctx, tp, offset)
+            count_before, count_on_start = await self._gpu_run_counter(ctx, tp, offset)
             total_steps = prepared.params.num_inference_steps
 
             def started() -> None:  # on the event loop, as the GPU thread takes the job
+                if count_on_start:
+                    count_on_start()
                 if reporter:
                     reporter.stage(EditStage.EDITING, total_steps=total_steps)
 
@@ -374,7 +376,7 @@ class EditWorker:
                 ctx,
                 prepared,
                 lane=lane,
-                before=count_run,
+                before=count_before,
                 on_start=started,
                 on_step=self._step_hook(ctx.request_id, reporter),
             )
@@ -425,14 +427,18 @@ class EditWorker:
 
         return on_step
 
-    async def _gpu_run_counter(self, ctx: EditContext, tp: TopicPartition, offset: int) -> Callable[[], None]:
-        """Check the durable counts before the GPU, and return what counts this record's GPU run.
+    async def _gpu_run_counter(
+        self, ctx: EditContext, tp: TopicPartition, offset: int
+    ) -> tuple[Callable[[], None] | None, Callable[[], None] | None]:
+        """Check the durable counts before the GPU; return how to count this record's GPU run.
 
-        Only GPU runs are blamed for crashes: a process death (OOM kill, CUDA segfault, hang) counts
-        against the one record on the GPU, not against the records fetched ahead of it. A record on
-        its first pickup is counted off the GPU thread (no GPU idle time; a crash in the first
-        milliseconds of its edit may go uncounted once); a redelivered record, the suspicious case, is
-        counted on the GPU thread before its edit starts, so the count is durable before any risk.
+        Returns `(before, on_start)`: `before` runs on the GPU thread ahead of the edit, `on_start` on
+        the event loop as the GPU takes the record. Only runs that really start are counted, so a
+        crash is blamed on the one record on the GPU, never on the records fetched or queued behind
+        it. A first delivery is counted off the GPU thread as it starts (the GPU never waits for S3;
+        a crash within the first milliseconds of its edit may go uncounted once). A redelivery, the
+        suspicious case, is counted on the GPU thread before its edit, so that count is durable
+        before any risk.
         """
         loop = asyncio.get_running_loop()
         try:
@@ -449,13 +455,18 @@ class EditWorker:
             )
 
         def count_run() -> None:
-            with contextlib.suppress(KleinEditError):
+            try:
                 self._ledger.record_gpu_run(tp.topic, tp.partition, offset)
+            except KleinEditError as exc:
+                log.warning("ledger.unavailable", error=exc.message)
 
         if entry.pickups > 1 or ctx.attempt > 1:
-            return count_run  # runs on the GPU thread, before the edit
-        loop.run_in_executor(self._io, count_run)  # overlaps the wait for the GPU and the edit itself
-        return _nothing
+            return count_run, None
+
+        def count_in_background() -> None:
+            loop.run_in_executor(self._io, count_run)
+
+        return None, count_in_background
 
     def _finish(self, tp: TopicPartition, offset: int) -> None:
         self._offsets.setdefault(tp, PartitionOffsets()).finish(offset)
@@ -692,10 +703,6 @@ async def _start_client(
             log.warning("kafka.unreachable", error=repr(exc), retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-def _nothing() -> None:
-    pass
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:

@@ -121,7 +121,9 @@ async def test_poison_message_that_kills_every_worker_is_dead_lettered_and_the_p
             crashes += 1
             continue
         break
-    assert crashes == settings.worker.max_attempts  # picked up max_attempts times, then given up on
+    # Edit started max_attempts times, then given up on; an instant crash can beat the first (async)
+    # count of a first delivery, costing one more crash (docs/reliability.md).
+    assert settings.worker.max_attempts <= crashes <= settings.worker.max_attempts + 1
 
     assert await wait_for_no_lag(settings, timeout_s=60) == no_lag(settings)
     events = await results(settings, count=3, settle_s=1.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from consumer.app import build_worker, install_signal_handlers, serve
@@ -32,7 +33,10 @@ def editor_factory(spec: str, settings: Settings) -> Callable[[], Editor]:
 
         def crash(job: EditJob) -> None:
             if arg in job.prompt:
-                os._exit(137)  # what the OOM killer or a segfault in a CUDA kernel looks like
+                # Mid-edit, as an OOM kill or a segfault in a CUDA kernel would be: long enough for the
+                # records behind it to be fetched and queued for the GPU (they must not be blamed).
+                time.sleep(1.5)
+                os._exit(137)
 
         return lambda: StandInEditor(edit_ms=50, fault=crash)
     if kind == "device-failure-on":
