@@ -182,14 +182,11 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _exit_promptly(code: int) -> int:
-    """Exit without waiting for a GPU thread that is still inside an abandoned edit."""
-    import threading
-
-    if any(t.name.startswith("klein-gpu") and t.is_alive() for t in threading.enumerate()):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    """Exit now: the GPU lane's daemon thread may still be inside an abandoned edit, and tearing the
+    interpreter down under a running CUDA kernel can crash; I/O threads may sit in an S3 timeout."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:

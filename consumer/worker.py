@@ -548,10 +548,8 @@ class EditWorker:
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         assert self._consumer is not None
         self.state.in_group = True
-        self._paused &= assigned
         for tp in assigned:
             self._next_offset.pop(tp, None)  # relearned: the committed position may have moved
-        for tp in assigned:
             offsets = self._offsets.get(tp)
             if offsets is None:
                 continue
@@ -566,11 +564,7 @@ class EditWorker:
         log.info("partitions.assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 
     def _apply_pauses(self, *, full: bool) -> None:
-        """Pause everything when full; otherwise pause lower lanes while a higher lane has a backlog.
-
-        A lower lane keeps one record in flight even then, so the GPU lane's `low_lane_share` always has a
-        candidate and the lane is never starved.
-        """
+        """Pause everything when full; otherwise pause the lanes `_held_lanes` holds back."""
         assert self._consumer is not None
         assigned = self._consumer.assignment()
         wanted = set(assigned) if full else self._lanes_to_hold(assigned)
