@@ -28,6 +28,16 @@ def get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def status_once_listening(port: int, path: str) -> int:
+    """The status code, or 0 while nothing listens yet: `serve` binds the port after the test starts it."""
+    try:
+        return get(port, path)[0]
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            return 0
+        raise
+
+
 async def fetch(port: int, path: str) -> tuple[int, str]:
     return await asyncio.to_thread(get, port, path)
 
@@ -57,7 +67,7 @@ async def test_not_ready_while_loading_ready_in_group_and_counters_move(
     stop = asyncio.Event()
     task = asyncio.create_task(serve(worker, stop))
     try:
-        await eventually(lambda: get(port, "/livez")[0] == 200)
+        await eventually(lambda: status_once_listening(port, "/livez") == 200)
         status, body = await fetch(port, "/readyz")
         assert (status, body) == (503, "not ready: model loading\n")
 
