@@ -59,8 +59,9 @@ def test_cancel_stops_early_and_still_counts_busy_time() -> None:
     with pytest.raises(EditCanceled):
         editor.edit(job(on_step=cancel_at_two))
     elapsed = time.perf_counter() - start
-    assert elapsed < 0.3  # 2 of 5 steps of 80 ms
-    assert editor.busy_seconds == pytest.approx(elapsed, abs=0.02)
+    # Two of five 80 ms steps ran: well short of the whole 400 ms edit, and all of it counted as busy.
+    assert elapsed < 0.32
+    assert 0.15 <= editor.busy_seconds <= elapsed
     assert editor.edits == 1
 
 
