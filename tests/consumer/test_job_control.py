@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections.abc import Callable
 
 import pytest
@@ -106,7 +107,8 @@ async def test_cancel_mid_edit_stops_within_a_step_and_stores_nothing(
     store = await prepare(settings)
     image = stage_image(store, settings, "m.png", png_bytes(64, 64))
     req = request(settings, image, num_inference_steps=25, progress=True)
-    step_ms = 400  # 25 steps of 400 ms: a 10 s edit
+    # 25 steps of 800 ms: a 20 s edit, long enough that a slow CI runner still cancels it mid-way.
+    step_ms = 800
     async with running_worker(settings, lambda: StandInEditor(edit_ms=25 * step_ms)):
         await publish(settings, req)
         while not any(e.stage is EditStage.EDITING for e in await progress_events(settings, 2, settle_s=0)):
@@ -120,8 +122,12 @@ async def test_cancel_mid_edit_stops_within_a_step_and_stores_nothing(
     assert result.cost.usd == 0
     assert result.output is None
     assert result.error is not None
-    assert "step" in result.error.message
-    # It ran ~1 s, then stopped at the next step boundary: nowhere near the 10 s edit.
+    # "... after step 3/25": the edit stopped at the step boundary right after the cancel was seen,
+    # having run ~1 s past its first progress event, nowhere near the whole 20 s edit.
+    match = re.search(r"after step (\d+)/25", result.error.message)
+    assert match is not None, result.error.message
+    steps_done = int(match.group(1))
+    assert steps_done * step_ms <= result.gpu_ms < (steps_done + 1) * step_ms
     assert 1000 <= result.gpu_ms < 25 * step_ms / 2
     assert output_objects(store, settings) == {}
     assert set(lags.values()) == {0}
