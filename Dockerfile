@@ -89,8 +89,12 @@ FROM ${PYTHON_IMAGE} AS runtime
 
 # gcc + libc6-dev: Triton (torch.compile's GPU backend) compiles a small C launcher stub at run time
 # and fails without a C compiler. Python headers are already in the python image. Nothing else.
+# gcc is pinned to bookworm's only version. libc6-dev is not: it must equal the libc6 of the base image
+# (Debian security updates move both), and an exact pin breaks the build as soon as the archive drops
+# the superseded version; pinning the base image by digest is what fixes libc6, and libc6-dev with it.
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 klein \
