@@ -6,9 +6,9 @@ thread. The thread picks its next job itself, the moment the previous one ends: 
 the event loop would cost a few GIL hand-offs per edit while I/O threads decode and encode images,
 which is exactly the idle time the duty-cycle goal is about.
 
-Jobs carry a lane (0 = most urgent). The next job is the earliest of the most urgent lane, except
-that each turn given to it while a lower lane waits earns `low_lane_share` of a turn for the lower
-lanes; a whole earned turn goes to the earliest job of the lower lanes, so they are never starved.
+Jobs carry a lane (0 = most urgent). The next job is the earliest job of the lane whose turn it is
+under `LaneShare`: the most urgent lane with work, except for the share of turns that goes to the lanes
+below it, so they are never starved.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
+
+from consumer.lanes import LaneShare
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -40,8 +42,7 @@ class _Job:
 
 class GpuLane:
     def __init__(self, *, low_lane_share: float = 0.0) -> None:
-        self._share = low_lane_share
-        self._credit = 0.0
+        self._lanes = LaneShare(low_lane_share)
         self._queue: list[_Job] = []
         self._cond = threading.Condition()
         self._arrivals = itertools.count()
@@ -93,14 +94,8 @@ class GpuLane:
             return sum(1 for job in self._queue if lane is None or job.lane == lane)
 
     def _next_job(self) -> _Job:
-        ordered = sorted(self._queue, key=lambda job: (job.lane, job.arrival))
-        chosen = ordered[0]
-        lower = [job for job in ordered if job.lane > chosen.lane]
-        if lower and self._share > 0:
-            self._credit += self._share
-            if self._credit >= 1.0:
-                self._credit -= 1.0
-                chosen = lower[0]
+        lane = self._lanes.take_turn(job.lane for job in self._queue)
+        chosen = min((job for job in self._queue if job.lane == lane), key=lambda job: job.arrival)
         self._queue.remove(chosen)
         chosen.started = True
         return chosen

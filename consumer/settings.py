@@ -31,7 +31,10 @@ class KafkaSettings(BaseModel):
         default=0.1,
         ge=0.0,
         le=1.0,
-        description="Share of picks given to lower lanes while a higher lane has work.",
+        description=(
+            "Share of turns handed down to the lanes below the most urgent lane with work; "
+            "they share it by the same rule, so no lane starves."
+        ),
     )
     result_topic: str = "edit.results"
     dlq_topic: str = "edit.requests.dlq"

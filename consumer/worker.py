@@ -33,6 +33,7 @@ from consumer.codec import decode_request, encode_event, salvage_request_id
 from consumer.control import CancelRegistry, ControlReader
 from consumer.fate import Action, InternalError, PoisonMessage, decide
 from consumer.gpu import GpuLane
+from consumer.lanes import LaneShare
 from consumer.metrics import WorkerMetrics
 from consumer.offsets import PartitionOffsets
 from consumer.processor import EditContext, EditProcessor, PreparedEdit, Store
@@ -135,7 +136,7 @@ class EditWorker:
         self._cancels = CancelRegistry(settings.worker.canceled_ids_capacity)
         self._control = ControlReader(settings.kafka, self._cancels)
         self._next_offset: dict[TopicPartition, int] = {}  # one past the last record admitted
-        self._lane_credit = 0.0  # turns earned by lower lanes while the top lane has work
+        self._lane_share = LaneShare(settings.kafka.low_lane_share)
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._in_flight: dict[tuple[TopicPartition, int], _InFlight] = {}
         self._commit_lock = asyncio.Lock()
@@ -228,20 +229,19 @@ class EditWorker:
         for record in records:
             if (tp, record.offset) in self._in_flight:
                 continue  # refetched after a rebalance while it still runs here
-            lane = self._lanes.get(tp.topic, len(self._lanes))
+            lane = self._lane_of(tp)
             if len(self._in_flight) >= self.settings.worker.max_in_flight or lane in self._held_lanes():
-                # Full, or a lower lane while a higher one has work (fetched despite a pause, or in the
-                # same batch): read it again later.
+                # Full, or not this lane's turn (fetched despite a pause, or in the same batch): read it
+                # again later.
                 self._consumer.seek(tp, record.offset)
                 return
             gpu_lane = lane
-            if lane > 0 and self._lane_credit >= 1.0 and self._higher_lane_has_work(lane):
-                # This lower-lane record is the share's turn: it queues for the GPU as if urgent, so
-                # the turn is not taken away again by the urgent records admitted after it.
-                self._lane_credit -= 1.0
-                gpu_lane = 0
-            elif lane == 0 and self._lanes_waiting_below(0):
-                self._lane_credit += self.settings.kafka.low_lane_share
+            if len(self._lanes) > 1:
+                waiting = self._waiting_lanes() | {lane}
+                self._lane_share.take_turn(waiting)
+                # A turn handed down by the share queues for the GPU in the lane it was taken from, so
+                # the records admitted after it from that lane do not take it away again.
+                gpu_lane = min(waiting)
             self._start(tp, record, gpu_lane=gpu_lane)
             self._next_offset[tp] = record.offset + 1
 
@@ -251,7 +251,7 @@ class EditWorker:
             or f"invalid:{tp.topic}:{tp.partition}:{record.offset}"
         )
         self._offsets.setdefault(tp, PartitionOffsets()).start(record.offset)
-        lane = self._lanes.get(tp.topic, len(self._lanes))
+        lane = self._lane_of(tp)
         task = asyncio.create_task(self._handle(tp, record, request_id, gpu_lane), name=f"edit-{request_id}")
         self._in_flight[(tp, record.offset)] = _InFlight(record, task, request_id, lane)
         self.metrics.in_flight.set(len(self._in_flight))
@@ -578,41 +578,28 @@ class EditWorker:
 
     def _lanes_to_hold(self, assigned: set[TopicPartition]) -> set[TopicPartition]:
         held = self._held_lanes()
-        return {tp for tp in assigned if self._lanes.get(tp.topic, len(self._lanes)) in held}
+        return {tp for tp in assigned if self._lane_of(tp) in held}
+
+    def _lane_of(self, tp: TopicPartition) -> int:
+        return self._lanes.get(tp.topic, len(self._lanes))
 
     def _held_lanes(self) -> set[int]:
-        """Lower lanes that may not take a record now: a higher lane has work and their share is not due.
+        """Every lane but the one whose turn it is (`LaneShare`), while any lane has work.
 
-        Each record admitted from the top lane while lower lanes wait earns `low_lane_share` of a
-        turn; a whole earned turn lets one lower-lane record in. The GPU lane applies the same share
-        among records already fetched, so a lower lane is never starved at either step.
+        A lane has work while it has records not yet admitted or edits in flight: an urgent edit on the
+        GPU holds the lower lanes back as its backlog does, so the slot stays free for the next urgent
+        record instead of going to a long low-lane edit that would then run before it.
         """
         if len(self._lanes) < 2:
             return set()
-        held = set()
-        for lane in sorted(set(self._lanes.values()))[1:]:
-            if self._higher_lane_has_work(lane) and self._lane_credit < 1.0:
-                held.add(lane)
-        free = self.settings.worker.max_in_flight - len(self._in_flight)
-        if self._lane_credit >= 1.0 and free <= 1 and self._lanes_waiting_below(0):
-            held.add(0)  # the last free slot is the lower lanes' earned turn: keep it for them
-        return held
+        due = self._lane_share.due(self._waiting_lanes())
+        return set() if due is None else {lane for lane in self._lanes.values() if lane != due}
 
-    def _higher_lane_has_work(self, lane: int) -> bool:
+    def _waiting_lanes(self) -> set[int]:
         assert self._consumer is not None
-        assigned = self._consumer.assignment()
-        for flight in self._in_flight.values():
-            if flight.lane < lane:
-                return True
-        return any(self._lanes.get(tp.topic, lane) < lane and self._unread(tp) > 0 for tp in assigned)
-
-    def _lanes_waiting_below(self, lane: int) -> bool:
-        """Whether a lane below `lane` has records waiting (so the top lane's admissions earn it turns)."""
-        assert self._consumer is not None
-        return any(
-            self._lanes.get(tp.topic, lane) > lane and self._unread(tp) > 0
-            for tp in self._consumer.assignment()
-        )
+        lanes = {flight.lane for flight in self._in_flight.values()}
+        lanes.update(self._lane_of(tp) for tp in self._consumer.assignment() if self._unread(tp) > 0)
+        return lanes
 
     def _unread(self, tp: TopicPartition) -> int:
         """Records of `tp` not yet admitted; 1 ("maybe some") until the first fetch tells us."""

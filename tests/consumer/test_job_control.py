@@ -165,3 +165,38 @@ async def test_urgent_lane_goes_first_and_the_low_lane_still_moves(
     assert 1 <= len(low_before_last_urgent) <= 3
     assert set(lags.values()) == {0}
     assert len(output_objects(store, settings)) == 12
+
+
+async def test_with_three_lanes_the_lowest_moves_while_the_middle_one_has_a_backlog(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The top lane is empty: the share works between whichever lanes have work, so `bulk` is not
+    held back until `normal` is drained."""
+    settings = make_settings(kafka={"low_lane_share": 0.25}, worker={"max_in_flight": 2})
+    base = settings.kafka.request_topic
+    urgent_topic, normal_topic = f"{base}.urgent", f"{base}.normal"
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"priority_topics": [urgent_topic, normal_topic]})}
+    )
+    store = await prepare(settings)
+    image = stage_image(store, settings, "t.png", png_bytes(64, 64))
+    normal = [request(settings, image, request_id=f"normal-{i}") for i in range(8)]
+    bulk = [request(settings, image, request_id=f"bulk-{i}") for i in range(4)]
+    for req in bulk:
+        await publish(settings, req)  # the default request topic: the lowest lane
+    for req in normal:
+        await publish(settings, req, topic=normal_topic)
+
+    async with running_worker(settings, lambda: StandInEditor(edit_ms=300)):
+        finished = await results(settings, count=12, timeout_s=90)
+        lags = await wait_for_no_lag(settings)
+
+    order = [r.request_id for r in finished]
+    assert sorted(order) == sorted(r.request_id for r in normal + bulk)
+    last_normal = max(order.index(r.request_id) for r in normal)
+    bulk_before_last_normal = [i for i in order[:last_normal] if i.startswith("bulk")]
+    assert sum(1 for i in order[:6] if i.startswith("normal")) >= 4  # normal goes first ...
+    assert 1 <= len(bulk_before_last_normal) <= 3  # ... but bulk is not starved behind it
+    assert all(r.status is EditStatus.SUCCEEDED for r in finished)
+    assert set(lags.values()) == {0}
+    assert len(output_objects(store, settings)) == 12
