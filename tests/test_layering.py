@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -76,24 +77,18 @@ def environment_reads(tree: ast.Module) -> list[int]:
     ]
 
 
+def findings(package: str, walker: Callable[[ast.Module], list[int]]) -> list[str]:
+    return [f"{path.relative_to(ROOT)}:{line}" for path, tree in modules(package) for line in walker(tree)]
+
+
 @pytest.mark.parametrize("package", ["schemas", "storage", "pipeline"])
 def test_async_lives_only_in_consumer(package: str) -> None:
-    wrong = [
-        f"{path.relative_to(ROOT)}:{line}"
-        for path, tree in modules(package)
-        for line in async_constructs(tree)
-    ]
-    assert wrong == []
+    assert findings(package, async_constructs) == []
 
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_package_reads_the_environment(package: str) -> None:
-    wrong = [
-        f"{path.relative_to(ROOT)}:{line}"
-        for path, tree in modules(package)
-        for line in environment_reads(tree)
-    ]
-    assert wrong == []
+    assert findings(package, environment_reads) == []
 
 
 def test_the_checks_see_a_violation() -> None:

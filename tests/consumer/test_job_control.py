@@ -133,38 +133,55 @@ async def test_cancel_mid_edit_stops_within_a_step_and_stores_nothing(
     assert set(lags.values()) == {0}
 
 
-async def test_urgent_lane_goes_first_and_the_low_lane_still_moves(
-    make_settings: Callable[..., Settings],
-) -> None:
+async def drain_backlogs(
+    make_settings: Callable[..., Settings], lanes: list[str], backlog: dict[str, int]
+) -> list[str]:
+    """Run one worker (share 0.25, 2 in flight, 300 ms edits) over backlogs published before it starts.
+
+    `lanes` are in priority order, the last one being the plain request topic; `backlog[lane]` requests
+    named `lane-<i>` go to each. Returns the request ids in the order their results came, after checking
+    that every one succeeded, nothing is left uncommitted and each has exactly one object.
+    """
     settings = make_settings(kafka={"low_lane_share": 0.25}, worker={"max_in_flight": 2})
-    urgent_topic = f"{settings.kafka.request_topic}.urgent"
+    base = settings.kafka.request_topic
+    topics = {lane: f"{base}.{lane}" for lane in lanes[:-1]} | {lanes[-1]: base}
+    priority = [topics[lane] for lane in lanes[:-1]]
     settings = settings.model_copy(
-        update={"kafka": settings.kafka.model_copy(update={"priority_topics": [urgent_topic]})}
+        update={"kafka": settings.kafka.model_copy(update={"priority_topics": priority})}
     )
     store = await prepare(settings)
     image = stage_image(store, settings, "l.png", png_bytes(64, 64))
-    low = [request(settings, image, request_id=f"low-{i}") for i in range(6)]
-    urgent = [request(settings, image, request_id=f"urgent-{i}") for i in range(6)]
-    for req in low:
-        await publish(settings, req)
-    for req in urgent:
-        await publish(settings, req, topic=urgent_topic)
+    expected = [f"{lane}-{i}" for lane, count in backlog.items() for i in range(count)]
+    for request_id in expected:
+        lane = request_id.rsplit("-", 1)[0]
+        await publish(settings, request(settings, image, request_id=request_id), topic=topics[lane])
 
     async with running_worker(settings, lambda: StandInEditor(edit_ms=300)):
-        finished = await results(settings, count=12, timeout_s=90)
+        finished = await results(settings, count=len(expected), timeout_s=90)
         lags = await wait_for_no_lag(settings)
 
     order = [r.request_id for r in finished]
-    assert sorted(order) == sorted(r.request_id for r in low + urgent)
-    last_urgent = max(order.index(r.request_id) for r in urgent)
-    low_before_last_urgent = [i for i in order[:last_urgent] if i.startswith("low")]
-    # Urgent work finishes well before the low lane's backlog ...
-    assert last_urgent < max(order.index(r.request_id) for r in low)
-    assert sum(1 for i in order[:6] if i.startswith("urgent")) >= 4
-    # ... but the low lane is not starved while urgent work remains.
-    assert 1 <= len(low_before_last_urgent) <= 3
+    assert sorted(order) == sorted(expected)
+    assert all(r.status is EditStatus.SUCCEEDED for r in finished)
     assert set(lags.values()) == {0}
-    assert len(output_objects(store, settings)) == 12
+    assert len(output_objects(store, settings)) == len(expected)
+    return order
+
+
+def positions(order: list[str], lane: str) -> list[int]:
+    return [i for i, request_id in enumerate(order) if request_id.startswith(f"{lane}-")]
+
+
+async def test_urgent_lane_goes_first_and_the_low_lane_still_moves(
+    make_settings: Callable[..., Settings],
+) -> None:
+    order = await drain_backlogs(make_settings, ["urgent", "low"], {"low": 6, "urgent": 6})
+    last_urgent = max(positions(order, "urgent"))
+    # Urgent work finishes well before the low lane's backlog ...
+    assert last_urgent < max(positions(order, "low"))
+    assert sum(1 for i in positions(order, "urgent") if i < 6) >= 4
+    # ... but the low lane is not starved while urgent work remains.
+    assert 1 <= sum(1 for i in positions(order, "low") if i < last_urgent) <= 3
 
 
 async def test_with_three_lanes_the_lowest_moves_while_the_middle_one_has_a_backlog(
@@ -172,31 +189,7 @@ async def test_with_three_lanes_the_lowest_moves_while_the_middle_one_has_a_back
 ) -> None:
     """The top lane is empty: the share works between whichever lanes have work, so `bulk` is not
     held back until `normal` is drained."""
-    settings = make_settings(kafka={"low_lane_share": 0.25}, worker={"max_in_flight": 2})
-    base = settings.kafka.request_topic
-    urgent_topic, normal_topic = f"{base}.urgent", f"{base}.normal"
-    settings = settings.model_copy(
-        update={"kafka": settings.kafka.model_copy(update={"priority_topics": [urgent_topic, normal_topic]})}
-    )
-    store = await prepare(settings)
-    image = stage_image(store, settings, "t.png", png_bytes(64, 64))
-    normal = [request(settings, image, request_id=f"normal-{i}") for i in range(8)]
-    bulk = [request(settings, image, request_id=f"bulk-{i}") for i in range(4)]
-    for req in bulk:
-        await publish(settings, req)  # the default request topic: the lowest lane
-    for req in normal:
-        await publish(settings, req, topic=normal_topic)
-
-    async with running_worker(settings, lambda: StandInEditor(edit_ms=300)):
-        finished = await results(settings, count=12, timeout_s=90)
-        lags = await wait_for_no_lag(settings)
-
-    order = [r.request_id for r in finished]
-    assert sorted(order) == sorted(r.request_id for r in normal + bulk)
-    last_normal = max(order.index(r.request_id) for r in normal)
-    bulk_before_last_normal = [i for i in order[:last_normal] if i.startswith("bulk")]
-    assert sum(1 for i in order[:6] if i.startswith("normal")) >= 4  # normal goes first ...
-    assert 1 <= len(bulk_before_last_normal) <= 3  # ... but bulk is not starved behind it
-    assert all(r.status is EditStatus.SUCCEEDED for r in finished)
-    assert set(lags.values()) == {0}
-    assert len(output_objects(store, settings)) == 12
+    order = await drain_backlogs(make_settings, ["urgent", "normal", "bulk"], {"bulk": 4, "normal": 8})
+    last_normal = max(positions(order, "normal"))
+    assert sum(1 for i in positions(order, "normal") if i < 6) >= 4  # normal goes first ...
+    assert 1 <= sum(1 for i in positions(order, "bulk") if i < last_normal) <= 3  # ... bulk still moves
