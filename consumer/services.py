@@ -157,9 +157,20 @@ class TansuBroker(LocalService):
 
 
 class MotoServer(LocalService):
-    """moto's S3 server: real HTTP S3 semantics, state in memory."""
+    """moto's S3 server: real HTTP S3 semantics, state in memory.
+
+    `environment` replaces the inherited one (None: inherit), for moto's own switches such as
+    `INITIAL_NO_AUTH_ACTION_COUNT` in the access-denied drills.
+    """
 
     name = "moto"
+
+    def __init__(self, port: int | None = None, environment: dict[str, str] | None = None) -> None:
+        super().__init__(port)
+        self._environment = environment
+
+    def environment(self) -> dict[str, str] | None:
+        return self._environment
 
     @property
     def endpoint_url(self) -> str:
@@ -171,10 +182,12 @@ class MotoServer(LocalService):
             raise ServiceError("the embedded S3 server needs moto: pip install 'klein-edit[local]'")
         return [str(moto_server), "-H", "127.0.0.1", "-p", str(self.port)]
 
-    def reset(self) -> None:
-        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10):
-            pass
+
+def reset_moto(endpoint_url: str) -> None:
+    """Wipe every bucket and object of a moto server (ours or one CI started)."""
+    request = urllib.request.Request(f"{endpoint_url}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
 
 
 def on_local_services(settings: Settings, *, bootstrap: str | None, s3_endpoint: str | None) -> Settings:

@@ -7,88 +7,18 @@ from `moto_factory` here.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
+from consumer.services import MotoServer, reset_moto
 from storage import ImageStore, S3Settings
 
-ENDPOINT_ENV = "KLEIN_EDIT_TEST_S3_ENDPOINT"
 INPUT_BUCKET = "test-inputs"
 OUTPUT_BUCKET = "test-outputs"
 # moto does not check credentials by default, but explicit ones keep boto3 away from the host's chain.
 TEST_KEY = "testing"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class MotoServer:
-    process: subprocess.Popen[bytes]
-    endpoint: str
-
-    def pause(self) -> None:
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            # A stopped process does not act on SIGTERM until continued.
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def start_moto(extra_env: dict[str, str] | None = None) -> MotoServer:
-    script = Path(sys.executable).with_name("moto_server")
-    command = [str(script)] if script.exists() else [shutil.which("moto_server") or "moto_server"]
-    port = free_port()
-    env = {**os.environ, **(extra_env or {})}
-    process = subprocess.Popen(
-        [*command, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    server = MotoServer(process, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{server.endpoint}/moto-api/", timeout=1):
-                return server
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    server.stop()
-    raise RuntimeError("moto_server did not start within 20 s")
-
-
-def reset_moto(endpoint: str) -> None:
-    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(request, timeout=10):
-        pass
 
 
 @pytest.fixture
@@ -104,8 +34,9 @@ def moto_factory() -> Iterator[Callable[..., MotoServer]]:
     servers: list[MotoServer] = []
 
     def start(extra_env: dict[str, str] | None = None) -> MotoServer:
-        server = start_moto(extra_env)
+        server = MotoServer(environment={**os.environ, **extra_env} if extra_env else None)
         servers.append(server)
+        server.start()
         return server
 
     yield start

@@ -228,7 +228,9 @@ class TestUnavailable:
         self, moto_factory: Callable[..., Any], settings_for: Callable[..., S3Settings]
     ) -> None:
         server = moto_factory()
-        settings = settings_for(server.endpoint, connect_timeout_s=0.5, read_timeout_s=0.5, max_attempts=1)
+        settings = settings_for(
+            server.endpoint_url, connect_timeout_s=0.5, read_timeout_s=0.5, max_attempts=1
+        )
         store = ImageStore(settings)
         store.ensure_bucket(settings.input_bucket)
         location = S3Location(settings.input_bucket, "a.png")
@@ -255,13 +257,13 @@ class TestAccessDenied:
     ) -> None:
         # The first four requests (two S3 and two IAM setup calls) run unauthenticated.
         server = moto_factory({"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
-        admin = ImageStore(settings_for(server.endpoint))
+        admin = ImageStore(settings_for(server.endpoint_url))
         admin.client.create_bucket(Bucket="test-inputs")
         location = S3Location("test-inputs", "private.png")
         admin.client.put_object(Bucket=location.bucket, Key=location.key, Body=b"x")
         iam = boto3.session.Session().client(
             "iam",
-            endpoint_url=server.endpoint,
+            endpoint_url=server.endpoint_url,
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
@@ -271,7 +273,7 @@ class TestAccessDenied:
 
         worker = ImageStore(
             settings_for(
-                server.endpoint,
+                server.endpoint_url,
                 access_key_id=SecretStr(key["AccessKeyId"]),
                 secret_access_key=SecretStr(key["SecretAccessKey"]),
             )
@@ -289,7 +291,7 @@ class TestAccessDenied:
 
         stranger = ImageStore(
             settings_for(
-                server.endpoint,
+                server.endpoint_url,
                 access_key_id=SecretStr("AKIAUNKNOWN0000000"),
                 secret_access_key=SecretStr("nope"),
             )
