@@ -39,8 +39,8 @@ from pipeline.editor import EditJob, KleinEditor
 from pipeline.loader import resolve_dtype
 from pipeline.optimize import apply_options
 from pipeline.tiny import (
+    assemble_pipeline,
     build_tokenizer,
-    scheduler_config,
     tiny_text_encoder_config,
     tiny_transformer_config,
     tiny_vae_config,
@@ -155,18 +155,9 @@ def build_random_pipeline(*, real_dims: bool, device: torch.device, dtype: torch
         transformer = diffusers.Flux2Transformer2DModel(**transformer_config).eval()
         text_encoder = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**text_config)).eval()
         vae = diffusers.AutoencoderKLFlux2(**vae_config).eval()
-    for module in (transformer, text_encoder, vae):
-        module.requires_grad_(False)
-    pipe = diffusers.Flux2KleinPipeline(
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**scheduler_config()),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=build_tokenizer(),
-        transformer=transformer,
-        is_distilled=False,
+    return assemble_pipeline(
+        transformer=transformer, text_encoder=text_encoder, vae=vae, tokenizer=build_tokenizer()
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 class PassTimer:

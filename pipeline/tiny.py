@@ -174,6 +174,12 @@ def build_tiny_pipeline(seed: int = 0) -> Any:
         transformer = diffusers.Flux2Transformer2DModel(**tiny_transformer_config()).eval()
         torch.manual_seed(seed + 2)
         vae = diffusers.AutoencoderKLFlux2(**tiny_vae_config()).eval()
+    return assemble_pipeline(transformer=transformer, text_encoder=text_encoder, vae=vae, tokenizer=tokenizer)
+
+
+def assemble_pipeline(*, transformer: Any, text_encoder: Any, vae: Any, tokenizer: Any) -> Any:
+    """A `Flux2KleinPipeline` (the Base model: not distilled) around frozen components, no progress bar."""
+    diffusers: Any = importlib.import_module("diffusers")
     for module in (text_encoder, transformer, vae):
         module.requires_grad_(False)
     pipe = diffusers.Flux2KleinPipeline(
