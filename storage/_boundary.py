@@ -65,6 +65,11 @@ def client_error_status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+def _access_denied(code: str, status: int) -> bool:
+    """A 403 about permissions: not rejected credentials, nor a transient answer such as a skewed clock."""
+    return status == 403 and code not in CREDENTIAL_CODES and code not in TRANSIENT_CODES
+
+
 def input_error(exc: Exception, target: str, action: str) -> StorageError:
     """The error for a failed read of a request's input (`action`: e.g. "read")."""
     if isinstance(exc, ClientError):
@@ -72,7 +77,7 @@ def input_error(exc: Exception, target: str, action: str) -> StorageError:
         if code in NOT_FOUND_CODES or (status == 404 and code not in TRANSIENT_CODES):
             what = "bucket" if code == "NoSuchBucket" else "object"
             return InputNotFound(f"cannot {action} {target}: the {what} does not exist ({code or status})")
-        if code not in CREDENTIAL_CODES and code not in TRANSIENT_CODES and status == 403:
+        if _access_denied(code, status):
             # Without s3:ListBucket, S3 answers 403 instead of 404 for a missing key.
             return InputForbidden(
                 f"cannot {action} {target}: access denied ({code or status}; the key may also not exist "
@@ -89,7 +94,7 @@ def output_error(exc: Exception, target: str, action: str) -> StorageError:
             return StorageUnavailable(
                 f"cannot {action} {target}: the bucket does not exist; create it or fix the worker's settings"
             )
-        if code not in CREDENTIAL_CODES and code not in TRANSIENT_CODES and status == 403:
+        if _access_denied(code, status):
             return StorageUnavailable(
                 f"cannot {action} {target}: access denied ({code or status}); the worker's IAM policy "
                 "needs s3:GetObject, s3:PutObject and s3:ListBucket on the output bucket"

@@ -148,15 +148,13 @@ class ImageStore:
         digest = hashlib.sha256(data)
         stored_metadata = {**_checked_metadata(metadata), SHA256_METADATA_KEY: digest.hexdigest()}
         try:
-            self._client.put_object(
-                Bucket=location.bucket,
-                Key=location.key,
-                Body=data,
-                ContentType=content_type,
+            self._upload(
+                location,
+                data,
+                content_type=content_type,
+                sha256=digest.digest(),
                 Metadata=stored_metadata,
                 IfNoneMatch="*",
-                ChecksumSHA256=base64.b64encode(digest.digest()).decode("ascii"),
-                **encryption_args(self._settings),
             )
         except ClientError as exc:
             if client_error_code(exc) == "PreconditionFailed" or client_error_status(exc) == 412:
@@ -169,16 +167,23 @@ class ImageStore:
     def put_object(self, location: S3Location, data: bytes, *, content_type: str) -> None:
         """Plain (overwriting) upload; stages input images for the demo and `submit`."""
         try:
-            self._client.put_object(
-                Bucket=location.bucket,
-                Key=location.key,
-                Body=data,
-                ContentType=content_type,
-                ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode("ascii"),
-                **encryption_args(self._settings),
-            )
+            self._upload(location, data, content_type=content_type, sha256=hashlib.sha256(data).digest())
         except (ClientError, BotoCoreError) as exc:
             raise output_error(exc, location.uri, "write") from exc
+
+    def _upload(
+        self, location: S3Location, data: bytes, *, content_type: str, sha256: bytes, **conditions: Any
+    ) -> None:
+        """PUT with an end-to-end SHA-256 checksum (S3 rejects a corrupted body) and the configured SSE."""
+        self._client.put_object(
+            Bucket=location.bucket,
+            Key=location.key,
+            Body=data,
+            ContentType=content_type,
+            ChecksumSHA256=base64.b64encode(sha256).decode("ascii"),
+            **encryption_args(self._settings),
+            **conditions,
+        )
 
     def ensure_bucket(self, bucket: str) -> None:
         """Create `bucket` unless it exists (demo and tests; production buckets come from infrastructure)."""
