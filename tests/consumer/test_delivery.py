@@ -18,6 +18,7 @@ from consumer.settings import Settings
 from pipeline import StandInEditor
 from schemas.requests import EditRequest
 from schemas.results import EditStatus
+from storage import ImageStore
 from tests.consumer.harness import (
     WorkerProcess,
     assert_one_output_per_request,
@@ -39,6 +40,20 @@ from tests.consumer.harness import (
 pytestmark = pytest.mark.integration
 
 StartWorker = Callable[..., WorkerProcess]
+
+
+async def edit_in_progress(
+    settings: Settings, worker_processes: StartWorker, spec: str, *, running_s: float
+) -> tuple[ImageStore, EditRequest, WorkerProcess]:
+    """A worker process (`spec`) that has been editing one fresh request for about `running_s`."""
+    store = await prepare(settings)
+    req = request(settings, stage_image(store, settings, "a.png", png_bytes(64, 64)))
+    worker = worker_processes(settings, spec)
+    await worker.wait_assigned()
+    await publish(settings, req)
+    await wait_for_attempt_record(store, settings)  # its GPU run has started
+    await asyncio.sleep(running_s)
+    return store, req, worker
 
 
 async def test_duplicate_request_is_answered_from_s3_without_a_second_gpu_run(
@@ -72,13 +87,8 @@ async def test_sigkill_mid_edit_then_a_new_worker_redoes_the_request_once(
     make_settings: Callable[..., Settings], worker_processes: StartWorker
 ) -> None:
     settings = make_settings()
-    store = await prepare(settings)
-    req = request(settings, stage_image(store, settings, "a.png", png_bytes(64, 64)))
-    first = worker_processes(settings, "standin:8000")
-    await first.wait_assigned()
-    await publish(settings, req)
-    await wait_for_attempt_record(store, settings)
-    await asyncio.sleep(1.5)  # well inside the 8 s edit
+    # 1.5 s into an 8 s edit.
+    store, req, first = await edit_in_progress(settings, worker_processes, "standin:8000", running_s=1.5)
     first.signal(signal.SIGKILL)
     assert await first.wait_exit(10) == -signal.SIGKILL
     assert output_objects(store, settings) == {}
@@ -103,13 +113,7 @@ async def test_sigterm_mid_edit_finishes_it_within_the_grace_period(
     make_settings: Callable[..., Settings], worker_processes: StartWorker
 ) -> None:
     settings = make_settings(worker={"drain_grace_s": 20})
-    store = await prepare(settings)
-    req = request(settings, stage_image(store, settings, "a.png", png_bytes(64, 64)))
-    worker = worker_processes(settings, "standin:5000")
-    await worker.wait_assigned()
-    await publish(settings, req)
-    await wait_for_attempt_record(store, settings)
-    await asyncio.sleep(1.0)
+    store, _, worker = await edit_in_progress(settings, worker_processes, "standin:5000", running_s=1.0)
     worker.signal(signal.SIGTERM)
     assert await worker.wait_exit(30) == 0
     assert worker.events("worker.draining")
@@ -128,13 +132,7 @@ async def test_sigterm_with_a_grace_shorter_than_the_edit_exits_uncommitted_and_
     make_settings: Callable[..., Settings], worker_processes: StartWorker
 ) -> None:
     settings = make_settings(worker={"drain_grace_s": 1})
-    store = await prepare(settings)
-    req = request(settings, stage_image(store, settings, "a.png", png_bytes(64, 64)))
-    first = worker_processes(settings, "standin:15000")
-    await first.wait_assigned()
-    await publish(settings, req)
-    await wait_for_attempt_record(store, settings)
-    await asyncio.sleep(1.0)
+    store, _, first = await edit_in_progress(settings, worker_processes, "standin:15000", running_s=1.0)
     first.signal(signal.SIGTERM)
     assert await first.wait_exit(10) == 0  # long before the 15 s edit would have ended
     assert first.events("worker.abandoning")
