@@ -230,19 +230,19 @@ class EditWorker:
             if (tp, record.offset) in self._in_flight:
                 continue  # refetched after a rebalance while it still runs here
             lane = self._lane_of(tp)
-            if len(self._in_flight) >= self.settings.worker.max_in_flight or lane in self._held_lanes():
+            waiting = self._waiting_lanes() | {lane}
+            if (
+                len(self._in_flight) >= self.settings.worker.max_in_flight
+                or self._lane_share.due(waiting) != lane
+            ):
                 # Full, or not this lane's turn (fetched despite a pause, or in the same batch): read it
                 # again later.
                 self._consumer.seek(tp, record.offset)
                 return
-            gpu_lane = lane
-            if len(self._lanes) > 1:
-                waiting = self._waiting_lanes() | {lane}
-                self._lane_share.take_turn(waiting)
-                # A turn handed down by the share queues for the GPU in the lane it was taken from, so
-                # the records admitted after it from that lane do not take it away again.
-                gpu_lane = min(waiting)
-            self._start(tp, record, gpu_lane=gpu_lane)
+            self._lane_share.take_turn(waiting)
+            # A turn handed down by the share queues for the GPU in the lane it was taken from, so the
+            # records admitted after it from that lane do not take it away again.
+            self._start(tp, record, gpu_lane=min(waiting))
             self._next_offset[tp] = record.offset + 1
 
     def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], *, gpu_lane: int) -> None:
@@ -590,8 +590,6 @@ class EditWorker:
         GPU holds the lower lanes back as its backlog does, so the slot stays free for the next urgent
         record instead of going to a long low-lane edit that would then run before it.
         """
-        if len(self._lanes) < 2:
-            return set()
         due = self._lane_share.due(self._waiting_lanes())
         return set() if due is None else {lane for lane in self._lanes.values() if lane != due}
 
