@@ -468,8 +468,11 @@ def test_keda_scales_on_the_workers_own_consumer_group(chart: helm.Chart, name: 
     spec = scaled["spec"]
     assert spec["scaleTargetRef"]["name"] == rendered.one("Deployment")["metadata"]["name"]
     assert "replicas" not in rendered.one("Deployment")["spec"]  # the HPA owns the replica count
-    topics = [*json.loads(env["KLEIN_EDIT_KAFKA__PRIORITY_TOPICS"]), env["KLEIN_EDIT_KAFKA__REQUEST_TOPIC"]]
-    assert [t["metadata"]["topic"] for t in spec["triggers"]] == topics
+    # Two lanes, one trigger on the group with no topic: KEDA sums the lag over all of the group's
+    # topics (a trigger per topic would make the HPA take the maximum instead).
+    assert len(json.loads(env["KLEIN_EDIT_KAFKA__PRIORITY_TOPICS"])) == 1
+    assert len(spec["triggers"]) == 1
+    assert "topic" not in spec["triggers"][0]["metadata"]
     for trigger in spec["triggers"]:
         assert trigger["type"] == "kafka"
         meta = trigger["metadata"]
@@ -485,6 +488,20 @@ def test_keda_scales_on_the_workers_own_consumer_group(chart: helm.Chart, name: 
     assert spec["minReplicaCount"] <= spec["maxReplicaCount"] <= PROFILES[name]["keda"]["partitionCount"]
     auth = rendered.one("TriggerAuthentication")["spec"]["secretTargetRef"]
     assert {a["parameter"] for a in auth} == {"username", "password"}
+
+
+def test_keda_sums_the_lag_of_every_lane(chart: helm.Chart) -> None:
+    """Two lanes on plaintext Kafka: still one trigger, on the group, with no topic."""
+    values = {
+        "config": {"kafka": {"priority_topics": ["edit.requests.urgent"], "group_id": "workers"}},
+        "keda": {"enabled": True, "partitionCount": 4, "maxReplicaCount": 4},
+    }
+    (trigger,) = render(chart, values).one("ScaledObject")["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == "workers"
+    assert "topic" not in trigger["metadata"]
+    assert "sasl" not in trigger["metadata"]
+    assert "authenticationRef" not in trigger
 
 
 def test_keda_refuses_more_replicas_than_partitions(chart: helm.Chart) -> None:
