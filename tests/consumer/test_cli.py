@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from consumer.cli import main, new_request_id, parse_recolor_flag
+from consumer.cli import main
+from consumer.cli.submit import new_request_id, parse_recolor_flag
 from schemas.export import PUBLISHED_DIR, json_schemas
 from schemas.requests import REQUEST_ID_PATTERN, RecolorInstruction
 

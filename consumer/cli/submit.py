@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import mimetypes
+import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,6 @@ from storage import ImageStore, S3Location
 
 
 def build_request(settings: Settings, args: argparse.Namespace) -> EditRequest:
-    from consumer.cli import new_request_id, parse_recolor_flag
-
     request_id = args.request_id or new_request_id()
     store: ImageStore | None = None
 
@@ -71,3 +71,17 @@ async def submit(
         if not wait:
             return None
         return await asyncio.wait_for(client.wait_for(request.request_id, timeout_s=timeout_s), timeout_s + 5)
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4().hex[:16]}"
+
+
+_RECOLOR_FLAG = re.compile(r"^(?P<target>.+)=(?P<color>#[0-9A-Fa-f]{3}(?:[0-9A-Fa-f]{3})?)$")
+
+
+def parse_recolor_flag(value: str) -> dict[str, str]:
+    match = _RECOLOR_FLAG.match(value)
+    if not match:
+        raise ValueError(f"--recolor {value!r}: expected TARGET=#RRGGBB, e.g. 'the sneakers=#1E90FF'")
+    return {"target": match["target"].strip(), "color": match["color"]}

@@ -9,9 +9,7 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -190,7 +188,7 @@ def _exit_promptly(code: int) -> int:
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer.demo import run_demo
+    from consumer.cli.demo import run_demo
     from consumer.services import ServiceError
     from pipeline import ModelLoadError
 
@@ -209,7 +207,7 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer.submit import build_request, submit
+    from consumer.cli.submit import build_request, submit
 
     try:
         request = build_request(settings, args)
@@ -264,21 +262,3 @@ def _cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary))
     return 0
-
-
-def new_request_id() -> str:
-    return f"req-{uuid.uuid4().hex[:16]}"
-
-
-_RECOLOR_FLAG = re.compile(r"^(?P<target>.+)=(?P<color>#[0-9A-Fa-f]{3}(?:[0-9A-Fa-f]{3})?)$")
-
-
-def parse_recolor_flag(value: str) -> dict[str, str]:
-    match = _RECOLOR_FLAG.match(value)
-    if not match:
-        raise ValueError(f"--recolor {value!r}: expected TARGET=#RRGGBB, e.g. 'the sneakers=#1E90FF'")
-    return {"target": match["target"].strip(), "color": match["color"]}
-
-
-if __name__ == "__main__":
-    sys.exit(main())

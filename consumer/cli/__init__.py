@@ -1,0 +1,9 @@
+"""The `klein-edit` command line, kept apart from the worker runtime it starts.
+
+`main` is the console script (`klein-edit`, `python -m consumer`); each command's own module holds what
+only that command does (`submit`, `demo`). The worker runtime lives in `consumer.app` and below.
+"""
+
+from consumer.cli.main import main
+
+__all__ = ["main"]
