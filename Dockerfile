@@ -58,6 +58,15 @@ pydantic-settings==2.16.3
 python-dotenv==1.2.4
 structlog==26.1.0
 prometheus-client==0.26.0
+aiohttp==3.14.5
+aiohappyeyeballs==2.7.1
+aiosignal==1.4.0
+attrs==26.1.0
+frozenlist==1.8.0
+multidict==7.2.1
+propcache==0.5.4
+yarl==1.25.1
+idna==3.20
 requests==2.34.2
 certifi==2026.10.19.post1
 regex==2026.11.19

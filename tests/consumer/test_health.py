@@ -1,17 +1,21 @@
-"""HealthServer.respond: /livez, /readyz, /metrics, 404 and 405, over a real WorkerState and WorkerMetrics."""
+"""The health server: what /livez, /readyz and /metrics answer (`HealthServer.respond`, over a real
+WorkerState and WorkerMetrics), and how the running server's socket stands up to slow, oversized and
+malformed clients (raw asyncio streams against the bound port, as a scanner would probe it)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
 
 from consumer.gpu import GpuLane
-from consumer.health import HealthServer
+from consumer.health import MAX_CONNECTIONS, REQUEST_DEADLINE_S, HealthServer
 from consumer.metrics import WorkerMetrics
 from consumer.worker import WorkerState
 from schemas.results import Cost, EditCompleted, EditStatus, Timing
@@ -201,11 +205,140 @@ def test_unknown_paths_are_404(server: HealthServer, path: str) -> None:
     assert server.respond("GET", path) == (404, "text/plain", b"not found\n")
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "HEAD", "OPTIONS", "get"])
+def test_head_is_answered_as_get(server: HealthServer, state: WorkerState) -> None:
+    ready(state)
+    for path in ("/livez", "/readyz", "/metrics", "/nope"):
+        assert server.respond("HEAD", path) == server.respond("GET", path)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "get"])
 @pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics", "/nope"])
 def test_other_methods_are_405(server: HealthServer, method: str, path: str) -> None:
-    assert server.respond(method, path) == (405, "text/plain", b"only GET\n")
+    assert server.respond(method, path) == (405, "text/plain", b"only GET and HEAD\n")
 
 
 def test_port_before_start_is_the_configured_one(state: WorkerState, metrics: WorkerMetrics) -> None:
     assert HealthServer(state, metrics, host="127.0.0.1", port=18080).port == 18080
+
+
+# --- the running server's socket -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def port(server: HealthServer) -> AsyncIterator[int]:
+    await server.start()
+    try:
+        yield server.port
+    finally:
+        await server.stop()
+
+
+async def exchange(port: int, raw: bytes, *, timeout_s: float = 5.0) -> bytes:
+    """Send `raw`, read until the server closes; what a client on the socket sees."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout_s)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+async def test_get_and_head_over_the_socket(port: int, state: WorkerState) -> None:
+    ready(state)
+    got = await exchange(port, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert got.endswith(b"\r\n\r\nready\n")
+    assert b"Connection: close" in got  # one request per connection: the deadline bounds it
+    head = await exchange(port, b"HEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Length: 6\r\n" in head
+    assert head.endswith(b"\r\n\r\n")  # the headers of GET, no body
+    metrics = await exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n" in metrics
+    assert b"klein_edit_in_flight" in metrics
+
+
+async def test_other_methods_get_405_with_allow(port: int) -> None:
+    got = await exchange(port, b"POST /livez HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert status_of(got) == 405
+    assert b"Allow: GET, HEAD\r\n" in got
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"GET /" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n", id="64KiB-request-line"),
+        pytest.param(b"GET /livez HTTP/1.1\r\nX-Big: " + b"y" * 65536 + b"\r\n\r\n", id="64KiB-header"),
+        pytest.param(
+            b"GET /livez HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n",
+            id="200-headers",
+        ),
+        pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", id="tls-hello"),
+    ],
+)
+async def test_oversized_or_malformed_requests_get_400_and_one_log_line(
+    port: int, raw: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        got = await exchange(port, raw)
+        assert status_of(got) in (400, 431)
+        # The server is fine afterwards.
+        assert status_of(await exchange(port, b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING]
+
+
+async def test_a_slowloris_client_is_cut_off_at_the_deadline(port: int) -> None:
+    """One header line every 2 s would hold a naive server forever; here the deadline ends it."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /livez HTTP/1.1\r\n")
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            for i in range(10):
+                await asyncio.sleep(2.0)
+                writer.write(b"X-Slow-%d: y\r\n" % i)
+                await writer.drain()
+
+    trickler = asyncio.create_task(trickle())
+    received = b""
+    with contextlib.suppress(ConnectionError):
+        received = await asyncio.wait_for(reader.read(), 25.0)
+    elapsed = time.monotonic() - started
+    trickler.cancel()
+    writer.close()
+    assert received == b""  # never answered
+    assert REQUEST_DEADLINE_S - 0.1 <= elapsed < REQUEST_DEADLINE_S + 1.5, elapsed  # was 14 s and a 200
+
+
+async def test_slow_connections_are_capped_and_livez_still_answers_promptly(port: int) -> None:
+    slow = []
+    for _ in range(300):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /livez HTTP/1.1\r\nX-Slow: ")  # and never more
+        slow.append((reader, writer))
+    try:
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        got = await exchange(port, b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(got) == 200
+        assert time.monotonic() - started < 1.0
+
+        async def closed(reader: asyncio.StreamReader) -> bool:
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await asyncio.wait_for(reader.read(), 0.5)
+                return True
+            return reader.at_eof()
+
+        dropped = sum(await asyncio.gather(*(closed(r) for r, _ in slow)))
+        assert dropped >= 300 - MAX_CONNECTIONS  # the oldest were evicted, not all 300 held
+    finally:
+        for _, writer in slow:
+            writer.close()
