@@ -73,6 +73,8 @@ regex==2026.11.19
 pyyaml==6.0.4
 tqdm==4.70.1
 psutil==7.2.2
+aws-msk-iam-sasl-signer-python==1.0.2
+click==8.5.1
 EOF
 
 # 1) The CUDA build of torch, from the PyTorch index (cu128: CUDA 12.8 user-space libraries).

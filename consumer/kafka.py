@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
+from consumer.auth import token_provider
 from consumer.settings import KafkaSettings
 
 # Headers of a dead-lettered record: where it came from and why it was given up on.
@@ -22,7 +23,10 @@ DLQ_ATTEMPTS = "klein-edit.attempts"
 
 
 def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
-    """Connection and security options shared by every client we create."""
+    """Connection and security options shared by every client we create.
+
+    With OAUTHBEARER each client gets its own token provider (`consumer.auth.token_provider`).
+    """
     kwargs: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,
         "client_id": kafka.client_id,
@@ -33,7 +37,10 @@ def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
         kwargs["ssl_context"] = create_ssl_context(
             cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile
         )
-    if kafka.security_protocol.startswith("SASL"):
+    if kafka.security_protocol.startswith("SASL") and kafka.sasl_mechanism == "OAUTHBEARER":
+        kwargs["sasl_mechanism"] = "OAUTHBEARER"
+        kwargs["sasl_oauth_token_provider"] = token_provider(kafka)
+    elif kafka.security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = kafka.sasl_mechanism or "PLAIN"
         kwargs["sasl_plain_username"] = kafka.sasl_username
         kwargs["sasl_plain_password"] = (

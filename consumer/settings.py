@@ -10,7 +10,7 @@ import os
 import socket
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.config import PipelineSettings
@@ -41,9 +41,39 @@ class KafkaSettings(BaseModel):
     progress_topic: str = "edit.progress"
     control_topic: str = "edit.control"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    oauth_provider: Literal["oidc", "aws_msk_iam"] = Field(
+        default="oidc",
+        description="Where OAUTHBEARER tokens come from: an OIDC client-credentials grant (Confluent "
+        "Cloud, Event Hubs, Keycloak, ...) or AWS MSK IAM (the default AWS credential chain).",
+    )
+    oauth_token_endpoint: str | None = Field(
+        default=None, description="OIDC token URL (oauth_provider oidc)."
+    )
+    oauth_client_id: str | None = Field(default=None, description="OIDC client id (oauth_provider oidc).")
+    oauth_client_secret: SecretStr | None = Field(
+        default=None, description="OIDC client secret (oauth_provider oidc)."
+    )
+    oauth_scope: str | None = Field(
+        default=None,
+        description="OIDC scope, space-separated; Event Hubs: https://<namespace>.servicebus.windows.net/.default.",
+    )
+    oauth_client_auth: Literal["client_secret_post", "client_secret_basic"] = Field(
+        default="client_secret_post",
+        description="How the client authenticates to the token endpoint: form fields or HTTP Basic.",
+    )
+    oauth_extensions: dict[str, str] = Field(
+        default_factory=dict,
+        description="SASL extensions sent with the token (Confluent Cloud: logicalCluster, identityPoolId).",
+    )
+    oauth_refresh_margin_s: float = Field(
+        default=60.0, ge=0.0, description="A cached token is replaced this long before it expires."
+    )
+    aws_msk_iam_region: str | None = Field(
+        default=None, description="AWS region of the MSK cluster (oauth_provider aws_msk_iam)."
+    )
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -66,6 +96,27 @@ class KafkaSettings(BaseModel):
     max_request_bytes: int = Field(
         default=1_048_576, ge=1024, description="Larger request records are rejected."
     )
+
+    @model_validator(mode="after")
+    def _oauth_complete(self) -> KafkaSettings:
+        if self.sasl_mechanism != "OAUTHBEARER":
+            return self
+        if not self.security_protocol.startswith("SASL"):
+            raise ValueError(
+                "sasl_mechanism OAUTHBEARER needs security_protocol SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if self.oauth_provider == "aws_msk_iam":
+            if not self.aws_msk_iam_region:
+                raise ValueError("oauth_provider aws_msk_iam needs aws_msk_iam_region")
+            return self
+        missing = [
+            name
+            for name in ("oauth_token_endpoint", "oauth_client_id", "oauth_client_secret")
+            if getattr(self, name) is None
+        ]
+        if missing:
+            raise ValueError(f"oauth_provider oidc needs {', '.join(missing)}")
+        return self
 
     @property
     def request_topics(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -532,3 +533,93 @@ def test_optional_objects_are_off_by_default(profile: tuple[str, Rendered]) -> N
         assert rendered.one("ServiceAccount")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
     service = rendered.one("Service")["spec"]
     assert service["publishNotReadyAddresses"] is True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Platform authentication (SASL/OAUTHBEARER)
+
+OIDC_VALUES: dict[str, Any] = {
+    "config": {
+        "kafka": {
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "OAUTHBEARER",
+            "oauth_provider": "oidc",
+            "oauth_token_endpoint": "https://login.example/tenant/oauth2/v2.0/token",
+            "oauth_client_id": "klein-edit-client",
+            "oauth_scope": "https://ns.servicebus.windows.net/.default",
+            "oauth_extensions": {"logicalCluster": "lkc-1", "identityPoolId": "pool-2"},
+        }
+    },
+    "secrets": {"existingSecret": "kafka-oauth", "keys": {"kafkaOauthClientSecret": "client-secret"}},
+}
+
+
+def test_oidc_settings_render_and_the_client_secret_comes_from_the_secret(
+    chart: helm.Chart, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered = render(chart, OIDC_VALUES)
+    env, values = rendered.env(), rendered.env_values()
+    assert values["KLEIN_EDIT_KAFKA__SASL_MECHANISM"] == "OAUTHBEARER"
+    assert values["KLEIN_EDIT_KAFKA__OAUTH_CLIENT_ID"] == "klein-edit-client"
+    # A map-valued setting is one JSON variable: its keys are case-sensitive SASL extension names.
+    assert json.loads(values["KLEIN_EDIT_KAFKA__OAUTH_EXTENSIONS"]) == {
+        "logicalCluster": "lkc-1",
+        "identityPoolId": "pool-2",
+    }
+    secret = env["KLEIN_EDIT_KAFKA__OAUTH_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert secret == {"name": "kafka-oauth", "key": "client-secret"}
+    for name in [n for n in os.environ if n.startswith("KLEIN_EDIT_")]:
+        monkeypatch.delenv(name)
+    for name, value in values.items():
+        if name.startswith("KLEIN_EDIT_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KLEIN_EDIT_KAFKA__OAUTH_CLIENT_SECRET", "from-the-secret")
+    settings = Settings()  # the worker's own parsing accepts them
+    assert settings.kafka.oauth_extensions["logicalCluster"] == "lkc-1"
+
+
+def test_oidc_without_a_client_secret_is_refused(chart: helm.Chart) -> None:
+    values = copy.deepcopy(OIDC_VALUES)
+    values["secrets"]["keys"]["kafkaOauthClientSecret"] = ""
+    assert "kafkaOauthClientSecret" in render_error(chart, values)
+    plain = _merge(OIDC_VALUES, {"config": {"kafka": {"oauth_client_secret": "hunter2"}}})
+    assert "oauth_client_secret" in render_error(chart, plain)
+
+
+def test_msk_iam_needs_no_secret_and_uses_the_pod_role(chart: helm.Chart) -> None:
+    values = {
+        "config": {
+            "kafka": {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "OAUTHBEARER",
+                "oauth_provider": "aws_msk_iam",
+                "aws_msk_iam_region": "eu-west-1",
+            }
+        },
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/klein"}},
+    }
+    rendered = render(chart, values)
+    assert rendered.env_values()["KLEIN_EDIT_KAFKA__AWS_MSK_IAM_REGION"] == "eu-west-1"
+    assert not {n for n in rendered.env() if "SASL_PASSWORD" in n or "OAUTH_CLIENT_SECRET" in n}
+    keda = _merge(PROFILES["keda"], values)
+    assert "AWS MSK IAM" in render_error(chart, keda)
+
+
+def test_keda_reads_the_lag_with_the_workers_oidc_client(chart: helm.Chart) -> None:
+    values = _merge(_merge(PROFILES["keda"], OIDC_VALUES), {"secrets": {"existingSecret": "kafka-oauth"}})
+    rendered = render(chart, values)
+    for trigger in rendered.one("ScaledObject")["spec"]["triggers"]:
+        assert trigger["metadata"]["sasl"] == "oauthbearer"
+        assert trigger["metadata"]["tls"] == "enable"
+    auth = rendered.one("TriggerAuthentication")["spec"]
+    from_env = {a["parameter"]: a["name"] for a in auth["env"]}
+    assert from_env == {
+        "username": "KLEIN_EDIT_KAFKA__OAUTH_CLIENT_ID",
+        "oauthTokenEndpointUri": "KLEIN_EDIT_KAFKA__OAUTH_TOKEN_ENDPOINT",
+        "scopes": "KLEIN_EDIT_KAFKA__OAUTH_SCOPE",
+    }
+    assert all(a["containerName"] == "worker" for a in auth["env"])
+    assert set(from_env.values()) <= set(rendered.env_values())  # KEDA finds them on the worker
+    assert auth["secretTargetRef"] == [
+        {"parameter": "password", "name": "kafka-oauth", "key": "client-secret"}
+    ]

@@ -90,7 +90,7 @@ cache_dir outside the model volume.
 {{- range $section := list "kafka" "s3" "pipeline" "cost" "worker" "log" }}
 {{- if not (hasKey $cfg $section) }}{{- $_ := set $cfg $section dict }}{{- end }}
 {{- end }}
-{{- range $path := list "kafka.sasl_password" "s3.access_key_id" "s3.secret_access_key" "pipeline.hf_token" }}
+{{- range $path := list "kafka.sasl_password" "kafka.oauth_client_secret" "s3.access_key_id" "s3.secret_access_key" "pipeline.hf_token" }}
 {{- $parts := splitList "." $path }}
 {{- if hasKey (index $cfg (first $parts)) (last $parts) }}
 {{- fail (printf "config.%s is a secret: put it in the Secret named by secrets.existingSecret, not in values" $path) }}
@@ -111,20 +111,27 @@ cache_dir outside the model volume.
 {{- if or (not (hasKey $cfg.worker "http_port")) (kindIs "invalid" (get $cfg.worker "http_port")) }}
 {{- fail "config.worker.http_port is required: the probes and /metrics use it" }}
 {{- end }}
+{{- if and (eq (get $cfg.kafka "sasl_mechanism" | default "") "OAUTHBEARER") (ne (get $cfg.kafka "oauth_provider" | default "oidc") "aws_msk_iam") }}
+{{- if or (not .Values.secrets.existingSecret) (not .Values.secrets.keys.kafkaOauthClientSecret) }}
+{{- fail "config.kafka.sasl_mechanism OAUTHBEARER with oauth_provider oidc needs the client secret: set secrets.existingSecret and secrets.keys.kafkaOauthClientSecret" }}
+{{- end }}
+{{- end }}
 {{- toJson $cfg }}
 {{- end }}
 
 {{/*
-Render a (nested) map as KLEIN_EDIT_* env vars: key path joined by "__", upper-cased.
-Strings verbatim; numbers, booleans, lists and maps as JSON; null leaves are skipped.
-Args: dict "prefix" "KLEIN_EDIT_" "map" $cfg
+Render the config (section -> field -> value) as KLEIN_EDIT_* env vars: KLEIN_EDIT_<SECTION>__<FIELD>,
+upper-cased. Strings verbatim; numbers, booleans, lists and maps (a map-valued field, e.g.
+kafka.oauth_extensions, whose keys are case-sensitive) as JSON; null leaves are skipped.
+Args: dict "prefix" "KLEIN_EDIT_" "map" $cfg "sections" true
 */}}
 {{- define "klein-edit.envFromMap" -}}
 {{- $prefix := .prefix }}
+{{- $sections := .sections }}
 {{- range $key, $value := .map }}
 {{- $name := printf "%s%s" $prefix (upper $key) }}
-{{- if kindIs "map" $value }}
-{{- include "klein-edit.envFromMap" (dict "prefix" (printf "%s__" $name) "map" $value) }}
+{{- if and $sections (kindIs "map" $value) }}
+{{- include "klein-edit.envFromMap" (dict "prefix" (printf "%s__" $name) "map" $value "sections" false) }}
 {{- else if not (kindIs "invalid" $value) }}
 - name: {{ $name }}
   value: {{ ternary $value (toJson $value) (kindIs "string" $value) | quote }}
@@ -136,7 +143,7 @@ Args: dict "prefix" "KLEIN_EDIT_" "map" $cfg
 The worker's KLEIN_EDIT_* settings env (from the effective config).
 */}}
 {{- define "klein-edit.configEnv" -}}
-{{- include "klein-edit.envFromMap" (dict "prefix" "KLEIN_EDIT_" "map" (include "klein-edit.effectiveConfig" . | fromJson)) }}
+{{- include "klein-edit.envFromMap" (dict "prefix" "KLEIN_EDIT_" "map" (include "klein-edit.effectiveConfig" . | fromJson) "sections" true) }}
 {{- end }}
 
 {{/*
@@ -190,6 +197,9 @@ Secret env of the worker container (Kafka SASL, S3 keys).
 {{- if $keys.kafkaSaslPassword }}
 {{ include "klein-edit.secretEnv" (dict "name" "KLEIN_EDIT_KAFKA__SASL_PASSWORD" "key" $keys.kafkaSaslPassword "root" .) }}
 {{- end }}
+{{- if $keys.kafkaOauthClientSecret }}
+{{ include "klein-edit.secretEnv" (dict "name" "KLEIN_EDIT_KAFKA__OAUTH_CLIENT_SECRET" "key" $keys.kafkaOauthClientSecret "root" .) }}
+{{- end }}
 {{- if $keys.s3AccessKeyId }}
 {{ include "klein-edit.secretEnv" (dict "name" "KLEIN_EDIT_S3__ACCESS_KEY_ID" "key" $keys.s3AccessKeyId "root" .) }}
 {{- end }}
@@ -203,7 +213,7 @@ Secret env of the worker container (Kafka SASL, S3 keys).
 Names of environment variables that carry secrets: never set with a plain value.
 */}}
 {{- define "klein-edit.secretEnvNames" -}}
-{{- list "KLEIN_EDIT_KAFKA__SASL_PASSWORD" "KLEIN_EDIT_S3__ACCESS_KEY_ID" "KLEIN_EDIT_S3__SECRET_ACCESS_KEY" "KLEIN_EDIT_PIPELINE__HF_TOKEN" "HF_TOKEN" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" | toJson }}
+{{- list "KLEIN_EDIT_KAFKA__SASL_PASSWORD" "KLEIN_EDIT_KAFKA__OAUTH_CLIENT_SECRET" "KLEIN_EDIT_S3__ACCESS_KEY_ID" "KLEIN_EDIT_S3__SECRET_ACCESS_KEY" "KLEIN_EDIT_PIPELINE__HF_TOKEN" "HF_TOKEN" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" | toJson }}
 {{- end }}
 
 {{/*
