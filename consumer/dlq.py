@@ -3,71 +3,220 @@
 Run it after the cause is fixed (a bug deployed away, an outage over). Replayed records get new
 offsets, so the attempt count starts again; the idempotent output means a request whose output was
 written after all is answered from S3, not edited twice.
+
+What a replay covers is fixed when it starts: the end offset of every DLQ partition is read once, and
+records written after that (a DLQ that is still filling) are neither replayed nor committed; the next
+run picks them up.
+
+Progress with `--group G` is kept per error code, because a replay filtered by code must not mark the
+other codes as done. Kafka keeps one committed offset per group and partition, so the tool uses one
+group per code and one for all codes:
+- `G.<CODE>` (e.g. `G.STORAGE_UNAVAILABLE`): every record of that code below its committed offset has
+  been replayed. `--code X --group G` commits `G.X` at the snapshot end of each partition.
+- `G`: every record below its committed offset has been replayed, whatever its code. A run without
+  `--code` commits `G` at the snapshot end.
+A record is done when it lies below the offset of `G` or of `G.<its code>`; a run replays the records
+of its codes that are not done and commits only the groups of the codes it replayed. So
+`--code X --group G` followed by `--code Y --group G` replays every X and every Y record once, and a
+later run with no `--code` replays only what neither of them did.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from consumer import kafka as kafka_io
 from consumer.settings import KafkaSettings
 
 REPLAYED_FROM_OFFSET = "klein-edit.replayed-from-offset"
+# The headers the worker adds when it dead-letters a record; a replayed request carries the rest of
+# its original headers, as its producer sent them.
+_DLQ_HEADERS = frozenset(
+    {
+        kafka_io.DLQ_ORIGINAL_TOPIC,
+        kafka_io.DLQ_ORIGINAL_PARTITION,
+        kafka_io.DLQ_ORIGINAL_OFFSET,
+        kafka_io.DLQ_ERROR_CODE,
+        kafka_io.DLQ_ERROR_MESSAGE,
+        kafka_io.DLQ_ATTEMPTS,
+        REPLAYED_FROM_OFFSET,
+    }
+)
+
+
+def progress_group(group_id: str, code: str | None) -> str:
+    """The consumer group that holds replay progress for one error code (None: for all codes)."""
+    return group_id if code is None else f"{group_id}.{code or 'NO_CODE'}"
+
+
+def replay_headers(record: ConsumerRecord[bytes, bytes]) -> list[tuple[str, bytes]]:
+    """The record's original headers (without the dead-letter ones), plus where it was replayed from."""
+    kept = [(key, bytes(value)) for key, value in record.headers or () if key not in _DLQ_HEADERS]
+    return [*kept, (REPLAYED_FROM_OFFSET, f"{record.partition}:{record.offset}".encode())]
+
+
+@dataclass
+class _Progress:
+    """Committed positions of the progress groups, fetched on first use; one consumer per group."""
+
+    kafka: KafkaSettings
+    group_id: str
+    partitions: list[TopicPartition]
+    consumers: dict[str, AIOKafkaConsumer] = field(default_factory=dict)
+    marks: dict[str, dict[TopicPartition, int]] = field(default_factory=dict)
+
+    async def mark(self, code: str | None) -> dict[TopicPartition, int]:
+        """Per partition, the offset below which this group's records are replayed (0: none yet)."""
+        group = progress_group(self.group_id, code)
+        if group not in self.marks:
+            consumer = kafka_io.make_consumer(self.kafka, group_id=group)
+            await consumer.start()
+            self.consumers[group] = consumer
+            consumer.assign(self.partitions)
+            self.marks[group] = {tp: await consumer.committed(tp) or 0 for tp in self.partitions}
+        return self.marks[group]
+
+    async def done_below(self, code: str) -> dict[TopicPartition, int]:
+        everything, this_code = await self.mark(None), await self.mark(code)
+        return {tp: max(everything[tp], this_code[tp]) for tp in self.partitions}
+
+    async def commit(self, code: str | None, ends: dict[TopicPartition, int]) -> dict[str, int]:
+        group = progress_group(self.group_id, code)
+        await self.mark(code)
+        await self.consumers[group].commit(dict(ends))
+        return {f"{tp.topic}-{tp.partition}": offset for tp, offset in sorted(ends.items())}
+
+    async def close(self) -> None:
+        for consumer in self.consumers.values():
+            await consumer.stop()
+
+
+OnReplayed = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 
 async def replay_dead_letters(
-    kafka: KafkaSettings, *, codes: set[str], dry_run: bool, group_id: str | None
+    kafka: KafkaSettings,
+    *,
+    codes: set[str],
+    dry_run: bool,
+    group_id: str | None,
+    on_replayed: OnReplayed | None = None,
 ) -> dict[str, Any]:
-    """Replay every record now in the DLQ (optionally only some error codes); returns a summary.
+    """Replay the records now in the DLQ (only those with an error code in `codes`, when given).
 
-    With `group_id` the replay commits its progress, so running it twice replays nothing twice.
+    Returns a JSON-able summary: `replayed` (count per code), `already_replayed` (records a previous
+    run of `group_id` did), `not_selected` (count per code left for another run), `unroutable`
+    (records without the original-topic header, never replayed), `committed`
+    (group -> partition -> offset; nothing without `group_id` or with `dry_run`) and, with `dry_run`,
+    `records`: what would be replayed (nothing is published or committed). `on_replayed` is awaited
+    after each record is replayed (or listed), e.g. to report progress. Raises aiokafka's
+    `KafkaError` when the brokers cannot be reached.
     """
-    consumer = kafka_io.make_consumer(kafka, group_id=group_id)
-    producer = kafka_io.make_producer(kafka)
-    await consumer.start()
-    await producer.start()
-    replayed: dict[str, int] = {}
-    skipped = 0
+    reader = kafka_io.make_consumer(kafka, group_id=None)
+    producer = None if dry_run else kafka_io.make_producer(kafka)
+    await reader.start()
+    if producer is not None:
+        await producer.start()
+    summary: dict[str, Any] = {
+        "replayed": {},
+        "already_replayed": 0,
+        "not_selected": {},
+        "unroutable": 0,
+        "committed": {},
+        "dry_run": dry_run,
+    }
+    if dry_run:
+        summary["records"] = []
+    progress: _Progress | None = None
     try:
-        partitions = consumer.partitions_for_topic(kafka.dlq_topic) or set()
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(kafka.dlq_topic) or set()
-        tps = [TopicPartition(kafka.dlq_topic, p) for p in sorted(partitions)]
+        await reader.topics()
+        partitions = sorted(reader.partitions_for_topic(kafka.dlq_topic) or ())
+        tps = [TopicPartition(kafka.dlq_topic, p) for p in partitions]
         if not tps:
-            return {"replayed": {}, "skipped": 0, "note": f"topic {kafka.dlq_topic} does not exist"}
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        if group_id is None:
-            await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+            return {**summary, "note": f"topic {kafka.dlq_topic} does not exist"}
+        reader.assign(tps)
+        ends = await reader.end_offsets(tps)  # the snapshot: later records are the next run's
+        if group_id is not None:
+            progress = _Progress(kafka, group_id, tps)
+        starts = await _starts(progress, codes, tps)
+        for tp in tps:
+            reader.seek(tp, min(starts[tp], ends[tp]))
+        remaining = {tp for tp in tps if starts[tp] < ends[tp]}
         while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000)
+            batches = await reader.getmany(*remaining, timeout_ms=1000)
             for tp, records in batches.items():
                 for record in records:
                     if record.offset >= ends[tp]:
                         continue
-                    topic = kafka_io.header(record.headers, kafka_io.DLQ_ORIGINAL_TOPIC)
-                    code = kafka_io.header(record.headers, kafka_io.DLQ_ERROR_CODE) or ""
-                    if topic is None or (codes and code not in codes):
-                        skipped += 1
-                        continue
-                    if not dry_run:
-                        await producer.send_and_wait(
-                            topic,
-                            value=record.value,
-                            key=record.key,
-                            headers=[(REPLAYED_FROM_OFFSET, f"{tp.partition}:{record.offset}".encode())],
-                        )
-                    replayed[code] = replayed.get(code, 0) + 1
+                    if await _handle(record, tp, codes, progress, producer, summary) and on_replayed:
+                        await on_replayed(record)
             for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
+                if await reader.position(tp) >= ends[tp]:
                     remaining.discard(tp)
-        if group_id is not None and not dry_run:
-            await consumer.commit()
+        if progress is not None and not dry_run:
+            for code in sorted(codes) if codes else [None]:
+                group = progress_group(group_id or "", code)
+                summary["committed"][group] = await progress.commit(code, ends)
     finally:
-        await consumer.stop()
-        await producer.stop()
-    return {"replayed": replayed, "skipped": skipped, "dry_run": dry_run}
+        if progress is not None:
+            await progress.close()
+        await reader.stop()
+        if producer is not None:
+            await producer.stop()
+    return summary
+
+
+async def _starts(
+    progress: _Progress | None, codes: set[str], tps: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Where to read from: the lowest offset any selected code may still have work at."""
+    if progress is None:
+        return dict.fromkeys(tps, 0)
+    if not codes:
+        return dict(await progress.mark(None))
+    marks = [await progress.done_below(code) for code in codes]
+    return {tp: min(mark[tp] for mark in marks) for tp in tps}
+
+
+async def _handle(
+    record: ConsumerRecord[bytes, bytes],
+    tp: TopicPartition,
+    codes: set[str],
+    progress: _Progress | None,
+    producer: AIOKafkaProducer | None,
+    summary: dict[str, Any],
+) -> bool:
+    """Replay (or list) one record when it is selected and not done yet; returns whether it was."""
+    code = kafka_io.header(record.headers, kafka_io.DLQ_ERROR_CODE) or ""
+    topic = kafka_io.header(record.headers, kafka_io.DLQ_ORIGINAL_TOPIC)
+    if codes and code not in codes:
+        summary["not_selected"][code] = summary["not_selected"].get(code, 0) + 1
+        return False
+    if topic is None:
+        summary["unroutable"] += 1  # no original-topic header: not ours to send anywhere
+        return False
+    if progress is not None and record.offset < (await progress.done_below(code))[tp]:
+        summary["already_replayed"] += 1
+        return False
+    if producer is None:
+        summary["records"].append(
+            {
+                "partition": tp.partition,
+                "offset": record.offset,
+                "code": code,
+                "to_topic": topic,
+                "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
+                "error": kafka_io.header(record.headers, kafka_io.DLQ_ERROR_MESSAGE),
+                "attempts": kafka_io.header(record.headers, kafka_io.DLQ_ATTEMPTS),
+            }
+        )
+    else:
+        await producer.send_and_wait(
+            topic, value=record.value, key=record.key, headers=replay_headers(record)
+        )
+    summary["replayed"][code] = summary["replayed"].get(code, 0) + 1
+    return True

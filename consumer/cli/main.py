@@ -84,8 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     dlq = p.add_subparsers(dest="dlq_command", required=True)
     r = dlq.add_parser("replay", help="re-publish dead-lettered requests to their original topics")
     r.add_argument("--code", action="append", default=[], help="only records with this error code")
-    r.add_argument("--dry-run", action="store_true")
-    r.add_argument("--group", default=None, help="consumer group that remembers what was replayed")
+    r.add_argument(
+        "--dry-run", action="store_true", help="list what would be replayed; publish and commit nothing"
+    )
+    r.add_argument(
+        "--group",
+        default=None,
+        help="remember what was replayed, per error code (groups GROUP and GROUP.<CODE>), so a rerun "
+        "replays nothing twice; without it every record in the DLQ is replayed",
+    )
     r.set_defaults(handler=_cmd_dlq_replay)
 
     p = sub.add_parser("cancel", help="ask workers to cancel a request (skipped or stopped between steps)")
