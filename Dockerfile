@@ -44,6 +44,7 @@ huggingface-hub==2.4.0
 hf-xet==1.8.0
 numpy==2.4.6
 pillow==13.0.0
+pillow-heif==1.8.1
 aiokafka==0.14.0
 async-timeout==5.0.1
 boto3==1.44.8

@@ -23,17 +23,19 @@ from consumer.fate import DeadlineExceeded, RequestRejected
 from consumer.gpu import GpuLane
 from consumer.settings import Settings
 from pipeline import (
+    DecodedImage,
     EditJob,
     Editor,
     EditOutput,
     check_edit_input,
     decode_image,
     encode_image,
+    keeps_alpha,
     megapixels,
     resolve_output_size,
 )
 from schemas.errors import ErrorCode, KleinEditError
-from schemas.requests import EditRequest, OutputFormat
+from schemas.requests import WHITE, EditRequest, OutputAlpha, OutputFormat, hex6, hex_to_rgb
 from schemas.results import (
     Cost,
     EditCompleted,
@@ -56,6 +58,7 @@ T = TypeVar("T")
 
 # Object metadata written with every output: enough to answer a redelivered request without the GPU.
 META_REQUEST_ID = "request-id"
+OUTPUT_PROFILE = "sRGB"  # every output is encoded in sRGB with that ICC profile embedded
 
 
 class Store(Protocol):
@@ -111,6 +114,7 @@ class PreparedEdit:
     output: S3Location
     output_format: OutputFormat
     params: EditParams
+    alpha: Image.Image | None = None  # the base image's alpha, when the output keeps it
 
 
 @dataclass
@@ -184,11 +188,23 @@ class EditProcessor:
             return self._replay_existing(ctx, request, existing)
 
         names = ["image", *(f"references[{i}]" for i in range(len(request.references)))]
-        images = await asyncio.gather(
-            *(self._in_io(self._fetch_and_decode, loc, name) for loc, name in zip(inputs, names, strict=True))
+        background = spec.background if spec else WHITE
+        decoded = await asyncio.gather(
+            *(
+                self._in_io(self._fetch_and_decode, loc, name, hex_to_rgb(background))
+                for loc, name in zip(inputs, names, strict=True)
+            )
         )
+        images = [item.image for item in decoded]
         ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
         ctx.input_megapixels = sum(megapixels(image) for image in images)
+        base_alpha = decoded[0].alpha
+        keep = keeps_alpha(
+            spec.alpha if spec else OutputAlpha.AUTO,
+            base_has_alpha=base_alpha is not None,
+            fmt=fmt,
+            pure_recolor=request.is_pure_recolor,
+        )
 
         requested = (request.width, request.height) if request.width and request.height else None
         width, height = resolve_output_size(images[0].size, requested, limits.max_megapixels)
@@ -200,22 +216,33 @@ class EditProcessor:
             width=width,
             height=height,
             references=len(request.references),
+            background=hex6(background),
+            alpha="keep" if keep else "flatten",
         )
         return PreparedEdit(
-            request=request, images=images, output=output, output_format=fmt, params=ctx.params
+            request=request,
+            images=images,
+            output=output,
+            output_format=fmt,
+            params=ctx.params,
+            alpha=base_alpha if keep else None,
         )
 
-    def _fetch_and_decode(self, location: S3Location, name: str) -> Image.Image:
+    def _fetch_and_decode(
+        self, location: S3Location, name: str, background: tuple[int, int, int]
+    ) -> DecodedImage:
         data = self._store.fetch(location)
         limits = self._settings.pipeline
-        image = decode_image(
+        decoded = decode_image(
             data,
             max_pixels=limits.max_input_pixels,
             formats=limits.allowed_formats,
             name=f"{name} ({location.uri})",
+            background=background,
         )
-        check_edit_input(image, name)  # the pipeline's own size/aspect rules, before any GPU time is spent
-        return image
+        # The pipeline's own size/aspect rules, before any GPU time is spent.
+        check_edit_input(decoded.image, name)
+        return decoded
 
     # -- stage 2: the GPU --------------------------------------------------------------------------------
 
@@ -263,7 +290,8 @@ class EditProcessor:
 
     async def store(self, ctx: EditContext, prepared: PreparedEdit, finished: FinishedEdit) -> EditCompleted:
         started = time.perf_counter()
-        data = await self._in_io(encode_image, finished.image, prepared.output_format)
+        alpha = prepared.alpha
+        data = await self._in_io(lambda: encode_image(finished.image, prepared.output_format, alpha=alpha))
         params = prepared.params
         metadata = {
             META_REQUEST_ID: prepared.request.request_id,
@@ -276,6 +304,10 @@ class EditProcessor:
             "references": str(params.references),
             "input-megapixels": repr(ctx.input_megapixels),
             "model": self.model_name,
+            "background": params.background,
+            "alpha": params.alpha,
+            "has-alpha": "true" if alpha is not None else "false",
+            "color-profile": OUTPUT_PROFILE,
         }
         outcome = await self._in_io(
             lambda: self._store.put_output(
@@ -297,6 +329,8 @@ class EditProcessor:
                 format=prepared.output_format,
                 bytes=len(data),
                 sha256=hashlib.sha256(data).hexdigest(),
+                alpha=alpha is not None,
+                color_profile=OUTPUT_PROFILE,
             ),
             params,
         )
@@ -323,6 +357,8 @@ class EditProcessor:
                 width=width,
                 height=height,
                 references=int(meta.get("references", len(request.references))),
+                background=meta.get("background", WHITE),
+                alpha="keep" if meta.get("alpha") == "keep" else "flatten",
             )
             ctx.input_megapixels = float(meta.get("input-megapixels", 0.0))
             fmt = OutputFormat(meta.get("format", OutputFormat.PNG.value))
@@ -338,6 +374,8 @@ class EditProcessor:
             format=fmt,
             bytes=existing.size,
             sha256=existing.sha256 or "",
+            alpha=meta.get("has-alpha") == "true",
+            color_profile=meta.get("color-profile"),
         )
         return self._succeeded(ctx, info, params)
 

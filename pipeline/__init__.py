@@ -18,10 +18,19 @@ from pipeline.errors import (
     ModelLoadError,
     PipelineError,
 )
-from pipeline.images import check_edit_input, decode_image, encode_image, megapixels, resolve_output_size
+from pipeline.images import (
+    DecodedImage,
+    check_edit_input,
+    decode_image,
+    encode_image,
+    keeps_alpha,
+    megapixels,
+    resolve_output_size,
+)
 from pipeline.standin import StandInEditor
 
 __all__ = [
+    "DecodedImage",
     "DeviceFailure",
     "EditCanceled",
     "EditJob",
@@ -39,6 +48,7 @@ __all__ = [
     "decode_image",
     "encode_image",
     "errors",
+    "keeps_alpha",
     "megapixels",
     "resolve_output_size",
 ]

@@ -25,7 +25,10 @@ class PipelineSettings(BaseModel):
     hf_token: SecretStr | None = Field(default=None, description="Used by fetch-model for gated downloads.")
     max_megapixels: float = Field(default=1.05, gt=0, description="Default output size is capped at this.")
     max_input_pixels: int = Field(default=40_000_000, ge=1, description="Decoded pixels allowed per input.")
-    allowed_formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG", "WEBP"])
+    allowed_formats: list[str] = Field(
+        default_factory=lambda: ["PNG", "JPEG", "WEBP", "HEIF", "AVIF"],
+        description="Input formats (Pillow ids; JPG and HEIC are accepted as aliases).",
+    )
     max_references: int = Field(default=4, ge=0, le=16)
     max_sequence_length: int = Field(default=512, ge=64, le=512)
     prompt_cache_size: int = Field(default=256, ge=0, description="LRU of prompt embeddings; 0 disables.")

@@ -37,6 +37,24 @@ RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1100)]
 
 
+HexColor = Annotated[str, StringConstraints(pattern=HEX_COLOR_PATTERN)]
+WHITE = "#FFFFFF"
+
+
+def hex6(color: str) -> str:
+    """A `HexColor` as upper-case #RRGGBB (a #RGB shorthand is expanded)."""
+    digits = color[1:]
+    if len(digits) == 3:
+        digits = "".join(ch * 2 for ch in digits)
+    return "#" + digits.upper()
+
+
+def hex_to_rgb(color: str) -> tuple[int, int, int]:
+    """A `HexColor` as an sRGB (r, g, b) triple of 0-255 values."""
+    digits = hex6(color)
+    return int(digits[1:3], 16), int(digits[3:5], 16), int(digits[5:7], 16)
+
+
 class OutputFormat(StrEnum):
     PNG = "png"
     JPEG = "jpeg"
@@ -50,6 +68,18 @@ class OutputFormat(StrEnum):
     def extension(self) -> str:
         return "jpg" if self is OutputFormat.JPEG else self.value
 
+    @property
+    def supports_alpha(self) -> bool:
+        return self is not OutputFormat.JPEG
+
+
+class OutputAlpha(StrEnum):
+    """What happens to the base image's transparency (see `OutputSpec.alpha`)."""
+
+    FLATTEN = "flatten"
+    KEEP = "keep"
+    AUTO = "auto"
+
 
 class RecolorInstruction(WireModel):
     """Paint `target` in exactly `color`; e-commerce systems send these instead of prompts."""
@@ -57,17 +87,12 @@ class RecolorInstruction(WireModel):
     target: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NOT_BLANK)] = Field(
         description="What to recolour, in words, e.g. 'the sneakers'."
     )
-    color: Annotated[str, StringConstraints(pattern=HEX_COLOR_PATTERN)] = Field(
-        description="Exact colour as #RRGGBB or #RGB."
-    )
+    color: HexColor = Field(description="Exact sRGB colour as #RRGGBB or #RGB.")
 
     @property
     def hex6(self) -> str:
         """The colour as upper-case #RRGGBB (a #RGB shorthand is expanded)."""
-        digits = self.color[1:]
-        if len(digits) == 3:
-            digits = "".join(ch * 2 for ch in digits)
-        return "#" + digits.upper()
+        return hex6(self.color)
 
 
 class OutputSpec(WireModel):
@@ -77,6 +102,25 @@ class OutputSpec(WireModel):
         "s3://<output bucket>/<output prefix><request_id>.<ext>.",
     )
     format: OutputFormat = OutputFormat.PNG
+    background: HexColor = Field(
+        default=WHITE,
+        description="sRGB #RRGGBB (or #RGB) that transparent areas of the inputs are composited onto "
+        "before the edit.",
+    )
+    alpha: OutputAlpha = Field(
+        default=OutputAlpha.AUTO,
+        description="'flatten': an opaque output. 'keep': the base image's alpha, resized to the output "
+        "size, becomes the output's alpha (png and webp only). 'auto': keep when the base image has "
+        "transparency, the format has an alpha channel and the request is a pure recolor; else flatten.",
+    )
+
+    @model_validator(mode="after")
+    def _alpha_needs_a_format_with_alpha(self) -> OutputSpec:
+        if self.alpha is OutputAlpha.KEEP and not self.format.supports_alpha:
+            raise ValueError(
+                f"alpha 'keep' needs a format with an alpha channel (png or webp), not {self.format.value}"
+            )
+        return self
 
 
 class EditRequest(WireModel):
@@ -133,9 +177,14 @@ class EditRequest(WireModel):
     def compiled_prompt(self) -> str:
         return compile_prompt(self.prompt, self.recolor or ())
 
+    @property
+    def is_pure_recolor(self) -> bool:
+        """Only `recolor` instructions, no free prompt: the template keeps every shape in place."""
+        return self.prompt is None and bool(self.recolor)
+
 
 RECOLOR_TEMPLATE = (
-    "Recolor {target} to the exact color {hex} (RGB {r}, {g}, {b}). "
+    "Recolor {target} to the exact sRGB color {hex} (RGB {r}, {g}, {b}). "
     "Keep its material, texture, shading and everything else in the image unchanged."
 )
 
@@ -147,11 +196,11 @@ def compile_prompt(
 
     Each instruction renders `RECOLOR_TEMPLATE`; the free prompt (if any) comes first. The template
     states the hex code and its RGB triple because the FLUX.2 text encoder was trained on hex-coded
-    colour prompts, and the triple removes any doubt about the #RGB shorthand.
+    colour prompts, and the triple removes any doubt about the #RGB shorthand. Hex codes are sRGB, the
+    space every input is converted to before the model sees it.
     """
     parts: list[str] = [prompt.strip()] if prompt and prompt.strip() else []
     for item in recolor:
-        hex6 = item.hex6
-        r, g, b = (int(hex6[i : i + 2], 16) for i in (1, 3, 5))
-        parts.append(RECOLOR_TEMPLATE.format(target=item.target.strip(), hex=hex6, r=r, g=g, b=b))
+        r, g, b = hex_to_rgb(item.color)
+        parts.append(RECOLOR_TEMPLATE.format(target=item.target.strip(), hex=item.hex6, r=r, g=g, b=b))
     return " ".join(parts)

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from schemas._base import WireModel
 from schemas.errors import ErrorCode, KleinEditError
-from schemas.requests import OutputFormat
+from schemas.requests import WHITE, OutputFormat
 
 DEFAULT_USD_PER_MEGAPIXEL = 0.002
 
@@ -28,6 +28,14 @@ class OutputInfo(WireModel):
     format: OutputFormat
     bytes: int = Field(description="Size of the stored object in bytes.")
     sha256: str = Field(description="Hex SHA-256 of the stored object.")
+    alpha: bool = Field(
+        default=False, description="The object has an alpha channel (the base image's, see params.alpha)."
+    )
+    color_profile: str | None = Field(
+        default=None,
+        description="The ICC profile embedded in the object: 'sRGB' (null only for objects stored by "
+        "workers that embedded none).",
+    )
 
 
 class Cost(WireModel):
@@ -90,6 +98,14 @@ class EditParams(WireModel):
     width: int
     height: int
     references: int = Field(description="Number of reference images besides the base image.")
+    background: str = Field(
+        default=WHITE, description="sRGB #RRGGBB that transparent areas of the inputs were composited onto."
+    )
+    alpha: Literal["flatten", "keep"] = Field(
+        default="flatten",
+        description="What was done with the base image's alpha: 'keep' when output.alpha asked for it "
+        "(or 'auto' chose it); output.alpha says whether the object has one.",
+    )
 
 
 class EditCompleted(WireModel):

@@ -65,6 +65,16 @@ def client_error_status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+_URL_ENCODED_HINT = (
+    "; the key contains '+' or '%2B': S3 event notifications URL-encode keys (a space arrives as '+'), "
+    "so decode it (urllib.parse.unquote_plus) before putting it in a request"
+)
+
+
+def _looks_url_encoded(target: str) -> bool:
+    return "+" in target or "%2b" in target.lower()
+
+
 def _access_denied(code: str, status: int) -> bool:
     """A 403 about permissions: not rejected credentials, nor a transient answer such as a skewed clock."""
     return status == 403 and code not in CREDENTIAL_CODES and code not in TRANSIENT_CODES
@@ -76,7 +86,10 @@ def input_error(exc: Exception, target: str, action: str) -> StorageError:
         code, status = client_error_code(exc), client_error_status(exc)
         if code in NOT_FOUND_CODES or (status == 404 and code not in TRANSIENT_CODES):
             what = "bucket" if code == "NoSuchBucket" else "object"
-            return InputNotFound(f"cannot {action} {target}: the {what} does not exist ({code or status})")
+            return InputNotFound(
+                f"cannot {action} {target}: the {what} does not exist ({code or status})"
+                + (_URL_ENCODED_HINT if what == "object" and _looks_url_encoded(target) else "")
+            )
         if _access_denied(code, status):
             # Without s3:ListBucket, S3 answers 403 instead of 404 for a missing key.
             return InputForbidden(

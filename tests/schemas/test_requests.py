@@ -14,10 +14,12 @@ from schemas.requests import (
     MAX_REFERENCES_HARD,
     RECOLOR_TEMPLATE,
     EditRequest,
+    OutputAlpha,
     OutputFormat,
     OutputSpec,
     RecolorInstruction,
     compile_prompt,
+    hex_to_rgb,
 )
 
 BASE: dict[str, Any] = {"request_id": "req-1", "image": "inputs/shoe.png", "prompt": "make it sunny"}
@@ -335,7 +337,53 @@ def test_output_defaults_to_png_and_no_uri() -> None:
     spec = OutputSpec()
     assert spec.format is OutputFormat.PNG
     assert spec.uri is None
+    assert spec.background == "#FFFFFF"
+    assert spec.alpha is OutputAlpha.AUTO
     assert build(output={}).output == spec
+
+
+@pytest.mark.parametrize("color", ["#000000", "#1e90ff", "#FFF"])
+def test_output_background_is_a_hex_colour(color: str) -> None:
+    request = build(output={"background": color})
+    assert request.output is not None
+    assert request.output.background == color
+    assert hex_to_rgb("#1e90ff") == (30, 144, 255)
+    assert hex_to_rgb("#FFF") == (255, 255, 255)
+
+
+@pytest.mark.parametrize("color", ["white", "#12345", "1E90FF", "#GGGGGG", "", None, 0xFFFFFF])
+def test_output_background_rejects_anything_else(color: object) -> None:
+    assert error_locs(output={"background": color}) == [("output", "background")]
+
+
+@pytest.mark.parametrize(
+    ("alpha", "fmt"),
+    [("keep", "png"), ("keep", "webp"), ("flatten", "jpeg"), ("auto", "jpeg"), ("flatten", "png")],
+)
+def test_output_alpha_modes(alpha: str, fmt: str) -> None:
+    request = build(output={"alpha": alpha, "format": fmt})
+    assert request.output is not None
+    assert request.output.alpha is OutputAlpha(alpha)
+
+
+def test_keeping_alpha_in_a_jpeg_is_an_invalid_event() -> None:
+    with pytest.raises(ValidationError) as info:
+        build(output={"alpha": "keep", "format": "jpeg"})
+    (error,) = info.value.errors()
+    assert error["loc"] == ("output",)
+    assert "alpha 'keep'" in error["msg"]
+    assert "jpeg" in error["msg"]
+
+
+@pytest.mark.parametrize("alpha", ["KEEP", "transparent", "", None, True])
+def test_output_alpha_rejects_anything_else(alpha: object) -> None:
+    assert error_locs(output={"alpha": alpha}) == [("output", "alpha")]
+
+
+def test_pure_recolor() -> None:
+    assert build(prompt=_DROP, recolor=[{"target": "x", "color": "#fff"}]).is_pure_recolor
+    assert not build(recolor=[{"target": "x", "color": "#fff"}]).is_pure_recolor
+    assert not build().is_pure_recolor
 
 
 def test_output_uri_bounds() -> None:
@@ -480,11 +528,11 @@ def test_request_round_trips_through_json() -> None:
 # --- the recolour prompt compiler ------------------------------------------------------------------
 
 SNEAKERS = (
-    "Recolor the sneakers to the exact color #1E90FF (RGB 30, 144, 255). "
+    "Recolor the sneakers to the exact sRGB color #1E90FF (RGB 30, 144, 255). "
     "Keep its material, texture, shading and everything else in the image unchanged."
 )
 LACES = (
-    "Recolor the laces to the exact color #FF00AA (RGB 255, 0, 170). "
+    "Recolor the laces to the exact sRGB color #FF00AA (RGB 255, 0, 170). "
     "Keep its material, texture, shading and everything else in the image unchanged."
 )
 

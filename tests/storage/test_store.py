@@ -101,6 +101,20 @@ class TestFetch:
         assert not info.value.retryable
         assert location.uri in info.value.message
         assert "object does not exist" in info.value.message
+        assert "URL-encode" not in info.value.message
+
+    @pytest.mark.parametrize("key", ["shots/red+shoe.png", "shots/red%2Bshoe.png", "shots/red%2bshoe.png"])
+    def test_missing_url_encoded_key_hints_at_event_notifications(self, store: ImageStore, key: str) -> None:
+        # The object is "shots/red shoe.png"; an S3 event notification delivered its key URL-encoded.
+        store.put_object(inputs(store, "shots/red shoe.png"), b"\x89PNG-data", content_type=PNG)
+        with pytest.raises(InputNotFound, match="S3 event notifications URL-encode keys") as info:
+            store.fetch(inputs(store, key))
+        assert "unquote_plus" in info.value.message
+
+    def test_existing_key_with_a_plus_is_read(self, store: ImageStore) -> None:
+        location = inputs(store, "a+b.png")
+        store.put_object(location, b"plus", content_type=PNG)
+        assert store.fetch(location) == b"plus"
 
     def test_missing_bucket(self, store: ImageStore) -> None:
         location = S3Location("no-such-bucket", "a.png")
