@@ -62,8 +62,12 @@ def make_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
 def make_consumer(
     kafka: KafkaSettings, *topics: str, group_id: str | None, **overrides: Any
 ) -> AIOKafkaConsumer:
+    """A consumer without auto-commit. In the workers' own group (`kafka.group_id`) it is a static
+    member when `kafka.group_instance_id` is set; readers of other groups (`dlq replay --group`) or
+    of none (the control reader, `submit --wait`) never are."""
     options: dict[str, Any] = {
         "group_id": group_id,
+        "group_instance_id": kafka.group_instance_id if group_id == kafka.group_id else None,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "session_timeout_ms": kafka.session_timeout_ms,

@@ -77,6 +77,13 @@ class KafkaSettings(BaseModel):
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    group_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Static membership (KIP-345): a member that rejoins under the same id within "
+        "session_timeout_ms gets its partitions back without a rebalance. Unique per worker (the "
+        "chart uses the pod name); such a member does not leave the group on shutdown.",
+    )
     session_timeout_ms: int = Field(default=30_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     rebalance_timeout_ms: int = Field(

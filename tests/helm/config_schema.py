@@ -21,8 +21,9 @@ from consumer.settings import Settings
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "helm" / "klein-edit" / "values.schema.json"
 _DROP = {"title", "default"}
-# Per-pod settings: one value for every replica would be wrong (worker.name defaults to hostname-pid).
-PER_POD_FIELDS = {("worker", "name")}
+# Per-pod settings: one value for every replica would be wrong (worker.name defaults to hostname-pid;
+# two members with one group_instance_id fence each other out: the chart sets it from the pod name).
+PER_POD_FIELDS = {("worker", "name"), ("kafka", "group_instance_id")}
 
 
 def _is_secret(annotation: Any) -> bool:

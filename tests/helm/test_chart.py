@@ -623,3 +623,17 @@ def test_keda_reads_the_lag_with_the_workers_oidc_client(chart: helm.Chart) -> N
     assert auth["secretTargetRef"] == [
         {"parameter": "password", "name": "kafka-oauth", "key": "client-secret"}
     ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Static membership
+
+
+def test_static_membership_names_each_member_after_its_pod(chart: helm.Chart) -> None:
+    assert "KLEIN_EDIT_KAFKA__GROUP_INSTANCE_ID" not in render(chart, {}).env()  # off by default
+    rendered = render(chart, {"staticMembership": {"enabled": True}})
+    instance = rendered.env()["KLEIN_EDIT_KAFKA__GROUP_INSTANCE_ID"]
+    assert instance["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # One value for every replica would make the members fence each other out: never from config.
+    error = render_error(chart, {"config": {"kafka": {"group_instance_id": "klein-edit"}}})
+    assert "group_instance_id" in error

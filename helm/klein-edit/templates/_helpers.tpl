@@ -225,6 +225,9 @@ Fails when extraEnv repeats a chart-rendered name or sets a secret variable with
 {{- if .Values.modelCache.offline }}
 {{- $base = printf "%s\n- name: HF_HUB_OFFLINE\n  value: \"1\"" $base }}
 {{- end }}
+{{- if .Values.staticMembership.enabled }}
+{{- $base = printf "%s\n- name: KLEIN_EDIT_KAFKA__GROUP_INSTANCE_ID\n  valueFrom:\n    fieldRef:\n      fieldPath: metadata.name" $base }}
+{{- end }}
 {{- $env := $base | fromYamlArray }}
 {{- $names := list }}
 {{- range $env }}{{- $names = append $names .name }}{{- end }}

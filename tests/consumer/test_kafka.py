@@ -1,0 +1,93 @@
+"""aiokafka client construction (`consumer.kafka`): static membership of the workers' group."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from consumer import kafka as kafka_io
+from consumer.settings import KafkaSettings
+
+
+async def test_group_instance_id_reaches_only_the_workers_group_consumer() -> None:
+    kafka = KafkaSettings(group_id="klein-edit", group_instance_id="klein-edit-7d9f-abcde")
+    worker = kafka_io.make_consumer(kafka, kafka.request_topic, group_id=kafka.group_id)
+    replay = kafka_io.make_consumer(kafka, group_id="dlq-replay")  # `dlq replay --group`
+    reader = kafka_io.make_consumer(kafka, group_id=None)  # the control reader, `submit --wait`
+    try:
+        assert worker._group_instance_id == "klein-edit-7d9f-abcde"
+        assert replay._group_instance_id is None
+        assert reader._group_instance_id is None
+    finally:
+        for consumer in (worker, replay, reader):
+            await consumer.stop()
+
+
+async def test_without_a_group_instance_id_members_are_dynamic() -> None:
+    kafka = KafkaSettings()
+    consumer = kafka_io.make_consumer(kafka, group_id=kafka.group_id)
+    try:
+        assert consumer._group_instance_id is None
+    finally:
+        await consumer.stop()
+
+
+async def _poll_until(consumers: list[AIOKafkaConsumer], done: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for consumer in consumers:
+            await consumer.getmany(timeout_ms=100)
+        if done():
+            return
+    raise AssertionError("the group did not settle in time")
+
+
+@pytest.mark.integration
+async def test_a_static_member_that_rejoins_gets_its_partitions_back_without_a_rebalance(
+    kafka_bootstrap: str,
+) -> None:
+    """Against the real broker: restart one of two static members; the other's generation stays."""
+    tag = uuid.uuid4().hex[:8]
+    topic = f"{tag}.requests"
+    await kafka_io.ensure_topics(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_partitions=4), [topic]
+    )
+
+    def member(instance: str) -> AIOKafkaConsumer:
+        kafka = KafkaSettings(
+            bootstrap_servers=kafka_bootstrap,
+            group_id=f"g-{tag}",
+            group_instance_id=f"{tag}-{instance}",
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=500,
+            rebalance_timeout_ms=6000,
+        )
+        return kafka_io.make_consumer(kafka, topic, group_id=kafka.group_id)
+
+    a, b = member("a"), member("b")
+    await a.start()
+    await b.start()
+    try:
+        await _poll_until([a, b], lambda: len(a.assignment()) + len(b.assignment()) == 4, 40)
+        generation, owned_by_a, owned_by_b = a._coordinator.generation, a.assignment(), b.assignment()
+        assert owned_by_a
+        assert owned_by_b
+
+        await b.stop()  # a static member does not leave the group: nothing is reassigned
+        b = member("b")
+        await b.start()
+        await _poll_until([a, b], lambda: bool(b.assignment()), 20)
+        await asyncio.sleep(1.0)
+        await a.getmany(timeout_ms=500)
+
+        assert b.assignment() == owned_by_b
+        assert a.assignment() == owned_by_a
+        assert a._coordinator.generation == generation  # a was never part of a rebalance
+    finally:
+        await a.stop()
+        await b.stop()
