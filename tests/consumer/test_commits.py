@@ -1,0 +1,65 @@
+"""CommitTracker: commit what is safe per assigned partition; resume after what finished here."""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+
+from consumer.commits import CommitTracker, observe_lag
+from consumer.metrics import WorkerMetrics
+from tests.consumer.fakes import FakeConsumer
+
+P0 = TopicPartition("requests", 0)
+P1 = TopicPartition("requests", 1)
+
+
+async def test_commits_each_partition_up_to_its_lowest_record_in_flight() -> None:
+    consumer = FakeConsumer(P0, P1)
+    commits = CommitTracker()
+    for offset in (0, 1, 2):
+        commits.start(P0, offset)
+    commits.start(P1, 9)
+    commits.finish(P0, 0)
+    commits.finish(P0, 2)
+    commits.finish(P1, 9)
+    await commits.commit_ready(consumer)
+    assert consumer.commits == [{P0: 1, P1: 10}]
+    await commits.commit_ready(consumer)
+    assert len(consumer.commits) == 1  # nothing new: no second commit
+
+
+async def test_a_partition_that_moved_away_is_not_committed() -> None:
+    consumer = FakeConsumer(P1)
+    commits = CommitTracker()
+    commits.start(P0, 4)
+    commits.finish(P0, 4)
+    await commits.commit_ready(consumer)
+    assert consumer.commits == []
+
+
+async def test_a_partition_that_comes_back_resumes_after_what_finished_here() -> None:
+    consumer = FakeConsumer(P0)
+    commits = CommitTracker()
+    commits.start(P0, 4)
+    commits.finish(P0, 4)
+    commits.on_assigned(consumer, {P0})
+    assert consumer.seeks == [(P0, 5)]
+
+
+async def test_a_partition_with_an_abandoned_record_is_not_sought_past_it() -> None:
+    consumer = FakeConsumer(P0)
+    commits = CommitTracker()
+    commits.start(P0, 4)
+    commits.start(P0, 5)
+    commits.finish(P0, 5)
+    commits.abandon(P0, 4)
+    commits.on_assigned(consumer, {P0})
+    assert consumer.seeks == []
+
+
+async def test_lag_is_end_minus_committed() -> None:
+    consumer = FakeConsumer(P0)
+    consumer.ends = {P0: 12}
+    consumer.group_committed = {P0: 9}
+    metrics = WorkerMetrics()
+    await observe_lag(consumer, metrics)
+    assert metrics.consumer_lag.labels(topic="requests", partition="0")._value.get() == 3
