@@ -46,6 +46,7 @@ numpy==2.4.6
 pillow==13.0.0
 pillow-heif==1.8.1
 aiokafka==0.14.0
+cramjam==2.14.0
 async-timeout==5.0.1
 boto3==1.44.8
 botocore==1.44.8

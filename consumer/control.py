@@ -3,12 +3,18 @@
 The reader is not a member of the request group: each worker must see every cancel, whichever
 partition the request sits on. It keeps a bounded set of recent ids (oldest forgotten first), so the
 control topic can outlive any worker and never grows its memory.
+
+A reader that cannot make progress (a batch it cannot decode, a broker it cannot reach) is never
+silent: after `STALL_AFTER_S` (10 s) of failures it is a problem on /readyz (`WorkerState.problems`) and
+`klein_edit_control_reader_stalled` is 1; every failure counts in `klein_edit_control_reader_errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
 from collections import OrderedDict
 
 import structlog
@@ -17,10 +23,15 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from consumer import kafka as kafka_io
+from consumer.metrics import WorkerMetrics
 from consumer.settings import KafkaSettings
+from consumer.state import WorkerState
 from schemas.control import CancelRequested
 
 log = structlog.get_logger("klein_edit.control")
+
+STALL_AFTER_S = 10.0  # failing this long makes the reader a readiness problem (a blip is not one)
+PROBLEM = "control"
 
 
 class CancelRegistry:
@@ -48,14 +59,42 @@ class CancelRegistry:
 
 
 class ControlReader:
-    def __init__(self, kafka: KafkaSettings, registry: CancelRegistry) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        registry: CancelRegistry,
+        *,
+        state: WorkerState | None = None,
+        metrics: WorkerMetrics | None = None,
+        stall_after_s: float = STALL_AFTER_S,
+    ) -> None:
         self._kafka = kafka
+        self._stall_after_s = stall_after_s
         self._registry = registry
+        self._state = state or WorkerState()
+        self._metrics = metrics or WorkerMetrics()
         self._consumer: AIOKafkaConsumer | None = None
+        self._failing_since: float | None = None
         self.caught_up = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Read cancels until `stop`; starts at the beginning so cancels sent before we started count."""
+        """Read cancels until `stop`; starts at the beginning so cancels sent before we started count.
+
+        Never gives up: a failure to start or to poll is counted, retried with a backoff and, when it
+        lasts, reported as a readiness problem until a poll succeeds again.
+        """
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                await self._read(stop)
+                return
+            except Exception as exc:  # whatever stops the reader is reported, then retried
+                self._failed(exc)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _read(self, stop: asyncio.Event) -> None:
         await kafka_io.ensure_topics(self._kafka, [self._kafka.control_topic])
         consumer = kafka_io.make_consumer(self._kafka, group_id=None)
         self._consumer = consumer
@@ -70,9 +109,10 @@ class ControlReader:
                 try:
                     batches = await consumer.getmany(timeout_ms=200)
                 except KafkaError as exc:
-                    log.warning("control.poll_failed", error=repr(exc))
+                    self._failed(exc)
                     await asyncio.sleep(1.0)
                     continue
+                self._progressed()
                 for records in batches.values():
                     for record in records:
                         self._apply(record.value)
@@ -80,6 +120,29 @@ class ControlReader:
                     self.caught_up.set()
         finally:
             await consumer.stop()
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        self._metrics.control_errors.labels(error=type(exc).__name__).inc()
+        stalled_s = now - self._failing_since
+        if stalled_s >= self._stall_after_s:
+            problem = f"control reader stalled {stalled_s:.0f} s: {type(exc).__name__}: {exc}"
+            if PROBLEM not in self._state.problems:
+                log.error("control.stalled", error=repr(exc), stalled_s=round(stalled_s, 1))
+            self._state.problems[PROBLEM] = problem[:500]
+            self._metrics.control_stalled.set(1)
+        else:
+            log.warning("control.poll_failed", error=repr(exc))
+
+    def _progressed(self) -> None:
+        if self._failing_since is None:
+            return
+        self._failing_since = None
+        if self._state.problems.pop(PROBLEM, None) is not None:
+            log.info("control.recovered")
+        self._metrics.control_stalled.set(0)
 
     @staticmethod
     async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:

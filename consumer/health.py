@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from consumer.metrics import WorkerMetrics
-from consumer.worker import WorkerState
+from consumer.state import WorkerState
 
 REQUEST_DEADLINE_S = 5.0  # the probes' timeoutSeconds in the chart; a healthy request takes ~1 ms
 MAX_CONNECTIONS = 64  # kubelet's probes and one Prometheus scrape need a handful
@@ -99,12 +99,7 @@ class HealthServer:
         if path == "/readyz":
             if self._state.ready:
                 return 200, "text/plain", b"ready\n"
-            why = (
-                "model loading"
-                if not self._state.model_ready
-                else ("draining" if self._state.draining else "not in the consumer group yet")
-            )
-            return 503, "text/plain", f"not ready: {why}\n".encode()
+            return 503, "text/plain", f"not ready: {self._state.not_ready_reason}\n".encode()
         if path == "/metrics":
             return 200, METRICS_CONTENT_TYPE, self._metrics.render()
         return 404, "text/plain", b"not found\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, codec
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
@@ -20,6 +20,24 @@ DLQ_ORIGINAL_OFFSET = "klein-edit.original-offset"
 DLQ_ERROR_CODE = "klein-edit.error-code"
 DLQ_ERROR_MESSAGE = "klein-edit.error-message"
 DLQ_ATTEMPTS = "klein-edit.attempts"
+
+
+# Every record-batch codec Kafka defines, and how aiokafka tells whether it can decode it.
+CODECS = {"gzip": codec.has_gzip, "snappy": codec.has_snappy, "lz4": codec.has_lz4, "zstd": codec.has_zstd}
+
+
+def require_codecs() -> None:
+    """Raise `RuntimeError` naming the codecs aiokafka cannot decode in this install (cramjam missing).
+
+    A worker that cannot decode a batch cannot move past it: better to refuse to start than to crash
+    on the first lz4 batch and hand the partition to the next member, which crashes too.
+    """
+    missing = [name for name, available in CODECS.items() if not available()]
+    if missing:
+        raise RuntimeError(
+            f"aiokafka cannot decode {', '.join(missing)} batches here: install klein-edit's dependencies "
+            "(cramjam) so every codec a producer may use is decoded"
+        )
 
 
 def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:

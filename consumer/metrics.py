@@ -48,6 +48,17 @@ class WorkerMetrics:
         self.retries = Counter(
             "klein_edit_retries", "Retries of a record after a transient error.", ["code"], registry=r
         )
+        self.control_errors = Counter(
+            "klein_edit_control_reader_errors",
+            "Failed polls or starts of the control (cancel) reader, by exception type.",
+            ["error"],
+            registry=r,
+        )
+        self.control_stalled = Gauge(
+            "klein_edit_control_reader_stalled",
+            "1 while the control reader has failed for 10 s or more without progress (cancels are missed).",
+            registry=r,
+        )
         self.gpu_busy_ratio = Gauge(
             "klein_edit_gpu_busy_ratio", "Share of wall time the GPU thread was busy.", registry=r
         )

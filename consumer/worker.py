@@ -22,7 +22,6 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -40,6 +39,7 @@ from consumer.metrics import WorkerMetrics
 from consumer.processor import EditProcessor, Store
 from consumer.publisher import Publisher
 from consumer.settings import KafkaSettings, Settings
+from consumer.state import WorkerState
 from pipeline import Editor
 from schemas.errors import KleinEditError
 
@@ -49,37 +49,6 @@ log = structlog.get_logger("klein_edit.worker")
 
 EXIT_OK = 0
 EXIT_FATAL = 70  # EX_SOFTWARE: the device is unusable; the orchestrator should replace the process
-
-
-class WorkerState:
-    """What the health endpoints report."""
-
-    def __init__(self) -> None:
-        self.model_ready = False
-        self.in_group = False
-        self.draining = False
-        self.consume_task: asyncio.Task[Any] | None = None
-        self.last_loop_at = time.monotonic()
-        self.gpu: GpuLane | None = None
-        self.edit_timeout_s: float | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.model_ready and self.in_group and not self.draining
-
-    @property
-    def alive(self) -> bool:
-        if self.consume_task is not None and self.consume_task.done():
-            return False
-        if not self.model_ready:
-            return True  # loading runs on the GPU thread; the startup probe bounds how long it may take
-        if (
-            self.gpu is not None
-            and self.edit_timeout_s
-            and self.gpu.current_job_seconds() > self.edit_timeout_s
-        ):
-            return False  # a hung kernel: let the orchestrator restart us (the ledger counts the run)
-        return time.monotonic() - self.last_loop_at < 60.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -116,7 +85,7 @@ class EditWorker:
         self._ledger = ledger
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="klein-io")
         self._cancels = CancelRegistry(settings.worker.canceled_ids_capacity)
-        self._control = ControlReader(settings.kafka, self._cancels)
+        self._control = ControlReader(settings.kafka, self._cancels, state=self.state, metrics=self.metrics)
         self._commits = CommitTracker()
         self._abandon = asyncio.Event()
         self._handler: RecordHandler | None = None
@@ -132,6 +101,7 @@ class EditWorker:
     async def run(self, stop: asyncio.Event) -> int:
         """Load the model, join the group, consume until `stop` is set; returns the exit code."""
         self.state.consume_task = asyncio.current_task()
+        kafka_io.require_codecs()
         editor = await self._load_editor()
         kafka = self.settings.kafka
         producer = kafka_io.make_producer(kafka)

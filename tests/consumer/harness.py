@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
+from confluent_kafka import KafkaException, Producer
 from PIL import Image
 from pydantic import SecretStr
 
@@ -127,6 +128,89 @@ async def publish(
         )
     finally:
         await producer.stop()
+
+
+Header = tuple[str, bytes]
+
+
+def librdkafka_produce(
+    settings: Settings,
+    records: list[tuple[bytes | None, bytes | None, list[Header]]],
+    *,
+    topic: str | None = None,
+    compression: str = "none",
+    one_batch: bool = False,
+    **config: Any,
+) -> list[tuple[int, int]]:
+    """Produce `(key, value, headers)` records with librdkafka, as real platforms do; blocking.
+
+    `one_batch` lingers so the records (same key, so same partition) share one compressed batch;
+    otherwise each record is flushed alone (`linger.ms=0`), one record per batch, which keeps
+    Tansu's end offsets right. Returns `(partition, offset)` of each record, in order.
+    """
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "compression.type": compression,
+            "linger.ms": 200 if one_batch else 0,
+            "enable.idempotence": False,
+            "message.max.bytes": 10_000_000,
+            **config,
+        }
+    )
+    delivered: list[tuple[int, int]] = []
+    errors: list[str] = []
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+        else:
+            delivered.append((msg.partition(), msg.offset()))
+
+    for key, value, headers in records:
+        producer.produce(
+            topic or settings.kafka.request_topic,
+            key=key,
+            value=value,
+            headers=headers,
+            on_delivery=on_delivery,
+        )
+        if not one_batch:
+            producer.flush(30)
+    if producer.flush(30) != 0:
+        raise KafkaException("librdkafka did not deliver every record in 30 s")
+    assert not errors, errors
+    return delivered
+
+
+async def wait_for_committed(
+    settings: Settings, delivered: list[tuple[int, int]], *, topic: str | None = None, timeout_s: float = 30.0
+) -> dict[int, int | None]:
+    """Until the group's committed position of each partition is past its last delivered record.
+
+    Returns the committed positions by partition (compare with `positions_after(delivered)`).
+    """
+    topic = topic or settings.kafka.request_topic
+    wanted = positions_after(delivered)
+    consumer = kafka_io.make_consumer(settings.kafka, group_id=settings.kafka.group_id)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = {p: await consumer.committed(TopicPartition(topic, p)) for p in wanted}
+            if all((got[p] or 0) >= wanted[p] for p in wanted) or time.monotonic() > deadline:
+                return got
+            await asyncio.sleep(0.3)
+    finally:
+        await consumer.stop()
+
+
+def positions_after(delivered: list[tuple[int, int]]) -> dict[int, int | None]:
+    """The position after the last delivered record of each partition."""
+    last: dict[int, int | None] = {}
+    for partition, offset in delivered:
+        last[partition] = max(last.get(partition) or 0, offset + 1)
+    return last
 
 
 async def read_topic(

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from consumer import kafka as kafka_io
 from consumer.codec import decode_request, describe_validation_error, encode_event, salvage_request_id
 from schemas.errors import ErrorCode, InvalidEvent
 from schemas.requests import EditRequest
@@ -202,3 +203,8 @@ def test_hostile_keys_are_ignored(key: bytes) -> None:
 
 def test_nothing_to_salvage() -> None:
     assert salvage_request_id(None, None) is None
+
+
+def test_every_kafka_batch_codec_is_decodable_in_this_install() -> None:
+    kafka_io.require_codecs()  # raises naming what is missing (cramjam: snappy, lz4, zstd)
+    assert set(kafka_io.CODECS) == {"gzip", "snappy", "lz4", "zstd"}

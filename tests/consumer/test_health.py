@@ -132,6 +132,18 @@ def test_readyz_503_while_draining(server: HealthServer, state: WorkerState) -> 
     assert server.respond("GET", "/readyz") == (503, "text/plain", b"not ready: draining\n")
 
 
+def test_readyz_503_names_each_problem_and_recovers(server: HealthServer, state: WorkerState) -> None:
+    ready(state)
+    state.problems["control"] = "control reader stalled 12 s: KafkaConnectionError"
+    assert server.respond("GET", "/readyz") == (
+        503,
+        "text/plain",
+        b"not ready: control: control reader stalled 12 s: KafkaConnectionError\n",
+    )
+    state.problems.clear()
+    assert server.respond("GET", "/readyz")[0] == 200
+
+
 def test_readyz_follows_the_lifecycle(server: HealthServer, state: WorkerState) -> None:
     codes = [server.respond("GET", "/readyz")[0]]
     state.model_ready = True

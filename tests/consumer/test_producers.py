@@ -1,0 +1,134 @@
+"""What real producers send, produced with librdkafka (confluent-kafka) as platforms do.
+
+Each test asserts the result event, the object in S3, the DLQ record where there is one, and that the
+group's committed positions reach past the last record produced: the group keeps moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from consumer.codec import encode_event
+from consumer.control import CancelRegistry, ControlReader
+from consumer.metrics import WorkerMetrics
+from consumer.settings import KafkaSettings, Settings
+from consumer.state import WorkerState
+from pipeline import StandInEditor
+from schemas.control import CancelRequested
+from schemas.results import EditStatus
+from tests.consumer.harness import (
+    librdkafka_produce,
+    output_objects,
+    png_bytes,
+    positions_after,
+    prepare,
+    request,
+    results,
+    running_worker,
+    stage_image,
+    wait_for_committed,
+)
+
+pytestmark = pytest.mark.integration
+
+CODECS = ("gzip", "snappy", "lz4", "zstd")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+async def test_batches_of_every_codec_on_the_request_topic_are_edited(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    store = await prepare(settings)
+    image = stage_image(store, settings, "codec.png", png_bytes(64, 64))
+    delivered: list[tuple[int, int]] = []
+    sent: dict[str, str] = {}
+    async with running_worker(settings, lambda: StandInEditor(edit_ms=20)) as worker:
+        for codec in CODECS:
+            requests = [
+                request(settings, image, request_id=f"{codec}-{i}-{uuid.uuid4().hex[:6]}") for i in range(3)
+            ]
+            sent.update({r.request_id: codec for r in requests})
+            # One key: the three records share one partition, so one compressed batch.
+            delivered += librdkafka_produce(
+                settings,
+                [(codec.encode(), encode_event(r), []) for r in requests],
+                compression=codec,
+                one_batch=True,
+            )
+        by_id = {r.request_id: r for r in await results(settings, count=len(sent), settle_s=1.0)}
+        committed = await wait_for_committed(settings, delivered)
+        assert worker.state.problems == {}
+    assert set(by_id) == set(sent)
+    assert all(r.status is EditStatus.SUCCEEDED for r in by_id.values()), by_id
+    assert sorted(output_objects(store, settings)) == sorted(f"edits/{rid}.png" for rid in sent)
+    assert committed == positions_after(delivered)
+
+
+async def test_batches_of_cancels_in_every_codec_on_the_control_topic_are_applied(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    store = await prepare(settings)
+    image = stage_image(store, settings, "cancel.png", png_bytes(64, 64))
+    doomed = {
+        codec: request(settings, image, request_id=f"doomed-{codec}-{uuid.uuid4().hex[:6]}")
+        for codec in CODECS
+    }
+    kept = request(settings, image)
+    for codec, req in doomed.items():
+        cancels = [CancelRequested(request_id=req.request_id), CancelRequested(request_id=f"other-{codec}")]
+        librdkafka_produce(
+            settings,
+            [(b"cancels", encode_event(c), []) for c in cancels],
+            topic=settings.kafka.control_topic,
+            compression=codec,
+            one_batch=True,
+        )
+    editor = StandInEditor(edit_ms=20)
+    async with running_worker(settings, lambda: editor) as worker:
+        delivered = librdkafka_produce(
+            settings, [(r.request_id.encode(), encode_event(r), []) for r in [*doomed.values(), kept]]
+        )
+        by_id = {r.request_id: r for r in await results(settings, count=len(doomed) + 1, settle_s=1.0)}
+        committed = await wait_for_committed(settings, delivered)
+        assert worker.state.problems == {}
+        assert worker.metrics.control_stalled._value.get() == 0
+    for req in doomed.values():
+        assert by_id[req.request_id].status is EditStatus.CANCELED, by_id[req.request_id]
+    assert by_id[kept.request_id].status is EditStatus.SUCCEEDED
+    assert editor.edits == 1
+    assert list(output_objects(store, settings)) == [f"edits/{kept.request_id}.png"]
+    assert committed == positions_after(delivered)
+
+
+async def test_a_control_reader_that_cannot_make_progress_is_a_readiness_problem_and_a_metric() -> None:
+    state, metrics = WorkerState(), WorkerMetrics()
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:9", request_timeout_ms=1000)
+    reader = ControlReader(kafka, CancelRegistry(10), state=state, metrics=metrics, stall_after_s=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(reader.run(stop))
+    try:
+        for _ in range(100):
+            if "control" in state.problems:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=15)
+    assert "control reader stalled" in state.problems["control"]
+    assert metrics.control_stalled._value.get() == 1
+    assert (
+        sum(s.value for m in metrics.control_errors.collect() for s in m.samples if s.name.endswith("_total"))
+        >= 1
+    )
+    state.model_ready = state.in_group = True
+    assert not state.ready
+    assert state.not_ready_reason.startswith("control: control reader stalled")
