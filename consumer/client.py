@@ -13,7 +13,7 @@ from types import TracebackType
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumer import kafka as kafka_io
-from consumer.codec import encode_event
+from consumer.codec import decode_event, encode_event
 from consumer.settings import KafkaSettings
 from schemas.control import CancelRequested
 from schemas.requests import EditRequest
@@ -78,6 +78,6 @@ class EditClient:
             for records in batches.values():
                 for record in records:
                     if record.key and record.value:
-                        result = EditCompleted.model_validate_json(record.value)
+                        result = decode_event(EditCompleted, record.value)
                         self._received.setdefault(result.request_id, result)
         return self._received.pop(request_id)

@@ -3,36 +3,143 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import re
+import typing
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from schemas.errors import InvalidEvent
 from schemas.requests import REQUEST_ID_PATTERN, EditRequest
 
 _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
+E = TypeVar("E", bound=BaseModel)
 
 
-def decode_request(raw: bytes | None, *, max_bytes: int) -> EditRequest:
-    """Parse one record value; every failure is an `InvalidEvent` whose message names the field."""
+# How alike (difflib ratio, after case, '_' and '-' are ignored) an unknown field name and a known one
+# must be for the unknown one to be taken as a misspelling: `num_inference_step` (0.97),
+# `numInferenceSteps` (1.0), `Seed` (1.0), `formt` (0.91) and `images` (0.91) are; `priority`,
+# `output_dpi` (0.8) and `negative_prompt` (0.6) are not. A new field must not be that close to an
+# existing one (README, "Evolving the contract").
+TYPO_SIMILARITY = 0.85
+
+
+def decode_request(raw: bytes | None, *, max_bytes: int, strict: bool = False) -> EditRequest:
+    """Parse one record value; every failure is an `InvalidEvent` whose message names the field.
+
+    Schema evolution (README, "Evolving the contract"): a field this worker does not know, at any
+    depth, is ignored and its path kept in `EditRequest.ignored_fields` (the result lists it in
+    `warnings`), so producers can add fields before every worker knows them. A field whose name is
+    close to a known one (`TYPO_SIMILARITY`) is rejected instead, naming both, so a typo never falls
+    back to a default silently. `strict` rejects every unknown field.
+    """
     if raw is None:
         raise InvalidEvent("record has no value (a tombstone?); expected a JSON edit request")
     if len(raw) > max_bytes:
         raise InvalidEvent(f"record is {len(raw)} bytes; requests are limited to {max_bytes} bytes")
+    request, ignored = _decode_tolerant(EditRequest, raw, strict=strict)
+    request.note_ignored_fields(ignored)
+    return request
+
+
+def decode_event(model: type[E], raw: bytes) -> E:
+    """A wire event we consume (a result for `submit --wait`, a cancel command), read the same way
+    as requests: fields added by a newer publisher are ignored, misspellings rejected.
+
+    Raises `InvalidEvent` naming the field.
+    """
+    event, _ = _decode_tolerant(model, raw, strict=False)
+    return event
+
+
+def _decode_tolerant(model: type[E], raw: bytes, *, strict: bool) -> tuple[E, tuple[str, ...]]:
+    """(the event, paths of the unknown fields ignored); see `decode_request`."""
     try:
-        return EditRequest.model_validate_json(raw)
+        return model.model_validate_json(raw), ()
     except ValidationError as exc:
+        first = exc
+    errors = first.errors(include_url=False)
+    unknown = [tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
+    others = [e for e in errors if e["type"] != "extra_forbidden"]
+    typos = [
+        f"{_format_path(loc)}: unknown field, did you mean {guess!r}? (a misspelling is never ignored)"
+        for loc in unknown
+        if (guess := _close_known_field(model, loc)) is not None
+    ]
+    if strict and unknown:
+        raise InvalidEvent(_describe(errors)) from first
+    if typos or others:
+        raise InvalidEvent("; ".join([*typos, *([_describe(others)] if others else [])])) from first
+    body = json.loads(raw)
+    for loc in unknown:
+        _drop(body, loc)
+    try:
+        event = model.model_validate_json(json.dumps(body))
+    except ValidationError as exc:  # not expected: only unknown keys were removed
         raise InvalidEvent(describe_validation_error(exc)) from exc
+    return event, tuple(_format_path(loc) for loc in unknown)
+
+
+def _close_known_field(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+    """The known field at the same level as the unknown one at `loc` that it is a misspelling of."""
+    known = _known_fields(model, loc[:-1])
+    by_norm = {_normalized(field): field for field in known}
+    match = difflib.get_close_matches(_normalized(str(loc[-1])), list(by_norm), n=1, cutoff=TYPO_SIMILARITY)
+    return by_norm[match[0]] if match else None
+
+
+def _normalized(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def _known_fields(root: type[BaseModel], parent: tuple[int | str, ...]) -> list[str]:
+    """Field names of the model found at `parent` (list indexes skipped) below `root`."""
+    model = root
+    for part in parent:
+        if isinstance(part, int):
+            continue
+        nested = _model_in(model.model_fields[str(part)].annotation)
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `OutputSpec | None` or `list[X] | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _drop(body: Any, loc: tuple[int | str, ...]) -> None:
+    node = body
+    for part in loc[:-1]:
+        node = node[part]
+    node.pop(loc[-1], None)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem, each starting with the field path, e.g. `recolor[0].color: ...`."""
+    return _describe(exc.errors(include_url=False))
+
+
+def _describe(errors: Sequence[ErrorDetails]) -> str:
     problems = []
-    for error in exc.errors(include_url=False):
+    for error in errors:
         path = _format_path(error["loc"])
         if error["type"] == "json_invalid":
             problems.append(f"record is not valid JSON: {error['msg']}")
+        elif error["type"] == "extra_forbidden":
+            problems.append(f"{path}: unknown field (the worker rejects unknown fields)")
         elif error["type"] == "model_type" and not path:
             problems.append("record must be a JSON object")
         else:

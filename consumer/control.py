@@ -20,13 +20,14 @@ from collections import OrderedDict
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
 from consumer import kafka as kafka_io
+from consumer.codec import decode_event
 from consumer.metrics import WorkerMetrics
 from consumer.settings import KafkaSettings
 from consumer.state import WorkerState
 from schemas.control import CancelRequested
+from schemas.errors import InvalidEvent
 
 log = structlog.get_logger("klein_edit.control")
 
@@ -164,9 +165,9 @@ class ControlReader:
         if not raw:
             return  # a tombstone: compaction removing an old command
         try:
-            command = CancelRequested.model_validate_json(raw)
-        except ValidationError as exc:
-            log.warning("control.invalid_command", error=str(exc).splitlines()[0])
+            command = decode_event(CancelRequested, raw)
+        except InvalidEvent as exc:
+            log.warning("control.invalid_command", error=exc.message)
             return
         self._registry.add(command.request_id)
         log.info("control.cancel_received", request_id=command.request_id)

@@ -103,7 +103,11 @@ class RecordHandler:
             tries += 1
             ctx.attempt = tries
             try:
-                request = decode_request(record.value, max_bytes=self._settings.kafka.max_request_bytes)
+                request = decode_request(
+                    record.value,
+                    max_bytes=self._settings.kafka.max_request_bytes,
+                    strict=self._settings.worker.reject_unknown_fields,
+                )
                 return await self._run_stages(ctx, request, lane, tp=tp, offset=record.offset)
             except KleinEditError as exc:
                 error = exc

@@ -419,4 +419,7 @@ class EditProcessor:
             completed_at=datetime.now(UTC),
             metadata=ctx.metadata,
             gpu_ms=round(ctx.gpu_ms, 1),
+            warnings=[f"unknown field ignored: {path}" for path in ctx.request.ignored_fields]
+            if ctx.request is not None
+            else [],
         )

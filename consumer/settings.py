@@ -155,6 +155,12 @@ class WorkerSettings(BaseModel):
         description="An edit running longer than this marks the worker not live (/livez 503), so a hung "
         "GPU is restarted by the orchestrator; None disables.",
     )
+    reject_unknown_fields: bool = Field(
+        default=False,
+        description="Strict mode: a request with a field this worker does not know fails with "
+        "INVALID_EVENT. Off: unknown fields are ignored and listed in the result's warnings (names "
+        "close to a known field are rejected either way).",
+    )
     progress: bool = Field(default=False, description="Publish progress events for every request.")
     progress_interval_s: float = Field(default=1.0, gt=0.0)
     canceled_ids_capacity: int = Field(default=10_000, ge=1)

@@ -6,6 +6,10 @@ from pydantic import BaseModel, ConfigDict
 
 
 class WireModel(BaseModel):
-    """Frozen and `extra="forbid"`: a typo in a producer's field name is an error, not a silent default."""
+    """Frozen and `extra="forbid"`: the model is exactly one version of the contract.
+
+    Readers that must tolerate fields a newer publisher added go through `consumer.codec`, which
+    ignores (and reports) unknown fields but rejects near-misses of known ones.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)

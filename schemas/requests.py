@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import (
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -157,6 +158,9 @@ class EditRequest(WireModel):
         default=None, description="ISO-8601; a request picked up after it fails with DEADLINE_EXCEEDED."
     )
     progress: StrictBool | None = Field(default=None, description="Publish progress events for this request.")
+    # Not on the wire: fields of the record this worker does not know and ignored (see
+    # `consumer.codec.decode_request`); reported back in the result's `warnings`.
+    _ignored_fields: tuple[str, ...] = PrivateAttr(default=())
 
     @field_validator("deadline")
     @classmethod
@@ -172,6 +176,15 @@ class EditRequest(WireModel):
         if (self.width is None) != (self.height is None):
             raise ValueError("width and height must be given together")
         return self
+
+    @property
+    def ignored_fields(self) -> tuple[str, ...]:
+        """Paths of the unknown fields the record carried, e.g. `("priority", "output.dpi")`."""
+        return self._ignored_fields
+
+    def note_ignored_fields(self, paths: tuple[str, ...]) -> None:
+        """Remember which unknown fields of the record were ignored (set once, by the decoder)."""
+        self._ignored_fields = paths
 
     @property
     def compiled_prompt(self) -> str:

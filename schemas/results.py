@@ -127,3 +127,8 @@ class EditCompleted(WireModel):
     gpu_ms: float = Field(
         default=0.0, description="GPU time spent on this request (also for canceled edits)."
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the worker accepted but did not use, e.g. 'unknown field ignored: priority' "
+        "(a producer newer than this worker). Added in edit-completed v1 without a version bump.",
+    )

@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schemas of the wire events")
     p.add_argument("--write", metavar="DIR", help="write one file per event instead of printing")
+    p.add_argument(
+        "--asyncapi",
+        action="store_true",
+        help="the AsyncAPI 3.0 document of the five topics instead (with --write: DIR/asyncapi.yaml "
+        "and the JSON Schemas it references in DIR/jsonschema/)",
+    )
     p.set_defaults(handler=_cmd_schema)
 
     p = sub.add_parser("fetch-model", help="download the model weights into the Hugging Face cache")
@@ -232,8 +238,18 @@ def _cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(settings: Settings, args: argparse.Namespace) -> int:
-    from schemas.export import json_schemas
+    from consumer import asyncapi
+    from schemas.export import json_schemas, write_published
 
+    if args.asyncapi:
+        if not args.write:
+            print(asyncapi.asyncapi_yaml(), end="")
+            return 0
+        out = Path(args.write)
+        out.mkdir(parents=True, exist_ok=True)
+        written = [asyncapi.write_published(out), *write_published(out / "jsonschema")]
+        print(f"wrote {len(written)} files to {out}")
+        return 0
     schemas = json_schemas()
     if args.write:
         out = Path(args.write)

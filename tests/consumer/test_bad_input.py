@@ -79,10 +79,10 @@ async def test_malformed_records_fail_with_the_field_named_and_go_to_the_dlq(
             json.dumps({**good, "request_id": f"steps-{tag}", "num_inference_steps": 10}).encode(),
             ["num_inference_steps"],
         ),
-        f"unknown-{tag}": (
+        f"typo-{tag}": (
             None,
-            json.dumps({**good, "request_id": f"unknown-{tag}", "colour": "blue"}).encode(),
-            ["colour"],
+            json.dumps({**good, "request_id": f"typo-{tag}", "num_inference_step": 30}).encode(),
+            ["num_inference_step", "did you mean 'num_inference_steps'"],
         ),
     }
     garbage = b"\xff\xfe\x00binary garbage"  # no key, no id: keyed by where it was read

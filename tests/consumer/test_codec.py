@@ -9,7 +9,14 @@ import pytest
 from pydantic import ValidationError
 
 from consumer import kafka as kafka_io
-from consumer.codec import decode_request, describe_validation_error, encode_event, salvage_request_id
+from consumer.codec import (
+    decode_event,
+    decode_request,
+    describe_validation_error,
+    encode_event,
+    salvage_request_id,
+)
+from schemas.control import CancelRequested
 from schemas.errors import ErrorCode, InvalidEvent
 from schemas.requests import EditRequest
 
@@ -99,8 +106,65 @@ def test_missing_required_field() -> None:
     assert problem(body) == "image: Field required"
 
 
-def test_extra_field_message() -> None:
-    assert problem(raw(negative_prompt="x")) == "negative_prompt: Extra inputs are not permitted"
+# ---------------------------------------------------------------------------------------------------
+# Schema evolution: unknown fields are ignored and reported, near-misses of known fields are rejected
+
+
+def test_unknown_fields_at_any_depth_are_ignored_and_remembered() -> None:
+    body = raw(
+        negative_prompt="blurry",
+        priority={"tier": "gold"},
+        output={"format": "webp", "dpi": 300},
+        recolor=[{"target": "the sneakers", "color": "#1E90FF", "finish": "matte"}],
+    )
+    request = decode_request(body, max_bytes=MAX)
+    assert set(request.ignored_fields) == {"negative_prompt", "priority", "output.dpi", "recolor[0].finish"}
+    assert request.output is not None
+    assert request.output.format.value == "webp"
+    assert request.recolor is not None
+    assert request.recolor[0].hex6 == "#1E90FF"
+    assert "negative_prompt" not in request.model_dump_json()  # never on the wire again
+
+
+@pytest.mark.parametrize("name", ["priority", "output_dpi", "negative_prompt", "tenant", "trace_id"])
+def test_a_new_field_that_is_no_near_miss_is_ignored(name: str) -> None:
+    assert decode_request(raw(**{name: "x"}), max_bytes=MAX).ignored_fields == (name,)
+
+
+def test_a_known_request_has_no_ignored_fields() -> None:
+    assert decode_request(raw(), max_bytes=MAX).ignored_fields == ()
+
+
+@pytest.mark.parametrize(
+    ("changes", "unknown", "known"),
+    [
+        ({"num_inference_step": 30}, "num_inference_step", "num_inference_steps"),
+        ({"numInferenceSteps": 30}, "numInferenceSteps", "num_inference_steps"),
+        ({"Seed": 7}, "Seed", "seed"),
+        ({"guidance-scale": 2.0}, "guidance-scale", "guidance_scale"),
+        ({"output": {"formt": "jpeg"}}, "output.formt", "format"),
+        ({"recolor": [{"target": "t", "colour": "#FFF"}]}, "recolor[0].colour", "color"),
+    ],
+)
+def test_a_near_miss_of_a_known_field_is_rejected_naming_both(
+    changes: dict[str, Any], unknown: str, known: str
+) -> None:
+    message = problem(raw(**changes))
+    assert message.startswith(f"{unknown}: unknown field, did you mean {known!r}?"), message
+
+
+def test_other_errors_are_reported_without_the_ignored_fields() -> None:
+    assert problem(raw(priority="high", seed=-1)).startswith("seed: ")
+
+
+def test_strict_mode_rejects_every_unknown_field() -> None:
+    with pytest.raises(InvalidEvent) as info:
+        decode_request(raw(negative_prompt="x", priority=1), max_bytes=MAX, strict=True)
+    assert info.value.message == (
+        "negative_prompt: unknown field (the worker rejects unknown fields); "
+        "priority: unknown field (the worker rejects unknown fields)"
+    )
+    assert decode_request(raw(), max_bytes=MAX, strict=True).ignored_fields == ()
 
 
 def test_cross_field_errors_are_attributed_to_the_request() -> None:
@@ -110,13 +174,15 @@ def test_cross_field_errors_are_attributed_to_the_request() -> None:
 
 
 def test_several_problems_are_listed_each_with_its_field() -> None:
-    message = problem(raw(num_inference_steps=10, recolor=[{"target": "x", "color": "blue"}], extra=1))
+    message = problem(
+        raw(num_inference_steps=10, recolor=[{"target": "x", "color": "blue"}], promt="x", extra=1)
+    )
     parts = message.split("; ")
     assert sorted(part.split(":")[0] for part in parts) == [
-        "extra",
         "num_inference_steps",
+        "promt",
         "recolor[0].color",
-    ]
+    ]  # `extra` is merely unknown: not a problem
 
 
 def test_the_validation_error_is_chained() -> None:
@@ -208,3 +274,10 @@ def test_nothing_to_salvage() -> None:
 def test_every_kafka_batch_codec_is_decodable_in_this_install() -> None:
     kafka_io.require_codecs()  # raises naming what is missing (cramjam: snappy, lz4, zstd)
     assert set(kafka_io.CODECS) == {"gzip", "snappy", "lz4", "zstd"}
+
+
+def test_results_and_cancels_from_a_newer_publisher_are_read_too() -> None:
+    cancel = decode_event(CancelRequested, b'{"request_id": "r-1", "action": "cancel", "reason": "user"}')
+    assert cancel.request_id == "r-1"
+    with pytest.raises(InvalidEvent, match="did you mean 'request_id'"):
+        decode_event(CancelRequested, b'{"requestid": "r-1", "action": "cancel"}')
