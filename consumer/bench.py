@@ -94,6 +94,7 @@ async def _run_once(
             "control_topic": f"bench-{tag}.control",
             "progress_topic": f"bench-{tag}.progress",
             "priority_topics": [],
+            "create_topics": True,  # throwaway topics of this run
         }
     )
     worker_settings = settings.worker.model_copy(

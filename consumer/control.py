@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer import kafka as kafka_io
+from consumer.backoff import Backoff, jittered
 from consumer.codec import decode_event
 from consumer.metrics import WorkerMetrics
 from consumer.settings import KafkaSettings
@@ -84,7 +85,7 @@ class ControlReader:
         Never gives up: a failure to start or to poll is counted, retried with a backoff and, when it
         lasts, reported as a readiness problem until a poll succeeds again.
         """
-        delay = 1.0
+        backoff = Backoff(1.0, 10.0)
         while not stop.is_set():
             try:
                 await self._read(stop)
@@ -92,10 +93,11 @@ class ControlReader:
             except Exception as exc:  # whatever stops the reader is reported, then retried
                 self._failed(exc)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                delay = min(delay * 2, 10.0)
+                    await asyncio.wait_for(stop.wait(), timeout=backoff.next())
 
     async def _read(self, stop: asyncio.Event) -> None:
+        # Created only with kafka.create_topics; otherwise a missing topic raises TopicsMissing naming
+        # it, which is retried and, when it lasts, reported on /readyz like any other stall.
         await kafka_io.ensure_topics(self._kafka, [self._kafka.control_topic])
         consumer = kafka_io.make_consumer(self._kafka, group_id=None)
         self._consumer = consumer
@@ -111,7 +113,7 @@ class ControlReader:
                     batches = await consumer.getmany(timeout_ms=200)
                 except KafkaError as exc:
                     self._failed(exc)
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(jittered(1.0))
                     continue
                 self._progressed()
                 for records in batches.values():

@@ -106,18 +106,40 @@ def header(headers: Any, name: str) -> str | None:
     return None
 
 
+class TopicsMissing(Exception):
+    """Topics klein-edit needs do not exist and `kafka.create_topics` is off."""
+
+
+def topic_configs(kafka: KafkaSettings, topic: str) -> dict[str, str]:
+    """Topic-level configs for a topic klein-edit creates: the control topic is compacted and expires
+    (`compact,delete`: a cancel is keyed by request id, so compaction keeps the latest command per
+    request and retention drops old ones); every other topic uses the broker's defaults (delete)."""
+    return {"cleanup.policy": "compact,delete"} if topic == kafka.control_topic else {}
+
+
 async def ensure_topics(kafka: KafkaSettings, topics: list[str]) -> None:
-    """Create missing topics (demo, submit and tests; production topics are provisioned by operators)."""
+    """Make sure `topics` exist: create the missing ones when `kafka.create_topics` is on (demo,
+    tests), else raise `TopicsMissing` naming them (production topics are provisioned by operators)."""
     admin = AIOKafkaAdminClient(**client_kwargs(kafka))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if missing and not kafka.create_topics:
+            raise TopicsMissing(
+                f"Kafka topic(s) {', '.join(missing)} do not exist at {kafka.bootstrap_servers}: create them "
+                "(docs/operations.md, Topics) or set KLEIN_EDIT_KAFKA__CREATE_TOPICS=true (development only)"
+            )
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently by another client
                 await admin.create_topics(
                     [
-                        NewTopic(t, num_partitions=kafka.topic_partitions, replication_factor=1)
+                        NewTopic(
+                            t,
+                            num_partitions=kafka.topic_partitions,
+                            replication_factor=kafka.topic_replication_factor,
+                            topic_configs=topic_configs(kafka, t),
+                        )
                         for t in missing
                     ]
                 )

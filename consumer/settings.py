@@ -97,8 +97,18 @@ class KafkaSettings(BaseModel):
     startup_timeout_s: float = Field(
         default=60.0, ge=0, description="How long the worker retries unreachable brokers at start-up."
     )
+    create_topics: bool = Field(
+        default=False,
+        description="Create missing topics at start-up (the control topic; the result topic for "
+        "`submit --wait`) with topic_partitions and topic_replication_factor. For development and "
+        "tests: on a production cluster the topics are provisioned by operators (docs/operations.md), "
+        "and a missing topic stops start-up with a message naming it.",
+    )
     topic_partitions: int = Field(
-        default=4, ge=1, description="Partitions of topics that klein-edit creates itself."
+        default=4, ge=1, description="Partitions of topics that klein-edit creates itself (create_topics)."
+    )
+    topic_replication_factor: int = Field(
+        default=1, ge=1, description="Replication factor of topics klein-edit creates itself (create_topics)."
     )
     max_request_bytes: int = Field(
         default=1_048_576, ge=1024, description="Larger request records are rejected."

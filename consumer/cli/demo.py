@@ -40,7 +40,8 @@ def demo_settings(settings: Settings, *, bootstrap: str | None, s3_endpoint: str
     if "model" not in pipeline.model_fields_set:
         pipeline = pipeline.model_copy(update={"model": TINY_RANDOM, "device": "cpu", "warmup": False})
     worker = settings.worker.model_copy(update={"http_port": None})
-    settings = settings.model_copy(update={"pipeline": pipeline, "worker": worker})
+    kafka = settings.kafka.model_copy(update={"create_topics": True})  # the demo brings its own topics
+    settings = settings.model_copy(update={"pipeline": pipeline, "worker": worker, "kafka": kafka})
     return on_local_services(settings, bootstrap=bootstrap, s3_endpoint=s3_endpoint)
 
 

@@ -227,7 +227,15 @@ def _cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     except (ValueError, KleinEditError) as exc:
         print(f"klein-edit submit: {exc}", file=sys.stderr)
         return 2
-    result = asyncio.run(submit(settings, request, wait=args.wait, timeout_s=args.timeout, topic=args.topic))
+    from consumer.kafka import TopicsMissing
+
+    try:
+        result = asyncio.run(
+            submit(settings, request, wait=args.wait, timeout_s=args.timeout, topic=args.topic)
+        )
+    except TopicsMissing as exc:
+        print(f"klein-edit submit: {exc}", file=sys.stderr)
+        return 2
     if result is None:
         print(
             json.dumps({"submitted": request.request_id, "topic": args.topic or settings.kafka.request_topic})

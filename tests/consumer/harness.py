@@ -56,6 +56,7 @@ def integration_settings(kafka_bootstrap: str, s3_endpoint: str, **sections: dic
         "heartbeat_interval_ms": 500,
         "rebalance_timeout_ms": 6000,
         "topic_partitions": 2,
+        "create_topics": True,
     }
     s3: dict[str, Any] = {
         "endpoint_url": s3_endpoint,

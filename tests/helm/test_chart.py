@@ -36,6 +36,7 @@ CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("kafka.strimzi.io/v1beta2", "KafkaTopic"),
 }
 SECRET_ENV = {
     "KLEIN_EDIT_KAFKA__SASL_USERNAME",
@@ -516,6 +517,53 @@ def test_keda_refuses_more_replicas_than_partitions(chart: helm.Chart) -> None:
 def test_keda_with_sasl_needs_authentication(chart: helm.Chart) -> None:
     values = _merge(PROFILES["keda"], {"keda": {"authentication": {"enabled": False}}})
     assert "keda.authentication.enabled" in render_error(chart, values)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Topics
+
+
+def test_strimzi_topics_for_every_topic_the_workers_use(chart: helm.Chart) -> None:
+    values = {
+        "config": {"kafka": {"priority_topics": ["edit.urgent"], "control_topic": "edit.control"}},
+        "topics": {
+            "strimzi": {"enabled": True, "cluster": "prod"},
+            "requestPartitions": 8,
+            "config": {"requests": {"retention.ms": 1209600000}},
+        },
+    }
+    rendered = render(chart, values)
+    topics = {t["spec"]["topicName"]: t for t in rendered.of_kind("KafkaTopic")}
+    assert set(topics) == {
+        "edit.urgent",
+        "edit.requests",
+        "edit.results",
+        "edit.requests.dlq",
+        "edit.progress",
+        "edit.control",
+    }
+    for topic in topics.values():
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "prod"
+        assert topic["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert topic["spec"]["replicas"] == 3
+        assert all(isinstance(v, str) for v in topic["spec"]["config"].values())
+    assert topics["edit.urgent"]["spec"]["partitions"] == topics["edit.requests"]["spec"]["partitions"] == 8
+    assert topics["edit.requests"]["spec"]["config"]["retention.ms"] == "1209600000"  # override wins
+    assert topics["edit.requests"]["spec"]["config"]["min.insync.replicas"] == "2"
+    assert topics["edit.control"]["spec"]["config"]["cleanup.policy"] == "compact,delete"
+    for name in ("edit.requests", "edit.results", "edit.requests.dlq", "edit.progress"):
+        assert topics[name]["spec"]["config"]["cleanup.policy"] == "delete"
+    # The worker never creates them itself.
+    assert rendered.env_values().get("KLEIN_EDIT_KAFKA__CREATE_TOPICS", "false") == "false"
+
+
+def test_strimzi_topics_are_off_by_default_and_need_a_cluster(chart: helm.Chart) -> None:
+    assert render(chart, {}).of_kind("KafkaTopic") == []
+    assert "topics.strimzi.cluster" in render_error(chart, {"topics": {"strimzi": {"enabled": True}}})
+    values = _merge(
+        PROFILES["keda"], {"topics": {"strimzi": {"enabled": True, "cluster": "c"}, "requestPartitions": 6}}
+    )
+    assert "keda.partitionCount (12) must equal topics.requestPartitions (6)" in render_error(chart, values)
 
 
 def test_optional_objects_are_off_by_default(profile: tuple[str, Rendered]) -> None:

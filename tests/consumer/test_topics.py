@@ -1,0 +1,94 @@
+"""Topics: klein-edit creates them only when `kafka.create_topics` says so (real broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from consumer import kafka as kafka_io
+from consumer.control import CancelRegistry, ControlReader
+from consumer.settings import KafkaSettings
+from consumer.state import WorkerState
+from schemas.control import CancelRequested
+from tests.consumer.harness import integration_settings
+
+pytestmark = pytest.mark.integration
+
+
+def kafka_settings(bootstrap: str, *, create: bool) -> KafkaSettings:
+    kafka = integration_settings(bootstrap, "http://127.0.0.1:9").kafka  # S3 is not used here
+    return kafka.model_copy(update={"create_topics": create})
+
+
+async def topics_and_configs(kafka: KafkaSettings, topic: str) -> tuple[set[str], dict[str, str]]:
+    admin = AIOKafkaAdminClient(**kafka_io.client_kwargs(kafka))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        if topic not in existing:
+            return existing, {}
+        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        entries = response.resources[0][4]
+        return existing, {entry[0]: entry[1] for entry in entries}
+    finally:
+        await admin.close()
+
+
+async def test_missing_topics_are_named_not_created_by_default(kafka_bootstrap: str) -> None:
+    kafka = kafka_settings(kafka_bootstrap, create=False)
+    assert KafkaSettings().create_topics is False  # the default on a real cluster
+    with pytest.raises(kafka_io.TopicsMissing, match=rf"{kafka.control_topic}.*CREATE_TOPICS"):
+        await kafka_io.ensure_topics(kafka, [kafka.result_topic, kafka.control_topic])
+    existing, _ = await topics_and_configs(kafka, kafka.control_topic)
+    assert kafka.control_topic not in existing
+    assert kafka.result_topic not in existing
+
+
+async def test_created_when_asked_with_a_compacted_control_topic(kafka_bootstrap: str) -> None:
+    kafka = kafka_settings(kafka_bootstrap, create=True)
+    await kafka_io.ensure_topics(kafka, [kafka.result_topic, kafka.control_topic])
+    existing, control = await topics_and_configs(kafka, kafka.control_topic)
+    assert {kafka.result_topic, kafka.control_topic} <= existing
+    assert control.get("cleanup.policy") == "compact,delete"
+    _, results = await topics_and_configs(kafka, kafka.result_topic)
+    assert results.get("cleanup.policy", "delete") == "delete"
+
+
+async def test_the_control_reader_waits_for_its_topic_instead_of_creating_it(kafka_bootstrap: str) -> None:
+    kafka = kafka_settings(kafka_bootstrap, create=False)
+    registry = CancelRegistry(10)
+    state = WorkerState()
+    reader = ControlReader(kafka, registry, state=state, stall_after_s=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(reader.run(stop))
+    try:
+        deadline = time.monotonic() + 15
+        while not state.problems:
+            assert time.monotonic() < deadline, "a missing control topic was never reported"
+            await asyncio.sleep(0.1)
+        (problem,) = state.problems.values()
+        assert kafka.control_topic in problem  # /readyz names the missing topic
+        existing, _ = await topics_and_configs(kafka, kafka.control_topic)
+        assert kafka.control_topic not in existing
+        assert not task.done()  # still retrying, not crashed
+
+        # The operator provisions it; the reader finds it on its next (jittered, <= 10 s) try.
+        await kafka_io.ensure_topics(kafka.model_copy(update={"create_topics": True}), [kafka.control_topic])
+        producer = kafka_io.make_producer(kafka)
+        await producer.start()
+        try:
+            command = CancelRequested(request_id="r-1")
+            await producer.send_and_wait(kafka.control_topic, command.model_dump_json().encode(), key=b"r-1")
+        finally:
+            await producer.stop()
+        deadline = time.monotonic() + 25
+        while "r-1" not in registry or state.problems:
+            assert time.monotonic() < deadline, "the cancel was never read"
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
