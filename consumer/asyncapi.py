@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from consumer import kafka as kafka_io
+from consumer import tracing
 from consumer.settings import KafkaSettings
 from schemas.export import PUBLISHED_DIR
 from schemas.requests import REQUEST_ID_PATTERN
@@ -24,6 +25,14 @@ _SCHEMA_FORMAT = "application/schema+json;version=draft-2020-12"
 _KAFKA_BINDING_VERSION = "0.5.0"
 
 _KEY = {"type": "string", "pattern": REQUEST_ID_PATTERN, "description": "The request_id."}
+_TRACE_HEADERS = {
+    tracing.TRACEPARENT: {
+        "type": "string",
+        "description": "W3C Trace Context. Optional on a request; copied unchanged onto its result, "
+        "progress and dead-letter records.",
+    },
+    tracing.TRACESTATE: {"type": "string", "description": "W3C Trace Context, carried with traceparent."},
+}
 
 
 def _payload(name: str) -> dict[str, Any]:
@@ -37,6 +46,7 @@ def _message(name: str, title: str, summary: str, *, key: dict[str, Any] | None 
         "title": title,
         "summary": summary,
         "contentType": "application/json",
+        "headers": {"type": "object", "properties": _TRACE_HEADERS},
         "payload": _payload(name),
     }
     if key is not None:
@@ -60,7 +70,11 @@ def _dlq_message() -> dict[str, Any]:
         "summary": "A request record the worker gave up on: its original key and value, byte for byte, "
         "plus headers saying where it came from and why. `klein-edit dlq replay` sends it back.",
         "contentType": "application/octet-stream",
-        "headers": {"type": "object", "properties": headers, "required": sorted(headers)},
+        "headers": {
+            "type": "object",
+            "properties": {**headers, **_TRACE_HEADERS},
+            "required": sorted(headers),
+        },
         "payload": {"description": "The original record value, unchanged (it may not be valid JSON)."},
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -26,6 +27,7 @@ from consumer.processor import EditContext, EditProcessor, PreparedEdit
 from consumer.progress import ProgressReporter
 from consumer.publisher import Publisher
 from consumer.settings import Settings
+from consumer.tracing import Headers, trace_headers
 from pipeline import EditCanceled, Editor
 from schemas.errors import ErrorCode, KleinEditError
 from schemas.progress import EditStage
@@ -82,7 +84,7 @@ class RecordHandler:
             result = await self._attempt_until_settled(tp, record, ctx, lane)
             if result is None:
                 return False
-            await self._publisher.publish_result(result)
+            await self._publisher.publish_result(result, headers=trace_headers(record.headers))
             _log_summary(result)
             observe_gpu_memory(self._metrics, self._processor.editor)
             asyncio.get_running_loop().run_in_executor(self._io, self._clear_ledger, tp, record.offset)
@@ -108,7 +110,7 @@ class RecordHandler:
                     max_bytes=self._settings.kafka.max_request_bytes,
                     strict=self._settings.worker.reject_unknown_fields,
                 )
-                return await self._run_stages(ctx, request, lane, tp=tp, offset=record.offset)
+                return await self._run_stages(ctx, request, lane, tp=tp, record=record)
             except KleinEditError as exc:
                 error = exc
             except asyncio.CancelledError:
@@ -143,9 +145,16 @@ class RecordHandler:
             return self._processor.unsuccessful(ctx, error)
 
     async def _run_stages(
-        self, ctx: EditContext, request: EditRequest, lane: int, *, tp: TopicPartition, offset: int
+        self,
+        ctx: EditContext,
+        request: EditRequest,
+        lane: int,
+        *,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
     ) -> EditCompleted:
-        reporter = self._reporter_for(ctx, request)
+        offset = record.offset
+        reporter = self._reporter_for(ctx, request, trace=trace_headers(record.headers))
         try:
             self._raise_if_canceled(ctx.request_id, "before pickup")
             if reporter:
@@ -182,7 +191,9 @@ class RecordHandler:
         if request_id in self._cancels:
             raise EditCanceled(f"canceled by a control command {when}")
 
-    def _reporter_for(self, ctx: EditContext, request: EditRequest) -> ProgressReporter | None:
+    def _reporter_for(
+        self, ctx: EditContext, request: EditRequest, *, trace: Headers
+    ) -> ProgressReporter | None:
         worker = self._settings.worker
         wanted = request.progress if request.progress is not None else worker.progress
         if not wanted:
@@ -191,7 +202,7 @@ class RecordHandler:
             request_id=ctx.request_id,
             worker=worker.name,
             interval_s=worker.progress_interval_s,
-            emit=self._publisher.emit_progress,
+            emit=functools.partial(self._publisher.emit_progress, headers=trace or None),
             picked_up=time.monotonic() - (time.time() - ctx.picked_up),
         )
 

@@ -17,6 +17,7 @@ from consumer import kafka as kafka_io
 from consumer.codec import encode_event
 from consumer.metrics import WorkerMetrics
 from consumer.settings import KafkaSettings
+from consumer.tracing import Headers, trace_headers
 from schemas.errors import KleinEditError
 from schemas.progress import EditProgressed
 from schemas.results import EditCompleted
@@ -38,9 +39,14 @@ class Publisher:
         self._metrics = metrics
         self._abandon = abandon
 
-    async def publish_result(self, result: EditCompleted) -> None:
-        """Send the result event (keyed by request id) and wait for the broker's ack."""
-        await self.send(self._kafka.result_topic, encode_event(result), key=result.request_id.encode())
+    async def publish_result(self, result: EditCompleted, *, headers: Headers | None = None) -> None:
+        """Send the result event (keyed by request id) and wait for the broker's ack.
+
+        `headers`: the request's trace context (`consumer.tracing.trace_headers`), carried unchanged.
+        """
+        await self.send(
+            self._kafka.result_topic, encode_event(result), key=result.request_id.encode(), headers=headers
+        )
         self._metrics.observe_result(result)
 
     async def dead_letter(
@@ -54,15 +60,16 @@ class Publisher:
             (kafka_io.DLQ_ERROR_CODE, error.code.value.encode()),
             (kafka_io.DLQ_ERROR_MESSAGE, error.message[:1000].encode("utf-8", "replace")),
             (kafka_io.DLQ_ATTEMPTS, str(attempts).encode()),
+            *trace_headers(record.headers),
         ]
         await self.send(self._kafka.dlq_topic, record.value, key=record.key, headers=headers)
         self._metrics.dead_lettered.labels(code=error.code.value).inc()
         log.warning("edit.dead_lettered", code=error.code.value, error=error.message, attempts=attempts)
 
-    def emit_progress(self, event: EditProgressed) -> None:
+    def emit_progress(self, event: EditProgressed, *, headers: Headers | None = None) -> None:
         """Fire and forget: the producer batches it; a failure costs one progress event, nothing more."""
         send = self._producer.send(
-            self._kafka.progress_topic, encode_event(event), key=event.request_id.encode()
+            self._kafka.progress_topic, encode_event(event), key=event.request_id.encode(), headers=headers
         )
         asyncio.ensure_future(send).add_done_callback(_ignore_result)
 
