@@ -2,8 +2,10 @@
 
 `PartitionOffsets` keeps the arithmetic of one partition (records finishing out of order); this module
 owns one of them per partition, commits what is safe, and restores positions when partitions come
-back. A partition that moved to another member is never committed here: its new owner redoes the
-record, and the idempotent output makes that harmless.
+back, never below the group's committed offset. With nothing in flight it commits the consumer's
+position, so transaction markers and other offsets that never reach the worker are committed too.
+A partition that moved to another member is never committed here: its new owner redoes the record,
+and the idempotent output makes that harmless.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class CommitClient(Protocol):
     """The consumer calls commit tracking needs (`aiokafka.AIOKafkaConsumer` is the real one)."""
 
     def assignment(self) -> set[TopicPartition]: ...
+    async def position(self, partition: TopicPartition) -> int: ...
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
     async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
     async def committed(self, partition: TopicPartition) -> int | None: ...
@@ -60,10 +63,11 @@ class CommitTracker:
         async with self._lock:
             assigned = consumer.assignment()
             to_commit = {}
-            for tp, offsets in self._offsets.items():
-                offset = offsets.committable()
+            for tp in assigned:
                 # A partition that moved to another member is not ours to commit: its owner redoes the record.
-                if offset is not None and tp in assigned:
+                offsets = self.partition(tp)
+                offset = offsets.committable(await self._position(consumer, tp, offsets))
+                if offset is not None:
                     to_commit[tp] = offset
             if not to_commit:
                 return
@@ -75,16 +79,45 @@ class CommitTracker:
             for tp, offset in to_commit.items():
                 self._offsets[tp].committed = offset
 
-    def on_assigned(self, consumer: CommitClient, assigned: Iterable[TopicPartition]) -> None:
-        """Partitions (re)joined this member: resume after what already finished here."""
+    @staticmethod
+    async def _position(consumer: CommitClient, tp: TopicPartition, offsets: PartitionOffsets) -> int | None:
+        """The consumer's position, when it may count (nothing in flight); None when unknown."""
+        if offsets.in_flight or offsets.abandoned_at is not None:
+            return None
+        try:
+            return await asyncio.wait_for(consumer.position(tp), timeout=0.5)
+        except (TimeoutError, KafkaError):
+            return None  # being reset or reassigned: the next loop knows
+
+    async def on_assigned(self, consumer: CommitClient, assigned: Iterable[TopicPartition]) -> None:
+        """Partitions (re)joined this member: never below the group's committed offset.
+
+        The group's committed offset (`consumer.committed`) becomes the floor: nothing at or below it
+        is committed again, so committed offsets never move backwards, even when another member
+        committed past what this member finished while the partition was away. A partition that
+        comes back resumes after what already finished here only when that is past the floor.
+        """
         for tp in assigned:
-            offsets = self._offsets.get(tp)
-            if offsets is None:
-                continue
-            # The partition came back: don't redo what already finished here but was not yet committed.
-            if not offsets.in_flight and offsets.highest_done is not None and offsets.abandoned_at is None:
-                consumer.seek(tp, offsets.highest_done + 1)
-            offsets.committed = None
+            try:
+                group: int | None = await asyncio.wait_for(consumer.committed(tp), timeout=5.0)
+            except (TimeoutError, KafkaError) as exc:
+                log.warning("commit.floor_unknown", partition=f"{tp.topic}-{tp.partition}", error=repr(exc))
+                group = None
+                known = False
+            else:
+                known = True
+            offsets = self.partition(tp)
+            resume = offsets.highest_done + 1 if offsets.highest_done is not None else None
+            if (
+                known
+                and resume is not None
+                and not offsets.in_flight
+                and offsets.abandoned_at is None
+                and (group is None or resume > group)
+            ):
+                # Finished here but not yet committed: don't redo it.
+                consumer.seek(tp, resume)
+            offsets.committed = group
 
 
 async def observe_lag(consumer: CommitClient, metrics: WorkerMetrics) -> None:

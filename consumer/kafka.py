@@ -88,6 +88,7 @@ def make_consumer(
         "group_instance_id": kafka.group_instance_id if group_id == kafka.group_id else None,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+        "isolation_level": kafka.isolation_level,
         "session_timeout_ms": kafka.session_timeout_ms,
         "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
         "max_poll_interval_ms": kafka.max_poll_interval_ms,

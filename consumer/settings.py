@@ -93,6 +93,10 @@ class KafkaSettings(BaseModel):
         default=300_000, ge=1000, description="Edits may run longer: partitions are paused and polled."
     )
     enable_idempotence: bool = Field(default=False, description="Needs broker support (Tansu lacks it).")
+    isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        default="read_committed",
+        description="read_committed: records of aborted transactions are never edited (nor cancels applied).",
+    )
     request_timeout_ms: int = Field(default=30_000, ge=1000)
     startup_timeout_s: float = Field(
         default=60.0, ge=0, description="How long the worker retries unreachable brokers at start-up."

@@ -59,7 +59,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker._commits.commit_ready(self._worker._consumer)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._worker._on_assigned(assigned)
+        await self._worker._on_assigned(assigned)
 
 
 class EditWorker:
@@ -243,12 +243,12 @@ class EditWorker:
             await asyncio.gather(*(flight.task for _, flight in flights), return_exceptions=True)
             admission.flights.clear()
 
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         assert self._consumer is not None
         assert self._admission is not None
         self.state.in_group = True
-        self._commits.on_assigned(self._consumer, assigned)
         self._admission.on_assigned(assigned, draining=self.state.draining)
+        await self._commits.on_assigned(self._consumer, assigned)
         log.info("partitions.assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 
 

@@ -18,6 +18,8 @@ import pytest
 from consumer.services import LocalService, MotoServer, ServiceError, TansuBroker
 
 KAFKA_ENV = "KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP"
+# Which broker KAFKA_ENV points at: "tansu" (default, also what is started here) or "apache-kafka".
+KAFKA_KIND_ENV = "KLEIN_EDIT_TEST_KAFKA_KIND"
 S3_ENV = "KLEIN_EDIT_TEST_S3_ENDPOINT"
 
 
@@ -53,8 +55,18 @@ def s3_endpoint() -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests need CUDA; without it they are reported as skipped with the reason (not services)."""
+    """`gpu` tests need CUDA, `apache_kafka` tests an Apache Kafka broker: without them they are
+    reported as skipped with the reason (a capability the broker lacks, not a missing service)."""
     import torch
+
+    if os.environ.get(KAFKA_KIND_ENV, "tansu") != "apache-kafka":
+        needs_kafka = pytest.mark.skip(
+            reason=f"needs Apache Kafka (Tansu has no transactions nor idempotent producer); set "
+            f"{KAFKA_ENV} and {KAFKA_KIND_ENV}=apache-kafka"
+        )
+        for item in items:
+            if "apache_kafka" in item.keywords:
+                item.add_marker(needs_kafka)
 
     if torch.cuda.is_available():
         return

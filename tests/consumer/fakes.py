@@ -38,7 +38,8 @@ class FakeConsumer:
         return self.highwaters.get(partition)
 
     async def position(self, partition: TopicPartition) -> int:
-        return self.positions.get(partition, 0)
+        """Where a seek put it; else, as aiokafka does on assignment, the group's committed offset."""
+        return self.positions.get(partition, self.group_committed.get(partition, 0))
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))

@@ -140,3 +140,24 @@ def test_finishing_an_unknown_offset_is_harmless() -> None:
     offsets.abandon(12)
     assert offsets.in_flight == set()
     assert offsets.committable() == 10
+
+
+def test_with_nothing_in_flight_the_position_is_committable_past_records_never_seen() -> None:
+    offsets = PartitionOffsets()
+    offsets.start(3)
+    offsets.finish(3)
+    assert offsets.committable(position=5) == 5  # 4 was a transaction marker
+    assert offsets.committable(position=None) == 4
+
+
+def test_the_position_alone_moves_a_partition_that_held_only_markers_or_aborted_records() -> None:
+    assert PartitionOffsets().committable(position=7) == 7
+    assert PartitionOffsets(committed=7).committable(position=7) is None
+
+
+def test_the_position_is_ignored_while_in_flight_or_after_an_abandon() -> None:
+    offsets = PartitionOffsets()
+    offsets.start(3)
+    assert offsets.committable(position=9) == 3
+    offsets.abandon(3)
+    assert offsets.committable(position=9) is None

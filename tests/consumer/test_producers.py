@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from confluent_kafka import Producer
 
 from consumer.codec import encode_event
 from consumer.control import CancelRegistry, ControlReader
@@ -31,6 +32,7 @@ from tests.consumer.harness import (
     running_worker,
     stage_image,
     wait_for_committed,
+    wait_for_no_lag,
 )
 
 pytestmark = pytest.mark.integration
@@ -132,3 +134,44 @@ async def test_a_control_reader_that_cannot_make_progress_is_a_readiness_problem
     state.model_ready = state.in_group = True
     assert not state.ready
     assert state.not_ready_reason.startswith("control: control reader stalled")
+
+
+@pytest.mark.apache_kafka
+async def test_a_transactional_producer_commits_and_aborts_and_committed_offsets_reach_the_end(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Committed transactions are edited, aborted ones never (`read_committed`); the committed offset
+    passes the transaction markers, so the lag reaches 0 (Apache Kafka only: Tansu fails InitProducerId
+    and returns aborted records to `read_committed` readers)."""
+    settings = make_settings()
+    assert settings.kafka.isolation_level == "read_committed"
+    store = await prepare(settings)
+    image = stage_image(store, settings, "tx.png", png_bytes(64, 64))
+    committed_reqs = [request(settings, image) for _ in range(2)]
+    aborted_req = request(settings, image)
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "transactional.id": unique("tx"),
+            "linger.ms": 0,
+        }
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for req in committed_reqs:
+        producer.produce(settings.kafka.request_topic, key=b"tx", value=encode_event(req))
+    producer.commit_transaction(30)
+    producer.begin_transaction()
+    producer.produce(settings.kafka.request_topic, key=b"tx", value=encode_event(aborted_req))
+    producer.abort_transaction(30)
+    editor = StandInEditor(edit_ms=20)
+    async with running_worker(settings, lambda: editor):
+        by_id = {r.request_id: r for r in await results(settings, count=2, settle_s=3.0)}
+        lags = await wait_for_no_lag(settings)
+    assert set(by_id) == {r.request_id for r in committed_reqs}
+    assert all(r.status is EditStatus.SUCCEEDED for r in by_id.values())
+    assert editor.edits == 2
+    assert sorted(output_objects(store, settings)) == sorted(
+        f"edits/{r.request_id}.png" for r in committed_reqs
+    )
+    assert set(lags.values()) == {0}
