@@ -9,6 +9,7 @@ from collections.abc import Callable
 import structlog
 
 from consumer.health import HealthServer
+from consumer.metrics import WorkerMetrics
 from consumer.settings import Settings
 from consumer.worker import EditWorker
 from pipeline import Editor, KleinEditor
@@ -24,6 +25,7 @@ def build_worker(settings: Settings, *, editor_factory: Callable[[], Editor] | N
         editor_factory=editor_factory or (lambda: KleinEditor.load(settings.pipeline)),
         store=store,
         ledger=AttemptLedger(store, settings.s3),
+        metrics=WorkerMetrics(model=settings.pipeline.model, model_revision=settings.pipeline.revision),
     )
 
 

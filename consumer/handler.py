@@ -9,7 +9,6 @@ the durable attempt counts (the ledger) are checked and written here, around the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -262,14 +261,18 @@ class RecordHandler:
         return None, count_in_background
 
     def _clear_ledger(self, tp: TopicPartition, offset: int) -> None:
-        with contextlib.suppress(KleinEditError):
+        """On an I/O thread. A failed clear loses nothing (the record is finished) but leaves the
+        object behind: counted in `klein_edit_ledger_clear_failures_total` so a missing
+        s3:DeleteObject is seen; the bucket's lifecycle rule on the ledger prefix removes it later."""
+        try:
             self._ledger.clear(tp.topic, tp.partition, offset)
+        except KleinEditError as exc:
+            self._metrics.ledger_clear_failures.inc()
+            log.warning("ledger.clear_failed", code=exc.code.value, error=exc.message)
 
 
 def observe_gpu_memory(metrics: WorkerMetrics, editor: Editor) -> None:
-    stats = editor.memory_stats()
-    metrics.gpu_memory.labels(kind="allocated").set(stats.get("allocated_bytes", 0.0))
-    metrics.gpu_memory.labels(kind="peak").set(stats.get("peak_bytes", 0.0))
+    metrics.observe_gpu_memory(editor.memory_stats())
 
 
 def _log_summary(result: EditCompleted) -> None:

@@ -1,26 +1,72 @@
-"""Prometheus metrics of one worker, on a registry of its own (so tests can run several workers)."""
+"""Prometheus metrics of one worker, on a registry of its own (so tests can run several workers).
+
+Every metric can be summed across its labels and across pods: the end-to-end time has its own
+histogram instead of sitting beside its parts as one more "stage", and the two GPU memory quantities
+(in use now, peak since start) are two gauges. The registry also carries the standard process
+(`process_*`: CPU, resident memory, open file descriptors, start time) and platform
+(`python_info`) collectors, and `klein_edit_build_info`.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from schemas.results import EditCompleted
 
 _STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 300, 600)
+_END_TO_END_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)
+
+
+def package_version() -> str:
+    """The installed klein-edit version, or "unknown" when run from a bare source tree."""
+    try:
+        return version("klein-edit")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class WorkerMetrics:
-    def __init__(self) -> None:
+    def __init__(self, *, model: str = "", model_revision: str | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Gauge(
+            "klein_edit_build_info",
+            "Always 1: the klein-edit version, the model id and the model revision this worker runs "
+            "(revision 'unpinned' when pipeline.revision is not set).",
+            ["version", "model", "revision"],
+            registry=r,
+        )
+        self.build_info.labels(
+            version=package_version(), model=model, revision=model_revision or "unpinned"
+        ).set(1)
         self.edits = Counter(
             "klein_edit_edits", "Edits finished, by status and error code.", ["status", "code"], registry=r
         )
         self.stage_seconds = Histogram(
             "klein_edit_stage_seconds",
-            "Seconds per stage of an edit.",
+            "Seconds per stage of an edit (queued, fetch, inference, upload); the stages are parts of "
+            "klein_edit_end_to_end_seconds.",
             ["stage"],
             buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "klein_edit_end_to_end_seconds",
+            "Seconds from the request record's timestamp to its result (timing_ms.total).",
+            buckets=_END_TO_END_BUCKETS,
             registry=r,
         )
         self.in_flight = Gauge(
@@ -28,15 +74,23 @@ class WorkerMetrics:
         )
         self.consumer_lag = Gauge(
             "klein_edit_consumer_lag",
-            "End offset minus committed offset.",
+            "Records of this worker's partitions not yet committed by the group (end offset minus the "
+            "committed offset, or minus the group's start position before its first commit).",
             ["topic", "partition"],
             registry=r,
         )
         self.model_load_seconds = Gauge(
             "klein_edit_model_load_seconds", "Model load and warm-up time.", registry=r
         )
-        self.gpu_memory = Gauge(
-            "klein_edit_gpu_memory_bytes", "GPU memory in use and peak.", ["kind"], registry=r
+        self.gpu_memory_allocated = Gauge(
+            "klein_edit_gpu_memory_allocated_bytes",
+            "GPU memory held by tensors now (torch.cuda.memory_allocated); 0 on CPU.",
+            registry=r,
+        )
+        self.gpu_memory_peak = Gauge(
+            "klein_edit_gpu_memory_peak_bytes",
+            "Highest GPU memory held by tensors since start (torch.cuda.max_memory_allocated); 0 on CPU.",
+            registry=r,
         )
         self.billed_megapixels = Counter(
             "klein_edit_billed_megapixels", "Output megapixels billed.", registry=r
@@ -59,6 +113,12 @@ class WorkerMetrics:
             "1 while the control reader has failed for 10 s or more without progress (cancels are missed).",
             registry=r,
         )
+        self.ledger_clear_failures = Counter(
+            "klein_edit_ledger_clear_failures",
+            "Attempt-ledger objects that could not be deleted after their record was finished (the "
+            "object stays until the bucket's lifecycle rule expires it; check s3:DeleteObject).",
+            registry=r,
+        )
         self.gpu_busy_ratio = Gauge(
             "klein_edit_gpu_busy_ratio", "Share of wall time the GPU thread was busy.", registry=r
         )
@@ -72,12 +132,17 @@ class WorkerMetrics:
             ("fetch", timing.fetch),
             ("inference", timing.inference),
             ("upload", timing.upload),
-            ("total", timing.total),
         ):
             self.stage_seconds.labels(stage=stage).observe(ms / 1000.0)
+        self.end_to_end_seconds.observe(timing.total / 1000.0)
         if event.cost.usd:
             self.billed_megapixels.inc(event.cost.output_megapixels)
             self.billed_usd.inc(event.cost.usd)
+
+    def observe_gpu_memory(self, stats: Mapping[str, float]) -> None:
+        """`stats` as `Editor.memory_stats()` gives it: allocated_bytes and peak_bytes."""
+        self.gpu_memory_allocated.set(stats.get("allocated_bytes", 0.0))
+        self.gpu_memory_peak.set(stats.get("peak_bytes", 0.0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

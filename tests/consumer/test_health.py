@@ -200,6 +200,32 @@ def test_metrics_reflect_observed_results(server: HealthServer, metrics: WorkerM
     assert "klein_edit_billed_usd_total 0.002" in text
     assert 'klein_edit_stage_seconds_count{stage="inference"} 1.0' in text
     assert 'klein_edit_stage_seconds_sum{stage="inference"} 1.5' in text
+    # The end-to-end time has a histogram of its own, so summing the stages never counts it twice.
+    assert "klein_edit_end_to_end_seconds_sum 2.0" in text
+    assert "klein_edit_end_to_end_seconds_count 1.0" in text
+    assert 'stage="total"' not in text
+
+
+def test_gpu_memory_is_two_gauges(metrics: WorkerMetrics) -> None:
+    metrics.observe_gpu_memory({"allocated_bytes": 3e9, "peak_bytes": 5e9})
+    text = metrics.render().decode()
+    assert "klein_edit_gpu_memory_allocated_bytes 3e+09" in text
+    assert "klein_edit_gpu_memory_peak_bytes 5e+09" in text
+    assert "kind=" not in text
+
+
+def test_build_info_and_the_standard_collectors() -> None:
+    text = WorkerMetrics(model="black-forest-labs/FLUX.2-klein-base-9B", model_revision="abc123").render()
+    lines = text.decode().splitlines()
+    (info,) = [line for line in lines if line.startswith("klein_edit_build_info{")]
+    assert 'model="black-forest-labs/FLUX.2-klein-base-9B"' in info
+    assert 'revision="abc123"' in info
+    assert 'version="' in info
+    assert info.endswith(" 1.0")
+    assert any(line.startswith("process_resident_memory_bytes ") for line in lines)
+    assert any(line.startswith("process_open_fds ") for line in lines)
+    assert any(line.startswith("python_info{") for line in lines)
+    assert 'revision="unpinned"' in WorkerMetrics().render().decode()
 
 
 def test_each_worker_has_its_own_registry() -> None:

@@ -14,7 +14,10 @@ import pytest
 from consumer.app import build_worker, serve
 from consumer.services import free_port
 from consumer.settings import Settings
+from consumer.worker import EditWorker
 from pipeline import Editor, StandInEditor
+from storage import AttemptLedger, LedgerEntry
+from storage.errors import StorageUnavailable
 from tests.consumer.harness import png_bytes, prepare, publish, request, results, stage_image
 
 pytestmark = pytest.mark.integration
@@ -90,9 +93,56 @@ async def test_not_ready_while_loading_ready_in_group_and_counters_move(
         assert 'klein_edit_stage_seconds_count{stage="inference"} 1.0' in metrics
         assert f"klein_edit_billed_megapixels_total {64 * 64 / 1e6}" in metrics
         assert "klein_edit_in_flight 0.0" in metrics
-        assert 'klein_edit_gpu_memory_bytes{kind="peak"}' in metrics
+        assert "klein_edit_gpu_memory_peak_bytes" in metrics
+        assert "klein_edit_end_to_end_seconds_count 1.0" in metrics
+        assert 'stage="total"' not in metrics  # the end-to-end time is not one of its own parts
+        assert 'klein_edit_build_info{model="tiny-random",revision="unpinned",version="' in metrics
+        assert "process_resident_memory_bytes" in metrics
+        assert "python_info{" in metrics
         assert (await fetch(port, "/nope"))[0] == 404
     finally:
         loaded.set()
         stop.set()
         assert await asyncio.wait_for(task, timeout=60) == 0
+
+
+class _NoDeleteLedger:
+    """The real S3 ledger under a role without s3:DeleteObject: clearing fails as S3 would answer."""
+
+    def __init__(self, ledger: AttemptLedger) -> None:
+        self._ledger = ledger
+        self.clears = 0
+
+    def record_pickup(self, topic: str, partition: int, offset: int) -> LedgerEntry:
+        return self._ledger.record_pickup(topic, partition, offset)
+
+    def record_gpu_run(self, topic: str, partition: int, offset: int) -> LedgerEntry:
+        return self._ledger.record_gpu_run(topic, partition, offset)
+
+    def clear(self, topic: str, partition: int, offset: int) -> None:
+        self.clears += 1
+        raise StorageUnavailable(f"access denied: cannot clear {topic}/{partition}/{offset}")
+
+
+async def test_a_failed_ledger_clear_shows_in_metrics(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    store = await prepare(settings)
+    image = stage_image(store, settings, "l.png", png_bytes(64, 64))
+    ledger = _NoDeleteLedger(AttemptLedger(store, settings.s3))
+    worker = EditWorker(
+        settings, editor_factory=lambda: StandInEditor(edit_ms=10), store=store, ledger=ledger
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await publish(settings, request(settings, image))
+        (result,) = await results(settings, count=1)
+        assert result.status.value == "succeeded"  # a failed clear loses nothing
+        deadline = time.monotonic() + 10
+        while b"klein_edit_ledger_clear_failures_total 1.0" not in worker.metrics.render():
+            assert time.monotonic() < deadline, worker.metrics.render().decode()
+            await asyncio.sleep(0.05)
+        assert ledger.clears == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
