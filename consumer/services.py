@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -181,13 +180,6 @@ class MotoServer(LocalService):
         if not moto_server.exists():
             raise ServiceError("the embedded S3 server needs moto: pip install 'klein-edit[local]'")
         return [str(moto_server), "-H", "127.0.0.1", "-p", str(self.port)]
-
-
-def reset_moto(endpoint_url: str) -> None:
-    """Wipe every bucket and object of a moto server (ours or one CI started)."""
-    request = urllib.request.Request(f"{endpoint_url}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(request, timeout=10):
-        pass
 
 
 def on_local_services(settings: Settings, *, bootstrap: str | None, s3_endpoint: str | None) -> Settings:

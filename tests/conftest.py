@@ -1,76 +1,90 @@
 """Project-wide fixtures: a real Kafka broker and a real S3 server for the integration tests.
 
-Where each comes from, in order:
-1. an explicit endpoint in the environment (`KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP`,
-   `KLEIN_EDIT_TEST_S3_ENDPOINT`), which is what `.ci/run` sets after starting the services;
-2. a local Tansu broker / moto server process started here (`consumer.services`).
-A service that cannot be had is a test failure with the reason, never a skip.
+Where each comes from is decided in tests/services.py: an explicit endpoint in the environment
+(`KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP`, `KLEIN_EDIT_TEST_S3_ENDPOINT`, which `.ci/run` sets), else
+testcontainers (Apache Kafka and MinIO) when a Docker engine answers, else local Tansu and moto
+processes. A service that cannot be had is a test failure with the reason, never a skip. Tests marked
+`apache_kafka` are skipped, with the reason, when the broker is not Apache Kafka.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from consumer.services import LocalService, MotoServer, ServiceError, TansuBroker
+from consumer.services import ServiceError
+from tests.services import (
+    APACHE_KAFKA_REASON,
+    KAFKA_ENV,
+    S3_ENV,
+    Service,
+    Source,
+    choose_source,
+    docker_reachable,
+    kafka_is_apache,
+    kafka_service,
+    s3_service,
+)
 
-KAFKA_ENV = "KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP"
-# Which broker KAFKA_ENV points at: "tansu" (default, also what is started here) or "apache-kafka".
-KAFKA_KIND_ENV = "KLEIN_EDIT_TEST_KAFKA_KIND"
-S3_ENV = "KLEIN_EDIT_TEST_S3_ENDPOINT"
+_SOURCES = pytest.StashKey[dict[str, Source]]()
 
 
-def _service(
-    env_name: str, start: Callable[[], LocalService], address: Callable[[Any], str]
-) -> Iterator[str]:
-    configured = os.environ.get(env_name)
-    if configured:
-        yield configured
-        return
+def _sources(config: pytest.Config) -> dict[str, Source]:
+    """The source of each service, decided once per session (the Docker probe runs at most once)."""
+    if _SOURCES not in config.stash:
+        config.stash[_SOURCES] = {
+            var: choose_source(os.environ, var, docker_reachable) for var in (KAFKA_ENV, S3_ENV)
+        }
+    return config.stash[_SOURCES]
+
+
+def _serve(name: str, make: Callable[[], tuple[Service | None, Callable[[], str]]]) -> Iterator[str]:
     try:
-        service = start()
-        service.start()
+        service, address = make()
+        if service is not None:
+            service.start()
     except ServiceError as exc:
-        pytest.fail(
-            f"no {env_name.removeprefix('KLEIN_EDIT_TEST_').lower()} for the integration tests: {exc} "
-            f"(or set {env_name})"
-        )
+        pytest.fail(f"no {name} for the integration tests: {exc} (or set {KAFKA_ENV} / {S3_ENV})")
     try:
-        yield address(service)
+        yield address()
     finally:
-        service.stop()
+        if service is not None:
+            service.stop()
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    yield from _service(KAFKA_ENV, TansuBroker, lambda broker: broker.bootstrap_servers)
+def kafka_bootstrap(pytestconfig: pytest.Config) -> Iterator[str]:
+    source = _sources(pytestconfig)[KAFKA_ENV]
+    yield from _serve(f"kafka ({source})", lambda: kafka_service(source, os.environ))
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    yield from _service(S3_ENV, MotoServer, lambda server: server.endpoint_url)
+def s3_endpoint(pytestconfig: pytest.Config) -> Iterator[str]:
+    source = _sources(pytestconfig)[S3_ENV]
+    yield from _serve(f"s3 ({source})", lambda: s3_service(source, os.environ))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    sources = _sources(config)
+    return f"services: kafka from {sources[KAFKA_ENV]}, s3 from {sources[S3_ENV]}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests need CUDA, `apache_kafka` tests an Apache Kafka broker: without them they are
-    reported as skipped with the reason (a capability the broker lacks, not a missing service)."""
+    """`gpu` tests need CUDA and `apache_kafka` tests Apache Kafka; without them they are reported as
+    skipped with the reason (never for a missing service)."""
     import torch
 
-    if os.environ.get(KAFKA_KIND_ENV, "tansu") != "apache-kafka":
-        needs_kafka = pytest.mark.skip(
-            reason=f"needs Apache Kafka (Tansu has no transactions nor idempotent producer); set "
-            f"{KAFKA_ENV} and {KAFKA_KIND_ENV}=apache-kafka"
-        )
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+    if not any("apache_kafka" in item.keywords for item in items):
+        return  # no need to probe for Docker
+    if not kafka_is_apache(_sources(config)[KAFKA_ENV], os.environ):
+        skip = pytest.mark.skip(reason=APACHE_KAFKA_REASON)
         for item in items:
             if "apache_kafka" in item.keywords:
-                item.add_marker(needs_kafka)
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+                item.add_marker(skip)

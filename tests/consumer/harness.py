@@ -38,6 +38,7 @@ from pipeline.config import TINY_RANDOM, PipelineSettings
 from schemas.requests import EditRequest
 from schemas.results import EditCompleted
 from storage import ImageStore, S3Location, S3Settings
+from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,8 +61,8 @@ def integration_settings(kafka_bootstrap: str, s3_endpoint: str, **sections: dic
     }
     s3: dict[str, Any] = {
         "endpoint_url": s3_endpoint,
-        "access_key_id": SecretStr("testing"),
-        "secret_access_key": SecretStr("testing"),
+        "access_key_id": SecretStr(S3_ACCESS_KEY),
+        "secret_access_key": SecretStr(S3_SECRET_KEY),
         "input_bucket": f"in-{tag}",
         "output_bucket": f"out-{tag}",
         "connect_timeout_s": 1.0,

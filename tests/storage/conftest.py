@@ -12,19 +12,18 @@ from collections.abc import Callable, Iterator
 import pytest
 from pydantic import SecretStr
 
-from consumer.services import MotoServer, reset_moto
+from consumer.services import MotoServer
 from storage import ImageStore, S3Settings
+from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY, reset_s3
 
 INPUT_BUCKET = "test-inputs"
 OUTPUT_BUCKET = "test-outputs"
-# moto does not check credentials by default, but explicit ones keep boto3 away from the host's chain.
-TEST_KEY = "testing"
 
 
 @pytest.fixture
 def clean_s3(s3_endpoint: str) -> str:
-    """Wipes the server's state before the test; returns the endpoint."""
-    reset_moto(s3_endpoint)
+    """Wipes the server's state before the test (moto or MinIO); returns the endpoint."""
+    reset_s3(s3_endpoint)
     return s3_endpoint
 
 
@@ -47,8 +46,9 @@ def moto_factory() -> Iterator[Callable[..., MotoServer]]:
 def make_settings(endpoint: str, **overrides: object) -> S3Settings:
     values: dict[str, object] = {
         "endpoint_url": endpoint,
-        "access_key_id": SecretStr(TEST_KEY),
-        "secret_access_key": SecretStr(TEST_KEY),
+        # moto checks no credentials; MinIO (testcontainers) checks these.
+        "access_key_id": SecretStr(S3_ACCESS_KEY),
+        "secret_access_key": SecretStr(S3_SECRET_KEY),
         "input_bucket": INPUT_BUCKET,
         "output_bucket": OUTPUT_BUCKET,
         "connect_timeout_s": 2.0,
