@@ -55,7 +55,7 @@ async def test_a_static_member_that_rejoins_gets_its_partitions_back_without_a_r
     tag = uuid.uuid4().hex[:8]
     topic = f"{tag}.requests"
     await kafka_io.ensure_topics(
-        KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_partitions=4), [topic]
+        KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_partitions=4, create_topics=True), [topic]
     )
 
     def member(instance: str) -> AIOKafkaConsumer:
