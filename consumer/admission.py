@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -40,6 +41,7 @@ class Flight:
     task: asyncio.Task[None]
     request_id: str
     lane: int
+    admitted_at: float = field(default_factory=time.monotonic)
 
 
 # Starts the task of an admitted record: (partition, record, GPU lane) -> its flight.
@@ -95,6 +97,17 @@ class Admission:
             # records admitted after it from that lane do not take it away again.
             self.flights[(tp, record.offset)] = start(tp, record, min(waiting))
             self._next_offset[tp] = record.offset + 1
+
+    def older_than(self, seconds: float) -> list[Flight]:
+        """The records in flight for longer than `seconds`, oldest first."""
+        now = time.monotonic()
+        return sorted(
+            (f for f in self.flights.values() if now - f.admitted_at > seconds), key=lambda f: f.admitted_at
+        )
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest record in flight has been in flight (0 when none)."""
+        return max((time.monotonic() - f.admitted_at for f in self.flights.values()), default=0.0)
 
     def release(self, tp: TopicPartition, offset: int) -> None:
         """The record's task ended (finished, failed or abandoned): its slot is free."""

@@ -24,7 +24,7 @@ from consumer.fate import Action, InternalError, PoisonMessage, decide
 from consumer.metrics import WorkerMetrics
 from consumer.processor import EditContext, EditProcessor, PreparedEdit
 from consumer.progress import ProgressReporter
-from consumer.publisher import Publisher
+from consumer.publisher import Publisher, PublishRejected
 from consumer.settings import Settings
 from consumer.tracing import Headers, trace_headers
 from pipeline import EditCanceled, Editor
@@ -72,7 +72,8 @@ class RecordHandler:
         """Settle one record and publish its result; True when it may be committed past.
 
         False means the record stays uncommitted: the worker is crashing (`fatal` is set) or
-        abandoning it at shutdown. Never raises but `asyncio.CancelledError`.
+        abandoning it at shutdown. A result Kafka refuses for good (`PublishRejected`) is logged and
+        counted, and the record is committed. Never raises but `asyncio.CancelledError`.
         """
         tp = TopicPartition(record.topic, record.partition)
         structlog.contextvars.bind_contextvars(
@@ -83,7 +84,12 @@ class RecordHandler:
             result = await self._attempt_until_settled(tp, record, ctx, lane)
             if result is None:
                 return False
-            await self._publisher.publish_result(result, headers=trace_headers(record.headers))
+            try:
+                await self._publisher.publish_result(result, headers=trace_headers(record.headers))
+            except PublishRejected as exc:
+                # Refused for good (e.g. over the topic's size limit): retrying cannot help, and holding
+                # the record back would stall its partition forever. Logged and counted, then committed.
+                log.error("result.lost", error=exc.message, status=result.status.value)
             _log_summary(result)
             observe_gpu_memory(self._metrics, self._processor.editor)
             asyncio.get_running_loop().run_in_executor(self._io, self._clear_ledger, tp, record.offset)

@@ -20,6 +20,10 @@ DLQ_ORIGINAL_OFFSET = "klein-edit.original-offset"
 DLQ_ERROR_CODE = "klein-edit.error-code"
 DLQ_ERROR_MESSAGE = "klein-edit.error-message"
 DLQ_ATTEMPTS = "klein-edit.attempts"
+# Set on a DLQ copy whose value was cut to `DLQ_PREVIEW_BYTES` (the record was over max_request_bytes).
+DLQ_TRUNCATED = "klein-edit.truncated"
+DLQ_ORIGINAL_SIZE = "klein-edit.original-size"
+DLQ_PREVIEW_BYTES = 65_536
 
 
 # Every record-batch codec Kafka defines, and how aiokafka tells whether it can decode it.

@@ -102,6 +102,20 @@ class WorkerMetrics:
         self.retries = Counter(
             "klein_edit_retries", "Retries of a record after a transient error.", ["code"], registry=r
         )
+        self.publish_rejected = Counter(
+            "klein_edit_publish_rejected",
+            "Records Kafka refused for good (not retried), by topic and exception type.",
+            ["topic", "error"],
+            registry=r,
+        )
+        self.stuck_records = Gauge(
+            "klein_edit_stuck_records",
+            "Records in flight longer than worker.stuck_after_s (their partition cannot commit past them).",
+            registry=r,
+        )
+        self.oldest_in_flight_seconds = Gauge(
+            "klein_edit_oldest_in_flight_seconds", "Age of the oldest record in flight.", registry=r
+        )
         self.control_errors = Counter(
             "klein_edit_control_reader_errors",
             "Failed polls or starts of the control (cancel) reader, by exception type.",

@@ -1,34 +1,55 @@
 """Everything the worker writes to Kafka: results, dead letters and progress events.
 
 Results and dead letters are sent and awaited, retrying through broker outages, because a record is
-committed only after they are acknowledged. Progress is fire-and-forget: losing one costs nothing.
+committed only after they are acknowledged. An error aiokafka marks not retriable (a record over the
+size limit, a topic we may not write) is never retried: it raises `PublishRejected` at once. A DLQ
+copy is bounded: a value over `max_request_bytes` is cut to `DLQ_PREVIEW_BYTES` with headers saying so.
+Progress is fire-and-forget: losing one costs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
-from aiokafka import AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from consumer import kafka as kafka_io
 from consumer.codec import encode_event
 from consumer.metrics import WorkerMetrics
 from consumer.settings import KafkaSettings
 from consumer.tracing import Headers, trace_headers
-from schemas.errors import KleinEditError
+from schemas.errors import ErrorCode, KleinEditError
 from schemas.progress import EditProgressed
 from schemas.results import EditCompleted
 
 log = structlog.get_logger("klein_edit.worker")
 
 
+class Producer(Protocol):
+    """The producer calls publishing needs (`aiokafka.AIOKafkaProducer` is the real one)."""
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, headers: Any = None
+    ) -> asyncio.Future[Any]: ...
+    async def send_and_wait(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, headers: Any = None
+    ) -> Any: ...
+
+
+class PublishRejected(KleinEditError):
+    """Kafka refused a record for good (aiokafka's `retriable` is False, e.g. MessageSizeTooLargeError)."""
+
+    code = ErrorCode.INTERNAL
+    retryable = False
+
+
 class Publisher:
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         kafka: KafkaSettings,
         metrics: WorkerMetrics,
         *,
@@ -52,7 +73,13 @@ class Publisher:
     async def dead_letter(
         self, record: ConsumerRecord[bytes, bytes], error: KleinEditError, attempts: int
     ) -> None:
-        """Copy the raw record to the DLQ with headers saying where it came from and why."""
+        """Copy the record to the DLQ with headers saying where it came from and why.
+
+        The value is copied byte for byte, unless it is over `max_request_bytes` (it can never be
+        replayed then): its first `DLQ_PREVIEW_BYTES` are kept, with `klein-edit.truncated: true` and
+        `klein-edit.original-size` (bytes). If Kafka still refuses the copy, one without a value is sent;
+        if that is refused too, the loss is logged and counted and the record's failed result says why.
+        """
         headers = [
             (kafka_io.DLQ_ORIGINAL_TOPIC, record.topic.encode()),
             (kafka_io.DLQ_ORIGINAL_PARTITION, str(record.partition).encode()),
@@ -62,7 +89,29 @@ class Publisher:
             (kafka_io.DLQ_ATTEMPTS, str(attempts).encode()),
             *trace_headers(record.headers),
         ]
-        await self.send(self._kafka.dlq_topic, record.value, key=record.key, headers=headers)
+        value, size = record.value, len(record.value or b"")
+        if value is not None and size > self._kafka.max_request_bytes:
+            value = value[: kafka_io.DLQ_PREVIEW_BYTES]
+            headers += _truncated(size)
+        try:
+            try:
+                await self.send(self._kafka.dlq_topic, value, key=record.key, headers=headers)
+            except PublishRejected as exc:
+                log.error("dlq.copy_rejected", error=exc.message, value_bytes=len(value or b""))
+                if value is None:
+                    raise
+                bare = [
+                    h for h in headers if h[0] not in (kafka_io.DLQ_TRUNCATED, kafka_io.DLQ_ORIGINAL_SIZE)
+                ]
+                await self.send(
+                    self._kafka.dlq_topic,
+                    None,
+                    key=record.key,
+                    headers=bare + _truncated(len(record.value or b"")),
+                )
+        except PublishRejected as exc:
+            log.error("dlq.lost", code=error.code.value, error=exc.message)
+            return
         self._metrics.dead_lettered.labels(code=error.code.value).inc()
         log.warning("edit.dead_lettered", code=error.code.value, error=error.message, attempts=attempts)
 
@@ -81,7 +130,11 @@ class Publisher:
         key: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        """Send and wait for the ack, retrying through broker outages until acked or abandoned."""
+        """Send and wait for the ack, retrying through broker outages until acked or abandoned.
+
+        Raises `PublishRejected` at once for an error aiokafka marks not retriable (timeouts excepted:
+        they are how an outage shows), and re-raises any `KafkaError` once the worker is abandoning.
+        """
         delay = 0.5
         while True:
             try:
@@ -90,9 +143,16 @@ class Publisher:
             except KafkaError as exc:
                 if self._abandon.is_set():
                     raise
+                if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
+                    self._metrics.publish_rejected.labels(topic=topic, error=type(exc).__name__).inc()
+                    raise PublishRejected(f"{topic} refused the record: {type(exc).__name__}: {exc}") from exc
                 log.warning("publish.retrying", topic=topic, error=repr(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+def _truncated(size: int) -> list[tuple[str, bytes]]:
+    return [(kafka_io.DLQ_TRUNCATED, b"true"), (kafka_io.DLQ_ORIGINAL_SIZE, str(size).encode())]
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:

@@ -169,6 +169,12 @@ class WorkerSettings(BaseModel):
         description="An edit running longer than this marks the worker not live (/livez 503), so a hung "
         "GPU is restarted by the orchestrator; None disables.",
     )
+    stuck_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A record in flight longer than this (retries, a publish that never gets acked) is "
+        "reported stuck: /readyz 503 and klein_edit_stuck_records (its partition cannot commit past it).",
+    )
     reject_unknown_fields: bool = Field(
         default=False,
         description="Strict mode: a request with a field this worker does not know fails with "

@@ -190,8 +190,28 @@ class EditWorker:
                 await admission.learn_positions()
             if time.monotonic() >= next_lag_at:
                 next_lag_at = time.monotonic() + 5.0
+                self._observe_stuck(admission)
                 await observe_lag(consumer, self.metrics)
                 self.metrics.gpu_busy_ratio.set(self.gpu.duty_cycle)
+
+    def _observe_stuck(self, admission: Admission) -> None:
+        """Report records in flight past `worker.stuck_after_s` on /readyz and in metrics."""
+        limit = self.settings.worker.stuck_after_s
+        stuck = admission.older_than(limit)
+        self.metrics.stuck_records.set(len(stuck))
+        self.metrics.oldest_in_flight_seconds.set(admission.oldest_age())
+        if not stuck:
+            self.state.problems.pop("stuck", None)
+            return
+        oldest = stuck[0]
+        problem = (
+            f"{len(stuck)} record(s) in flight over {limit:.0f} s; oldest {oldest.record.topic}-"
+            f"{oldest.record.partition}@{oldest.record.offset} ({oldest.request_id}), "
+            f"{time.monotonic() - oldest.admitted_at:.0f} s"
+        )
+        if "stuck" not in self.state.problems:
+            log.error("records.stuck", problem=problem)
+        self.state.problems["stuck"] = problem
 
     def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], gpu_lane: int) -> Flight:
         assert self._admission is not None

@@ -118,3 +118,17 @@ async def test_learn_positions_counts_the_unread_backlog() -> None:
     await admission.learn_positions()
     admission.apply_pauses(full=False)
     assert consumer.paused() == {URGENT}  # the bulk lane is the only one with work: its turn
+
+
+async def test_records_in_flight_too_long_are_listed_oldest_first() -> None:
+    consumer = FakeConsumer(BULK)
+    admission = Admission(consumer, request_topics=["bulk"], max_in_flight=4, low_lane_share=0.0)
+    starts = Starts(admission)
+    admission.admit(BULK, [record(BULK, o) for o in (0, 1, 2)], starts)
+    admission.flights[(BULK, 0)].admitted_at -= 100
+    admission.flights[(BULK, 1)].admitted_at -= 200
+    assert [f.record.offset for f in admission.older_than(50)] == [1, 0]
+    assert 199 < admission.oldest_age() < 210
+    admission.release(BULK, 1)
+    admission.release(BULK, 0)
+    assert admission.older_than(50) == []

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Producer
 
+from consumer import kafka as kafka_io
 from consumer.codec import encode_event
 from consumer.control import CancelRegistry, ControlReader
 from consumer.metrics import WorkerMetrics
@@ -22,6 +23,8 @@ from pipeline import StandInEditor
 from schemas.control import CancelRequested
 from schemas.results import EditStatus
 from tests.consumer.harness import (
+    dead_letters,
+    dlq_headers,
     librdkafka_produce,
     output_objects,
     png_bytes,
@@ -175,3 +178,36 @@ async def test_a_transactional_producer_commits_and_aborts_and_committed_offsets
         f"edits/{r.request_id}.png" for r in committed_reqs
     )
     assert set(lags.values()) == {0}
+
+
+async def test_an_oversize_record_fails_with_a_bounded_dlq_copy_and_the_partition_moves_on(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    store = await prepare(settings)
+    image = stage_image(store, settings, "big.png", png_bytes(64, 64))
+    big = request(settings, image, request_id=unique("big"))
+    after = request(settings, image, request_id=unique("after"))
+    raw = encode_event(big)[:-1] + b" " * (2_621_440 - len(encode_event(big))) + b"}"  # valid JSON, 2.5 MiB
+    async with running_worker(settings, lambda: StandInEditor(edit_ms=20)) as worker:
+        delivered = librdkafka_produce(
+            settings, [(b"same", raw, [("tenant-id", b"t-9")]), (b"same", encode_event(after), [])]
+        )
+        by_id = {r.request_id: r for r in await results(settings, count=2, settle_s=1.0)}
+        (dead,) = await dead_letters(settings, count=1, settle_s=1.0)
+        committed = await wait_for_committed(settings, delivered)
+        assert worker.metrics.retries.labels(code="INVALID_EVENT")._value.get() == 0
+        assert worker.state.problems == {}
+    failed = by_id[big.request_id]
+    assert failed.status is EditStatus.FAILED
+    assert failed.error is not None
+    assert failed.error.code.value == "INVALID_EVENT"
+    assert f"{len(raw)} bytes" in failed.error.message
+    assert by_id[after.request_id].status is EditStatus.SUCCEEDED
+    headers = dlq_headers(dead)
+    assert headers[kafka_io.DLQ_TRUNCATED] == "true"
+    assert headers[kafka_io.DLQ_ORIGINAL_SIZE] == str(len(raw))
+    assert headers[kafka_io.DLQ_ERROR_CODE] == "INVALID_EVENT"
+    assert dead.value == raw[: kafka_io.DLQ_PREVIEW_BYTES]
+    assert list(output_objects(store, settings)) == [f"edits/{after.request_id}.png"]
+    assert committed == positions_after(delivered)
