@@ -79,6 +79,13 @@ class RecordHandler:
         structlog.contextvars.bind_contextvars(
             request_id=request_id, topic=tp.topic, partition=tp.partition, offset=record.offset
         )
+        if record.value is None:
+            # A tombstone (null value): compaction or a producer deleting a key, not a request. A
+            # result would be wrong (a compacted result topic would say "failed" for a request that
+            # succeeded): skipped, counted and committed past, as the control reader does.
+            self._metrics.tombstones.inc()
+            log.info("record.tombstone_skipped")
+            return True
         ctx = EditContext(request_id=request_id, picked_up=time.time(), record_timestamp_ms=record.timestamp)
         try:
             result = await self._attempt_until_settled(tp, record, ctx, lane)

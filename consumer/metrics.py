@@ -102,6 +102,11 @@ class WorkerMetrics:
         self.retries = Counter(
             "klein_edit_retries", "Retries of a record after a transient error.", ["code"], registry=r
         )
+        self.tombstones = Counter(
+            "klein_edit_tombstones_skipped",
+            "Request records with a null value (tombstones): skipped without a result, committed past.",
+            registry=r,
+        )
         self.publish_rejected = Counter(
             "klein_edit_publish_rejected",
             "Records Kafka refused for good (not retried), by topic and exception type.",

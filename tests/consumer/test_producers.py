@@ -211,3 +211,22 @@ async def test_an_oversize_record_fails_with_a_bounded_dlq_copy_and_the_partitio
     assert dead.value == raw[: kafka_io.DLQ_PREVIEW_BYTES]
     assert list(output_objects(store, settings)) == [f"edits/{after.request_id}.png"]
     assert committed == positions_after(delivered)
+
+
+async def test_a_tombstone_after_a_success_is_skipped_without_a_result_and_committed_past(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    store = await prepare(settings)
+    image = stage_image(store, settings, "tomb.png", png_bytes(64, 64))
+    req = request(settings, image, request_id=unique("tomb"))
+    key = req.request_id.encode()
+    async with running_worker(settings, lambda: StandInEditor(edit_ms=20)) as worker:
+        delivered = librdkafka_produce(settings, [(key, encode_event(req), []), (key, None, [])])
+        events = await results(settings, count=1, settle_s=3.0)
+        committed = await wait_for_committed(settings, delivered)
+        assert worker.metrics.tombstones._value.get() == 1
+    assert [(e.request_id, e.status) for e in events] == [(req.request_id, EditStatus.SUCCEEDED)]
+    assert list(output_objects(store, settings)) == [f"edits/{req.request_id}.png"]
+    assert await dead_letters(settings, count=1, timeout_s=2.0) == []
+    assert committed == positions_after(delivered)
