@@ -86,3 +86,17 @@ def test_the_cli_writes_the_document_beside_the_schemas_it_references(tmp_path: 
     for message in written["components"]["messages"].values():
         if "schema" in message["payload"]:
             assert (tmp_path / message["payload"]["schema"]["$ref"]).is_file()
+
+
+def test_every_dead_letter_header_the_worker_writes_is_documented(document: dict[str, Any]) -> None:
+    """A new `klein-edit.*` DLQ header in consumer/kafka.py must be described in the document too."""
+    from consumer import kafka as kafka_io
+
+    written = {
+        value
+        for name, value in vars(kafka_io).items()
+        if name.startswith("DLQ_") and isinstance(value, str) and value.startswith("klein-edit.")
+    }
+    documented = document["components"]["messages"]["deadLetter"]["headers"]["properties"]
+    assert written - set(documented) == set(), "describe them in consumer/asyncapi.py (_dlq_message)"
+    assert {"traceparent", "tracestate"} <= set(documented)
