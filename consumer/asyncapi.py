@@ -64,15 +64,25 @@ def _dlq_message() -> dict[str, Any]:
         kafka_io.DLQ_ERROR_MESSAGE: {**header, "description": "Why, naming the field where one is at fault."},
         kafka_io.DLQ_ATTEMPTS: {**header, "description": "Tries made before giving up (decimal)."},
     }
+    optional = {
+        kafka_io.DLQ_TRUNCATED: {
+            **header,
+            "const": "true",
+            "description": f"Present when the value was over max_request_bytes and only its first "
+            f"{kafka_io.DLQ_PREVIEW_BYTES} bytes are kept.",
+        },
+        kafka_io.DLQ_ORIGINAL_SIZE: {**header, "description": "With truncated: the value's size in bytes."},
+    }
     return {
         "name": "dead-letter",
         "title": "Dead-lettered record",
-        "summary": "A request record the worker gave up on: its original key and value, byte for byte, "
-        "plus headers saying where it came from and why. `klein-edit dlq replay` sends it back.",
+        "summary": "A request record the worker gave up on: its original key and value, byte for byte "
+        "(an oversize value truncated, saying so), plus headers saying where it came from and why. "
+        "`klein-edit dlq replay` sends it back.",
         "contentType": "application/octet-stream",
         "headers": {
             "type": "object",
-            "properties": {**headers, **_TRACE_HEADERS},
+            "properties": {**headers, **optional, **_TRACE_HEADERS},
             "required": sorted(headers),
         },
         "payload": {"description": "The original record value, unchanged (it may not be valid JSON)."},
