@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import signal
 from collections.abc import Callable
 
 import structlog
 
+from consumer import __version__
 from consumer.health import HealthServer
 from consumer.metrics import WorkerMetrics
 from consumer.settings import Settings
 from consumer.worker import EditWorker
 from pipeline import Editor, KleinEditor
-from storage import AttemptLedger, ImageStore
+from storage import AttemptLedger, ImageStore, StorageError
+
+# How often a worker whose output bucket is missing looks again (seconds, jittered by +-20 %).
+OUTPUT_BUCKET_RETRY_S = 5.0
 
 log = structlog.get_logger("klein_edit.app")
 
@@ -30,8 +36,19 @@ def build_worker(settings: Settings, *, editor_factory: Callable[[], Editor] | N
 
 
 async def serve(worker: EditWorker, stop: asyncio.Event) -> int:
-    """Run the worker with its health endpoint until `stop` is set; returns the exit code."""
+    """Run the worker with its health endpoint until `stop` is set; returns the exit code.
+
+    Before the model is loaded, the output bucket must exist: until it does the worker stays not
+    ready (/readyz 503) and says so in one log line, rather than edit every request and dead-letter it.
+    """
     settings = worker.settings
+    log.info(
+        "worker.starting",
+        version=__version__,
+        worker=settings.worker.name,
+        model=settings.pipeline.model,
+        output_bucket=settings.s3.output_bucket,
+    )
     health: HealthServer | None = None
     if settings.worker.http_port is not None:
         health = HealthServer(
@@ -40,10 +57,38 @@ async def serve(worker: EditWorker, stop: asyncio.Event) -> int:
         await health.start()
         log.info("http.listening", port=health.port)
     try:
+        if not await wait_for_output_bucket(ImageStore(settings.s3), settings.s3.output_bucket, stop):
+            return 0
         return await worker.run(stop)
     finally:
         if health is not None:
             await health.stop()
+
+
+async def wait_for_output_bucket(store: ImageStore, bucket: str, stop: asyncio.Event) -> bool:
+    """Return True once `bucket` exists, False if `stop` is set first. Logs one line when the bucket
+    is missing (or S3 cannot be asked) and one when it appears; looks again every
+    `OUTPUT_BUCKET_RETRY_S` seconds meanwhile."""
+    reported: str | None = None
+    while not stop.is_set():
+        try:
+            if await asyncio.to_thread(store.bucket_exists, bucket):
+                if reported is not None:
+                    log.info("storage.output_bucket_found", bucket=bucket)
+                return True
+            problem = (
+                f"the output bucket s3://{bucket} does not exist: create it, or set "
+                "KLEIN_EDIT_S3__OUTPUT_BUCKET; not ready until then"
+            )
+        except StorageError as exc:
+            problem = f"cannot check the output bucket s3://{bucket}: {exc}; not ready until it answers"
+        if problem != reported:
+            log.error("storage.output_bucket_unusable", bucket=bucket, error=problem)
+            reported = problem
+        delay = OUTPUT_BUCKET_RETRY_S * random.uniform(0.8, 1.2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+    return False
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -28,7 +28,11 @@ class EditClient:
         self._received: dict[str, EditCompleted] = {}
 
     async def __aenter__(self) -> EditClient:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()  # a producer that failed to start still holds its client
+            raise
         return self
 
     async def __aexit__(

@@ -38,10 +38,14 @@ class OutputInfo(WireModel):
     )
 
 
+USD_DECIMALS = 8
+"""`Cost.usd` is rounded to this many decimal places: 0.00014336, never 0.00014335999999999998."""
+
+
 class Cost(WireModel):
     """Billing: output megapixels x the rate. Failed and canceled edits cost 0."""
 
-    usd: float
+    usd: float = Field(description=f"Rounded to {USD_DECIMALS} decimal places.")
     output_megapixels: float
     input_megapixels: float
     usd_per_output_megapixel: float
@@ -52,7 +56,7 @@ class Cost(WireModel):
     ) -> Cost:
         output_megapixels = width * height / 1e6
         return cls(
-            usd=output_megapixels * usd_per_megapixel,
+            usd=round(output_megapixels * usd_per_megapixel, USD_DECIMALS),
             output_megapixels=output_megapixels,
             input_megapixels=input_megapixels,
             usd_per_output_megapixel=usd_per_megapixel,

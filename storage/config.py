@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
+
+# Bucket names an S3-compatible endpoint of our own (moto, MinIO) gets when none are configured. On AWS
+# bucket names are global: a default there could be someone else's bucket, so AWS needs explicit names.
+LOCAL_INPUT_BUCKET = "klein-edit-inputs"
+LOCAL_OUTPUT_BUCKET = "klein-edit-outputs"
 
 
 class S3Settings(BaseModel):
-    """Where images come from and go to. Credentials default to boto3's chain (`AWS_*`, IRSA, ...)."""
+    """Where images come from and go to. Credentials default to boto3's chain (`AWS_*`, IRSA, ...).
+
+    `input_bucket` and `output_bucket` are required on AWS (`endpoint_url` unset); with an endpoint of
+    your own they default to `klein-edit-inputs` and `klein-edit-outputs`.
+    """
 
     endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint; None means AWS.")
     region: str = "us-east-1"
     access_key_id: SecretStr | None = Field(default=None, description="Overrides the boto3 credential chain.")
     secret_access_key: SecretStr | None = None
-    input_bucket: str = Field(default="klein-edit-inputs", description="Bucket for bare input keys.")
+    input_bucket: str = Field(
+        description="Bucket for bare input keys and `submit` uploads. Required on AWS; "
+        f"'{LOCAL_INPUT_BUCKET}' with an endpoint_url."
+    )
     allowed_buckets: list[str] = Field(
         default_factory=list,
         description="Buckets inputs may be read from, besides the input bucket. "
         "Empty: only the input bucket.",
     )
-    output_bucket: str = "klein-edit-outputs"
+    output_bucket: str = Field(
+        description="Bucket every output is written to (and nothing else). Required on AWS; "
+        f"'{LOCAL_OUTPUT_BUCKET}' with an endpoint_url."
+    )
     output_prefix: str = Field(default="edits/", description="Every output key starts with this prefix.")
     state_prefix: str = Field(
         default="klein-edit-state/",
@@ -34,6 +49,13 @@ class S3Settings(BaseModel):
     server_side_encryption: Literal["AES256", "aws:kms"] | None = None
     sse_kms_key_id: str | None = None
     addressing_style: Literal["auto", "path", "virtual"] = "path"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_bucket_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("endpoint_url"):
+            return {"input_bucket": LOCAL_INPUT_BUCKET, "output_bucket": LOCAL_OUTPUT_BUCKET, **data}
+        return data
 
     @property
     def readable_buckets(self) -> frozenset[str]:

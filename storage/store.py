@@ -185,6 +185,19 @@ class ImageStore:
             **conditions,
         )
 
+    def bucket_exists(self, bucket: str) -> bool:
+        """Whether `bucket` exists (HEAD bucket: 404 is False). Raises `StorageError` for any other
+        answer, e.g. `StorageUnavailable` when S3 cannot be reached or the credentials are refused."""
+        try:
+            self._client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if client_error_status(exc) == 404:
+                return False
+            raise output_error(exc, f"s3://{bucket}", "look up") from exc
+        except BotoCoreError as exc:
+            raise output_error(exc, f"s3://{bucket}", "look up") from exc
+        return True
+
     def ensure_bucket(self, bucket: str) -> None:
         """Create `bucket` unless it exists (demo and tests; production buckets come from infrastructure)."""
         target = f"s3://{bucket}"

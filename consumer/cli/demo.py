@@ -23,6 +23,7 @@ from schemas.requests import EditRequest, RecolorInstruction
 from storage import ImageStore, S3Location
 
 SAMPLE_ASSET = "sneaker.png"
+REAL_MODEL_SECTION = "Running the real model"
 DEMO_RECOLOR = RecolorInstruction(target="the sneaker", color="#1E90FF")
 
 
@@ -116,11 +117,19 @@ async def _run(settings: Settings, *, out_dir: Path, timeout_s: float, say: _Pro
     data = await loop.run_in_executor(None, store.fetch, output)
     saved = out_dir / f"{request.request_id}.{result.output.format.extension}"
     await loop.run_in_executor(None, _save, saved, data)
+    original = out_dir / f"{request.request_id}.input.png"
+    await loop.run_in_executor(None, _save, original, sample)
     say(
         f"output object: {result.output.uri} ({result.output.width}x{result.output.height}, "
-        f"{result.output.bytes} bytes, ${result.cost.usd:.6f})"
+        f"{result.output.bytes} bytes, ${result.cost.usd})"
     )
-    say(f"saved a copy to {saved.resolve()}")
+    say(f"saved the input to  {original.resolve()}")
+    say(f"saved the output to {saved.resolve()}")
+    if settings.pipeline.model == TINY_RANDOM:
+        say(
+            f"the output is noise by design: '{TINY_RANDOM}' runs the real pipeline code with random "
+            f"weights. For real edits see README.md, section '{REAL_MODEL_SECTION}'"
+        )
     say("stopping the worker and the embedded services")
     return 0
 

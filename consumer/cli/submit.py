@@ -1,4 +1,10 @@
-"""`klein-edit submit`: build a request from flags, stage local images in S3, publish, optionally wait."""
+"""`klein-edit submit`: build a request from flags, stage local images in S3, publish, optionally wait.
+
+Everything that can be checked here is checked before anything leaves the machine: the flags, the
+request itself (the same model the worker decodes), the local files and the output location. Then
+the broker connection is opened, and only then are local files uploaded, so a rejected or
+unreachable submit never leaves an orphan object in S3.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import asyncio
 import mimetypes
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +22,66 @@ from pydantic import ValidationError
 from consumer.client import EditClient
 from consumer.codec import describe_validation_error
 from consumer.settings import Settings
-from schemas.requests import EditRequest
+from schemas.errors import KleinEditError
+from schemas.requests import EditRequest, OutputFormat
 from schemas.results import EditCompleted
-from storage import ImageStore, S3Location
+from storage import ImageStore, S3Location, parse_input_location, resolve_output_location
+
+_RECOLOR_FLAG = re.compile(r"^(?P<target>.+)=(?P<color>#[0-9A-Fa-f]{3}(?:[0-9A-Fa-f]{3})?)$")
 
 
-def build_request(settings: Settings, args: argparse.Namespace) -> EditRequest:
+class SubmitRejected(ValueError):
+    """The flags do not make a request this worker would accept; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A local file and the input-bucket object it becomes."""
+
+    path: Path
+    location: S3Location
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated request, the local files it needs in S3 first, and where to save the result."""
+
+    request: EditRequest
+    uploads: tuple[Upload, ...]
+    out: Path | None
+
+
+def prepare_submission(settings: Settings, args: argparse.Namespace) -> Submission:
+    """Check the flags and build the request. Touches no network; raises `SubmitRejected`.
+
+    `--image` and `--reference` are `s3://bucket/key` or a local file (uploaded to
+    `s3://<input bucket>/uploads/<request_id>/`).
+    """
     request_id = args.request_id or new_request_id()
-    store: ImageStore | None = None
+    uploads: list[Upload] = []
 
-    def stage(ref: str, name: str) -> str:
-        nonlocal store
-        path = Path(ref)
-        if ref.startswith("s3://") or not path.is_file():
+    def image_ref(ref: str, name: str, flag: str) -> str:
+        if ref.startswith("s3://"):
             return ref
-        store = store or ImageStore(settings.s3)
+        path = Path(ref)
+        if not path.is_file():
+            raise SubmitRejected(f"{flag} {ref}: no such file (an object in S3 is given as s3://bucket/key)")
+        size = path.stat().st_size
+        if size > settings.s3.max_image_bytes:
+            raise SubmitRejected(
+                f"{flag} {ref}: {size} bytes, more than the {settings.s3.max_image_bytes} the worker reads "
+                "(KLEIN_EDIT_S3__MAX_IMAGE_BYTES)"
+            )
         location = S3Location(settings.s3.input_bucket, f"uploads/{request_id}/{name}{path.suffix.lower()}")
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        store.put_object(location, path.read_bytes(), content_type=content_type)
+        uploads.append(Upload(path, location))
         return location.uri
 
     body: dict[str, Any] = {
         "request_id": request_id,
-        "image": stage(args.image, "image"),
-        "references": [stage(ref, f"reference-{i}") for i, ref in enumerate(args.reference)],
+        "image": image_ref(args.image, "image", "--image"),
+        "references": [
+            image_ref(ref, f"reference-{i}", "--reference") for i, ref in enumerate(args.reference)
+        ],
     }
     optional = {
         "prompt": args.prompt,
@@ -49,35 +92,84 @@ def build_request(settings: Settings, args: argparse.Namespace) -> EditRequest:
         "height": args.height,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
-    if args.recolor:
-        body["recolor"] = [parse_recolor_flag(item) for item in args.recolor]
+    try:
+        if args.recolor:
+            body["recolor"] = [parse_recolor_flag(item) for item in args.recolor]
+    except ValueError as exc:
+        raise SubmitRejected(str(exc)) from exc
     if args.format or args.output_uri:
         body["output"] = {k: v for k, v in {"uri": args.output_uri, "format": args.format}.items() if v}
     if args.progress:
         body["progress"] = True
     try:
-        return EditRequest.model_validate(body)
+        request = EditRequest.model_validate(body)
     except ValidationError as exc:
-        raise ValueError(describe_validation_error(exc)) from exc
+        raise SubmitRejected(describe_validation_error(exc)) from exc
+    if len(request.references) > settings.pipeline.max_references:
+        raise SubmitRejected(
+            f"--reference: {len(request.references)} given, the worker takes at most "
+            f"{settings.pipeline.max_references} (KLEIN_EDIT_PIPELINE__MAX_REFERENCES)"
+        )
+    spec = request.output
+    try:
+        # The worker's own checks: readable input buckets, an output inside the output bucket and prefix.
+        inputs = [
+            parse_input_location(ref, settings.s3, field=field)
+            for field, ref in [("image", request.image)]
+            + [(f"references[{i}]", ref) for i, ref in enumerate(request.references)]
+        ]
+        resolve_output_location(
+            spec.uri if spec else None,
+            request_id=request.request_id,
+            extension=(spec.format if spec else OutputFormat.PNG).extension,
+            settings=settings.s3,
+            inputs=inputs,
+        )
+    except KleinEditError as exc:
+        raise SubmitRejected(exc.message) from exc
+    out = Path(args.out) if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise SubmitRejected(f"--out {args.out}: no such directory {out.parent}")
+    return Submission(request=request, uploads=tuple(uploads), out=out)
 
 
 async def submit(
-    settings: Settings, request: EditRequest, *, wait: bool, timeout_s: float, topic: str | None = None
+    settings: Settings, submission: Submission, *, wait: bool, timeout_s: float, topic: str | None = None
 ) -> EditCompleted | None:
+    """Connect, upload the local files, publish the request; with `wait`, return its result.
+
+    Raises aiokafka's `KafkaError` when the broker cannot be reached (before any upload),
+    `storage.StorageError` when an upload fails, and `TimeoutError` when no result arrives in time.
+    """
+    loop = asyncio.get_running_loop()
     async with EditClient(settings.kafka) as client:
         if wait:
             await client.watch_results()
-        await client.submit(request, topic=topic)
+        if submission.uploads:
+            store = ImageStore(settings.s3)
+            for upload in submission.uploads:
+                await loop.run_in_executor(None, _upload, store, upload)
+        await client.submit(submission.request, topic=topic)
         if not wait:
             return None
-        return await asyncio.wait_for(client.wait_for(request.request_id, timeout_s=timeout_s), timeout_s + 5)
+        return await client.wait_for(submission.request.request_id, timeout_s=timeout_s)
+
+
+async def download(settings: Settings, result: EditCompleted, out: Path) -> None:
+    """Save the output object of a succeeded `result` to `out`."""
+    assert result.output is not None
+    bucket, key = result.output.uri.removeprefix("s3://").split("/", 1)
+    data = await asyncio.to_thread(ImageStore(settings.s3).fetch, S3Location(bucket, key))
+    await asyncio.to_thread(out.write_bytes, data)
+
+
+def _upload(store: ImageStore, upload: Upload) -> None:
+    content_type = mimetypes.guess_type(upload.path.name)[0] or "application/octet-stream"
+    store.put_object(upload.location, upload.path.read_bytes(), content_type=content_type)
 
 
 def new_request_id() -> str:
     return f"req-{uuid.uuid4().hex[:16]}"
-
-
-_RECOLOR_FLAG = re.compile(r"^(?P<target>.+)=(?P<color>#[0-9A-Fa-f]{3}(?:[0-9A-Fa-f]{3})?)$")
 
 
 def parse_recolor_flag(value: str) -> dict[str, str]:

@@ -1,21 +1,34 @@
-"""The console script's pure parts: --recolor parsing and `klein-edit schema`."""
+"""The console script: --recolor parsing, `schema`, the help texts, --version, and one line per failure.
+
+The process-level behaviour (exit codes, exactly what reaches stderr) is checked on the real
+`klein-edit` executable; nothing here needs a broker or S3 (they are pointed at closed ports).
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
 import logging
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
 from consumer.cli import main
+from consumer.cli.main import build_parser
 from consumer.cli.submit import new_request_id, parse_recolor_flag
+from pipeline.config import DEFAULT_MODEL, TINY_RANDOM
 from schemas.export import PUBLISHED_DIR, json_schemas
 from schemas.requests import REQUEST_ID_PATTERN, RecolorInstruction
+
+KLEIN_EDIT = str(Path(sys.executable).with_name("klein-edit"))
 
 
 @pytest.fixture(autouse=True)
@@ -112,23 +125,177 @@ def test_schema_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert path.read_text() == (PUBLISHED_DIR / path.name).read_text()
 
 
-def test_invalid_configuration_exits_2(
+def test_schema_needs_no_configuration(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setenv("KLEIN_EDIT_KAFKA__PRIORITY_TOPICS", "edit.urgent,edit.high")  # not JSON
+    monkeypatch.setenv("KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVER", "typo:9092")  # not a setting
+    monkeypatch.setenv("KLEIN_EDIT_WORKER__MAX_ATTEMPTS", "0")  # out of range
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == json_schemas()
+
+
+def test_a_configuration_error_is_one_line_per_problem(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KLEIN_EDIT_S3__INPUT_BUCKET", "acme-in")
+    monkeypatch.setenv("KLEIN_EDIT_S3__OUTPUT_BUCKET", "acme-out")
     monkeypatch.setenv("KLEIN_EDIT_WORKER__MAX_ATTEMPTS", "0")
-    assert main(["schema"]) == 2
+    assert main(["cancel", "some-request"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "invalid configuration" in captured.err
-    assert "max_attempts" in captured.err
+    assert captured.err == (
+        "klein-edit cancel: invalid configuration: KLEIN_EDIT_WORKER__MAX_ATTEMPTS: "
+        "Input should be greater than or equal to 1 (got '0')\n"
+    )
 
 
-def test_malformed_json_list_in_the_environment_exits_2(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+# --- the parser: every option says its unit, range and default ------------------------------------
+
+
+def subparsers(parser: argparse.ArgumentParser, path: str = "klein-edit") -> Iterator[tuple[str, Any]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from subparsers(child, f"{path} {name}")
+
+
+def test_every_option_of_every_command_gives_its_default_and_range() -> None:
+    commands = dict(subparsers(build_parser()))
+    assert {"klein-edit submit", "klein-edit dev up", "klein-edit demo", "klein-edit worker"} <= set(commands)
+    checked = 0
+    for path, parser in commands.items():
+        for action in parser._actions:
+            if isinstance(
+                action, argparse._HelpAction | argparse._VersionAction | argparse._SubParsersAction
+            ):
+                continue
+            if not action.option_strings:
+                assert action.help, f"{path} {action.dest}: no help"
+                continue
+            flag, text = action.option_strings[0], action.help or ""
+            assert re.search(r"\(default: .+\)$|\(required\)$", text), f"{path} {flag}: {text!r}"
+            if action.type is not None:
+                # A number says its unit or what it counts, and its range.
+                assert re.search(r"\d+ ?-\d+|more than 0|1 or more|0 to", text), f"{path} {flag}: {text!r}"
+                assert action.metavar in {"SECONDS", "PIXELS", "MS", "MB", "N", "PORT", "SCALE"}, flag
+            checked += 1
+    assert checked >= 25
+
+
+def test_top_level_help_says_what_the_tool_is_for(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "klein-edit edits images with the FLUX.2 [klein] model" in out
+    assert "klein-edit dev up" in out
+
+
+@pytest.mark.parametrize("command", ["worker", "fetch-model"])
+def test_worker_and_fetch_model_help_name_the_variables_the_model_and_hf_token(
+    command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("KLEIN_EDIT_KAFKA__PRIORITY_TOPICS", "edit.urgent,edit.high")
-    assert main(["schema"]) == 2
-    assert "invalid configuration" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "HF_TOKEN" in out
+    assert DEFAULT_MODEL in out
+    assert "KLEIN_EDIT_PIPELINE__MODEL" in out
+    if command == "worker":
+        for name in ("KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS", "KLEIN_EDIT_S3__OUTPUT_BUCKET", TINY_RANDOM):
+            assert name in out
+
+
+# --- the process: --version, python -m consumer, one line per failure -----------------------------------
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("KLEIN_EDIT_")}
+    return subprocess.run(
+        [KLEIN_EDIT, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    expected = f"klein-edit {importlib.metadata.version('klein-edit')}\n"
+    assert run_cli("--version").stdout == expected
+    # The same command line as a module, and --version reads no configuration either.
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("KLEIN_EDIT_")}
+    module = subprocess.run(
+        [sys.executable, "-m", "consumer", "--version"],
+        env={**env, "KLEIN_EDIT_NOT_A_SETTING": "x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (module.returncode, module.stdout) == (0, expected)
+
+
+def test_a_misspelled_setting_stops_the_worker_with_one_line(tmp_path: Path) -> None:
+    proc = run_cli("worker", env={"KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVER": "broker:9092"}, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        "klein-edit worker: invalid configuration: KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVER (from the environment) "
+        "is not a setting; did you mean KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS?\n"
+    )
+
+
+def test_a_list_that_is_not_json_stops_the_worker_but_not_schema(tmp_path: Path) -> None:
+    env = {"KLEIN_EDIT_KAFKA__PRIORITY_TOPICS": "edit.urgent,edit.high"}
+    worker = run_cli("worker", env=env, cwd=tmp_path)
+    assert worker.returncode == 2
+    assert worker.stderr.count("\n") == 1
+    assert (
+        "KLEIN_EDIT_KAFKA__PRIORITY_TOPICS (from the environment) is not JSON: lists are JSON"
+        in worker.stderr
+    )
+    schema = run_cli("schema", env=env, cwd=tmp_path)
+    assert (schema.returncode, schema.stderr) == (0, "")
+    assert json.loads(schema.stdout) == json_schemas()
+
+
+def test_bucket_names_are_required_on_aws(tmp_path: Path) -> None:
+    proc = run_cli("worker", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert [line.split(" is required")[0] for line in lines] == [
+        "klein-edit worker: invalid configuration: KLEIN_EDIT_S3__INPUT_BUCKET",
+        "klein-edit worker: invalid configuration: KLEIN_EDIT_S3__OUTPUT_BUCKET",
+    ]
+
+
+def test_submit_rejects_a_missing_file_before_reading_any_configuration_of_kafka(tmp_path: Path) -> None:
+    env = {
+        "KLEIN_EDIT_S3__ENDPOINT_URL": "http://127.0.0.1:1",
+        "KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    }
+    proc = run_cli("submit", "--image", "no-such-shot.png", "--prompt", "make it blue", env=env, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "klein-edit submit: --image no-such-shot.png: no such file (an object in S3 is given as "
+        "s3://bucket/key)\n"
+    )
+
+
+def test_cancel_with_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:
+    env = {
+        "KLEIN_EDIT_S3__ENDPOINT_URL": "http://127.0.0.1:1",
+        "KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    }
+    proc = run_cli("cancel", "req-1", env=env, cwd=tmp_path)
+    assert proc.returncode == 4
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("klein-edit cancel: cannot reach Kafka at 127.0.0.1:1 (")
+    assert proc.stderr.endswith(
+        "start a broker (`klein-edit dev up` runs one here) or set KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS\n"
+    )
 
 
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:

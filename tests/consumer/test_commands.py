@@ -6,11 +6,15 @@ import asyncio
 import io
 import json
 import os
+import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from PIL import Image
 from consumer.settings import Settings
 from pipeline import Editor
 from schemas.results import EditCompleted, EditStatus
+from storage import ImageStore
 from tests.consumer.harness import (
     output_objects,
     png_bytes,
@@ -61,7 +66,8 @@ async def test_submit_wait_uploads_a_local_file_and_prints_the_result(
             "25",
             "--request-id",
             "cli-1",
-            "--wait",
+            "--out",
+            str(tmp_path / "edited.png"),
             "--timeout",
             "120",
             env=command_env(settings),
@@ -78,20 +84,144 @@ async def test_submit_wait_uploads_a_local_file_and_prints_the_result(
     assert "#00AA00" in result.params.prompt
     assert result.output is not None
     assert (result.output.width, result.output.height) == (96, 64)
-    assert list(output_objects(store, settings)) == ["edits/cli-1.png"]
+    outputs = output_objects(store, settings)
+    assert list(outputs) == ["edits/cli-1.png"]
+    assert (tmp_path / "edited.png").read_bytes() == outputs["edits/cli-1.png"]
+    assert err.decode().endswith(f"saved {result.output.uri} to {tmp_path / 'edited.png'}\n")
 
 
-def test_submit_rejects_a_bad_colour_with_a_clear_message(make_settings: Callable[..., Settings]) -> None:
+def input_keys(settings: Settings) -> list[str]:
+    listing = ImageStore(settings.s3).client.list_objects_v2(Bucket=settings.s3.input_bucket)
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+@pytest.mark.parametrize(
+    ("flags", "exit_code", "message"),
+    [
+        (
+            ["--image", "{missing}", "--prompt", "make it blue"],
+            2,
+            "--image {missing}: no such file (an object in S3 is given as s3://bucket/key)",
+        ),
+        (
+            ["--image", "{shot}", "--recolor", "the shirt=blue"],
+            2,
+            "--recolor 'the shirt=blue': expected TARGET=#RRGGBB, e.g. 'the sneakers=#1E90FF'",
+        ),
+        (
+            ["--image", "{shot}", "--prompt", "make it blue", "--steps", "7"],
+            2,
+            "num_inference_steps: Input should be greater than or equal to 25",
+        ),
+        (
+            ["--image", "{shot}", "--prompt", "make it blue", "--output-uri", "s3://elsewhere/x.png"],
+            2,
+            "output.uri: s3://elsewhere/x.png is not in the output bucket",
+        ),
+        (
+            ["--image", "{shot}", "--prompt", "make it blue", "--wait"],
+            4,
+            "cannot reach Kafka at 127.0.0.1:1 (",
+        ),
+    ],
+    ids=["missing-file", "bad-colour", "bad-steps", "foreign-output", "unreachable-broker"],
+)
+async def test_a_rejected_submit_is_one_line_and_uploads_nothing(
+    make_settings: Callable[..., Settings], tmp_path: Path, flags: list[str], exit_code: int, message: str
+) -> None:
     settings = make_settings()
-    proc = subprocess.run(
-        [KLEIN_EDIT, "submit", "--image", "s3://b/k.png", "--recolor", "the shirt=blue"],
-        env=command_env(settings),
+    await prepare(settings)
+    shot = tmp_path / "shot.png"
+    shot.write_bytes(png_bytes(96, 64))
+    paths = {"shot": str(shot), "missing": str(tmp_path / "missing.png")}
+    env = command_env(settings)
+    if exit_code == 4:
+        env["KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [KLEIN_EDIT, "submit", *(flag.format(**paths) for flag in flags)],
+        env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
+        cwd=tmp_path,
     )
-    assert proc.returncode == 2
-    assert "--recolor 'the shirt=blue': expected TARGET=#RRGGBB" in proc.stderr
+    assert proc.returncode == exit_code
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"klein-edit submit: {message.format(**paths)}"), proc.stderr
+    assert input_keys(settings) == []  # no orphan upload
+
+
+def test_dev_up_serves_a_manual_round_trip(tmp_path: Path) -> None:
+    """The README's manual round trip: `dev up`, its exports + `worker`, then `submit --wait --out`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KLEIN_EDIT_")}
+    with subprocess.Popen(
+        [KLEIN_EDIT, "dev", "up", "--kafka-port", "0", "--s3-port", "0"],
+        env=base,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    ) as dev:
+        assert dev.stdout is not None
+        exports: dict[str, str] = {}
+        for line in dev.stdout:
+            if line.startswith("export "):
+                name, _, value = line.removeprefix("export ").strip().partition("=")
+                exports[name] = shlex.split(value)[0]
+            if line.startswith("Ctrl-C"):
+                break
+        assert {"KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS", "KLEIN_EDIT_S3__ENDPOINT_URL"} <= set(exports)
+        env = {**base, **exports, "KLEIN_EDIT_LOG__FORMAT": "json"}
+        worker = subprocess.Popen(
+            [KLEIN_EDIT, "worker"],
+            env={**env, "KLEIN_EDIT_WORKER__HTTP_PORT": "off"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+        try:
+            shot = tmp_path / "shot.png"
+            shot.write_bytes(png_bytes(96, 64))
+            submit = subprocess.run(
+                [
+                    KLEIN_EDIT,
+                    "submit",
+                    "--image",
+                    "shot.png",
+                    "--recolor",
+                    "the shirt=#1E90FF",
+                    "--steps",
+                    "25",
+                    "--wait",
+                    "--out",
+                    "edited.png",
+                    "--timeout",
+                    "240",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                cwd=tmp_path,
+            )
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+        assert submit.returncode == 0, submit.stderr
+        result = EditCompleted.model_validate_json(submit.stdout)
+        assert result.status is EditStatus.SUCCEEDED
+        with Image.open(tmp_path / "edited.png") as edited:
+            assert edited.size == (96, 64)
+        dev.send_signal(signal.SIGINT)
+        rest, _ = dev.communicate(timeout=60)
+        assert dev.returncode == 0
+        assert "stopping the local Kafka broker and S3 server" in rest
+    # Both services are gone with it.
+    with socket.socket() as sock:
+        port = int(exports["KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS"].rsplit(":", 1)[1])
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
@@ -110,7 +240,11 @@ def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     assert result.status is EditStatus.SUCCEEDED
     assert result.output is not None
     assert result.cost.usd == pytest.approx(result.output.width * result.output.height / 1e6 * 0.002)
-    (saved,) = tmp_path.glob("demo-*.png")
+    (original,) = tmp_path.glob("demo-*.input.png")
+    (saved,) = set(tmp_path.glob("demo-*.png")) - {original}
+    assert original.read_bytes() == resources.files("consumer.assets").joinpath("sneaker.png").read_bytes()
+    assert "the output is noise by design" in proc.stdout
+    assert "README.md, section 'Running the real model'" in proc.stdout
     assert Image.open(io.BytesIO(saved.read_bytes())).size == (result.output.width, result.output.height)
     assert "stopping the worker and the embedded services" in proc.stdout
 

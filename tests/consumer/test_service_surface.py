@@ -10,13 +10,16 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
+import structlog
 
-from consumer.app import build_worker, serve
+import consumer
+from consumer import kafka as kafka_io
+from consumer.app import OUTPUT_BUCKET_RETRY_S, build_worker, serve
 from consumer.services import free_port
 from consumer.settings import Settings
 from consumer.worker import EditWorker
 from pipeline import Editor, StandInEditor
-from storage import AttemptLedger, LedgerEntry
+from storage import AttemptLedger, ImageStore, LedgerEntry
 from storage.errors import StorageUnavailable
 from tests.consumer.harness import png_bytes, prepare, publish, request, results, stage_image
 
@@ -146,3 +149,44 @@ async def test_a_failed_ledger_clear_shows_in_metrics(make_settings: Callable[..
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=60)
+
+
+async def test_a_missing_output_bucket_keeps_the_worker_not_ready_with_one_line(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Checked at start-up: no edits that can only be dead-lettered, one clear line, ready once it exists."""
+    port = free_port()
+    settings = make_settings(worker={"http_port": port, "http_host": "127.0.0.1"})
+    store = ImageStore(settings.s3)
+    store.ensure_bucket(settings.s3.input_bucket)
+    assert not store.bucket_exists(settings.s3.output_bucket)
+    worker = build_worker(settings, editor_factory=lambda: StandInEditor(edit_ms=20))
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(serve(worker, stop))
+        try:
+            await eventually(lambda: status_once_listening(port, "/livez") == 200)
+            # Longer than one retry interval: still not ready, and still only one line about it.
+            deadline = time.monotonic() + OUTPUT_BUCKET_RETRY_S * 1.5
+            while time.monotonic() < deadline:
+                assert (await fetch(port, "/readyz"))[0] == 503
+                await asyncio.sleep(0.5)
+            assert not worker.state.model_ready  # nothing was loaded or consumed meanwhile
+            unusable = [e for e in logs if e["event"] == "storage.output_bucket_unusable"]
+            assert len(unusable) == 1
+            assert unusable[0]["error"] == (
+                f"the output bucket s3://{settings.s3.output_bucket} does not exist: create it, or set "
+                "KLEIN_EDIT_S3__OUTPUT_BUCKET; not ready until then"
+            )
+
+            store.ensure_bucket(settings.s3.output_bucket)
+            k = settings.kafka
+            await kafka_io.ensure_topics(k, [*k.request_topics, k.result_topic, k.dlq_topic])
+            await eventually(lambda: get(port, "/readyz")[0] == 200, timeout_s=60)
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(task, timeout=60) == 0
+    events = [e["event"] for e in logs]
+    assert events[0] == "worker.starting"
+    assert logs[0]["version"] == consumer.__version__
+    assert "storage.output_bucket_found" in events

@@ -1,14 +1,15 @@
-"""Settings from KLEIN_EDIT_* environment variables: nesting with `__`, JSON lists, secrets kept secret."""
+"""Settings from KLEIN_EDIT_* environment variables, a .env file and a secrets directory: nesting with
+`__`, JSON lists, secrets kept secret, and every mistake named in one line."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
-from pydantic_settings import SettingsError
 
-from consumer.settings import Settings
+from consumer.settings import ConfigurationError, Settings, load_settings
 from pipeline.config import DEFAULT_MODEL
 
 PASSWORD = "kafka-pa55word-do-not-print"
@@ -17,16 +18,21 @@ AWS_SECRET = "aws-secret-do-not-print"
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """Start every test from an environment without KLEIN_EDIT_* variables."""
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """Start every test from an environment with only the two bucket names (required on AWS), in an
+    empty directory (no .env file)."""
     for name in list(os.environ):
         if name.upper().startswith("KLEIN_EDIT_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("KLEIN_EDIT_S3__INPUT_BUCKET", "acme-inputs")
+    monkeypatch.setenv("KLEIN_EDIT_S3__OUTPUT_BUCKET", "acme-outputs")
+    monkeypatch.chdir(tmp_path)
     return monkeypatch
 
 
 def test_defaults_without_environment() -> None:
     settings = Settings()
+    assert (settings.s3.input_bucket, settings.s3.output_bucket) == ("acme-inputs", "acme-outputs")
     assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert settings.kafka.group_id == "klein-edit"
     assert settings.kafka.request_topic == "edit.requests"
@@ -75,14 +81,24 @@ def test_lists_are_given_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.kafka.priority_topics == ["edit.urgent", "edit.high"]
     assert settings.kafka.request_topics == ["edit.urgent", "edit.high", "edit.requests"]
     assert settings.s3.allowed_buckets == ["brand-assets", "partner-uploads"]
-    assert settings.s3.readable_buckets == frozenset({"klein-edit-inputs", "brand-assets", "partner-uploads"})
+    assert settings.s3.readable_buckets == frozenset({"acme-inputs", "brand-assets", "partner-uploads"})
     assert settings.pipeline.warmup_sizes == [(512, 512), (1024, 768)]
 
 
-def test_a_list_that_is_not_json_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_list_that_is_not_json_names_the_variable_and_the_form(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLEIN_EDIT_KAFKA__PRIORITY_TOPICS", "edit.urgent,edit.high")
-    with pytest.raises(SettingsError, match='field "kafka"'):
-        Settings()
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "KLEIN_EDIT_KAFKA__PRIORITY_TOPICS (from the environment) is not JSON: "
+        """lists are JSON, e.g. KLEIN_EDIT_KAFKA__PRIORITY_TOPICS='["a", "b"]'"""
+    )
+
+
+def test_a_section_that_is_not_json_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLEIN_EDIT_WORKER", "max_attempts=5")
+    with pytest.raises(ConfigurationError, match=r"KLEIN_EDIT_WORKER .* a whole section is a JSON object"):
+        load_settings()
 
 
 def test_a_whole_section_can_be_given_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,10 +142,107 @@ def test_invalid_values_name_the_field(
     assert field in str(info.value)
 
 
-def test_unknown_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_misspelled_variable_is_named_with_the_closest_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVER", "broker:9092")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVER (from the environment) is not a setting; "
+        "did you mean KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS?"
+    )
+
+
+def test_an_unknown_section_is_an_error_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLEIN_EDIT_NOT_A_SECTION", "x")
+    with pytest.raises(ConfigurationError, match=r"KLEIN_EDIT_NOT_A_SECTION .*is not a setting"):
+        load_settings()
+
+
+def test_the_tooling_variables_are_not_settings_and_not_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:1")
-    assert Settings().kafka.bootstrap_servers == "127.0.0.1:9092"
+    monkeypatch.setenv("KLEIN_EDIT_TEST_S3_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setenv("KLEIN_EDIT_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
+    monkeypatch.setenv("klein_edit_kafka__group_id", "lower-case-works")
+    settings = load_settings()
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.kafka.group_id == "lower-case-works"
+
+
+def test_bucket_names_are_required_on_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    # S3 bucket names are global: a default such as klein-edit-outputs may be somebody else's bucket.
+    monkeypatch.delenv("KLEIN_EDIT_S3__INPUT_BUCKET")
+    monkeypatch.delenv("KLEIN_EDIT_S3__OUTPUT_BUCKET")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("KLEIN_EDIT_S3__INPUT_BUCKET is required")
+    assert lines[1].startswith("KLEIN_EDIT_S3__OUTPUT_BUCKET is required")
+    assert "Required on AWS" in lines[1]
+
+
+def test_an_endpoint_of_your_own_gets_local_bucket_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KLEIN_EDIT_S3__INPUT_BUCKET")
+    monkeypatch.delenv("KLEIN_EDIT_S3__OUTPUT_BUCKET")
+    monkeypatch.setenv("KLEIN_EDIT_S3__ENDPOINT_URL", "http://minio:9000")
+    s3 = load_settings().s3
+    assert (s3.input_bucket, s3.output_bucket) == ("klein-edit-inputs", "klein-edit-outputs")
+
+
+def test_a_value_out_of_range_names_the_variable_and_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLEIN_EDIT_WORKER__MAX_ATTEMPTS", "0")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "KLEIN_EDIT_WORKER__MAX_ATTEMPTS: Input should be greater than or equal to 1 (got '0')"
+    )
+
+
+def test_a_dotenv_file_is_read_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text(
+        "KLEIN_EDIT_KAFKA__GROUP_ID=from-dotenv\nKLEIN_EDIT_KAFKA__CLIENT_ID=from-dotenv\nOTHER_TOOL=x\n"
+    )
+    monkeypatch.setenv("KLEIN_EDIT_KAFKA__CLIENT_ID", "from-env")
+    settings = load_settings()
+    assert settings.kafka.group_id == "from-dotenv"
+    assert settings.kafka.client_id == "from-env"
+    other = tmp_path / "other.env"
+    other.write_text("KLEIN_EDIT_KAFKA__GROUP_ID=from-other\n")
+    assert load_settings(env_file=other).kafka.group_id == "from-other"
+
+
+def test_a_misspelled_name_in_the_dotenv_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("KLEIN_EDIT_WORKER__MAX_ATEMPTS=5\n")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "KLEIN_EDIT_WORKER__MAX_ATEMPTS (from the .env file) is not a setting; "
+        "did you mean KLEIN_EDIT_WORKER__MAX_ATTEMPTS?"
+    )
+
+
+def test_a_secrets_directory_holds_one_file_per_variable(tmp_path: Path) -> None:
+    """A mounted Kubernetes Secret: each key a file named like the variable; the newline is stripped."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "KLEIN_EDIT_KAFKA__SASL_PASSWORD").write_text(PASSWORD + "\n")
+    (secrets / "KLEIN_EDIT_S3__SECRET_ACCESS_KEY").write_text(AWS_SECRET)
+    settings = load_settings(secrets_dir=secrets)
+    assert settings.kafka.sasl_password is not None
+    assert settings.kafka.sasl_password.get_secret_value() == PASSWORD
+    assert settings.s3.secret_access_key is not None
+    assert settings.s3.secret_access_key.get_secret_value() == AWS_SECRET
+    (secrets / "KLEIN_EDIT_KAFKA__SASL_PASWORD").write_text("x")
+    with pytest.raises(
+        ConfigurationError, match=r"KLEIN_EDIT_KAFKA__SASL_PASWORD \(from the secrets directory"
+    ):
+        load_settings(secrets_dir=secrets)
+
+
+def test_a_missing_secrets_directory_is_fine(tmp_path: Path) -> None:
+    assert load_settings(secrets_dir=tmp_path / "absent").kafka.sasl_password is None
 
 
 def test_settings_are_frozen() -> None:

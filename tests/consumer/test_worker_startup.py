@@ -19,7 +19,12 @@ async def test_unreachable_brokers_are_retried_then_named_in_one_error() -> None
     closed = f"127.0.0.1:{free_port()}"
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=closed, startup_timeout_s=1.5),
-        s3=S3Settings(access_key_id=SecretStr("x"), secret_access_key=SecretStr("x")),
+        s3=S3Settings(
+            access_key_id=SecretStr("x"),
+            secret_access_key=SecretStr("x"),
+            input_bucket="in",
+            output_bucket="out",
+        ),
         worker=WorkerSettings(http_port=None),
     )
     worker = build_worker(settings, editor_factory=lambda: StandInEditor(edit_ms=1))

@@ -19,7 +19,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from consumer.settings import Settings
@@ -244,6 +244,11 @@ def test_rendered_env_parses_into_settings(profile: tuple[str, Rendered], tmp_pa
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (dotenv_settings,)  # only the rendered env, never this process's environment
 
+    if "KLEIN_EDIT_S3__OUTPUT_BUCKET" not in env:
+        # The default values name no buckets: on AWS the worker refuses to start rather than guess.
+        with pytest.raises(ValidationError, match="input_bucket"):
+            FromRenderedEnv(_env_file=dotenv)  # type: ignore[call-arg]
+        return
     settings = FromRenderedEnv(_env_file=dotenv)  # type: ignore[call-arg]
     assert settings.kafka.group_id == env["KLEIN_EDIT_KAFKA__GROUP_ID"]
     assert settings.worker.drain_grace_s == float(env["KLEIN_EDIT_WORKER__DRAIN_GRACE_S"])

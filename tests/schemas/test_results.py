@@ -13,6 +13,7 @@ from schemas.errors import ErrorCode, InvalidEvent, KleinEditError
 from schemas.requests import OutputFormat
 from schemas.results import (
     DEFAULT_USD_PER_MEGAPIXEL,
+    USD_DECIMALS,
     Cost,
     EditCompleted,
     EditParams,
@@ -90,10 +91,18 @@ def test_cost_for_output_is_output_megapixels_times_the_rate(
     cost = Cost.for_output(width=width, height=height, input_megapixels=0.3, usd_per_megapixel=0.002)
     assert cost.output_megapixels == megapixels
     assert cost.output_megapixels == width * height / 1e6
-    assert cost.usd == width * height / 1e6 * 0.002
-    assert cost.usd == pytest.approx(megapixels * 0.002, rel=1e-12)
+    assert cost.usd == round(width * height / 1e6 * 0.002, USD_DECIMALS)
+    assert cost.usd == pytest.approx(megapixels * 0.002, abs=0.5 * 10**-USD_DECIMALS)
     assert cost.input_megapixels == 0.3
     assert cost.usd_per_output_megapixel == 0.002
+
+
+def test_cost_usd_has_a_fixed_number_of_decimals() -> None:
+    """A billing system never sees float noise: 0.07168 MP x 0.002 is 0.00014336 exactly as written."""
+    cost = Cost.for_output(width=256, height=280, input_megapixels=0.1, usd_per_megapixel=0.002)
+    assert 0.07168 * 0.002 != 0.00014336  # the float product has noise in the last digits
+    assert cost.usd == 0.00014336
+    assert cost.model_dump_json().count('"usd":0.00014336,') == 1
 
 
 def test_cost_for_output_with_a_custom_rate() -> None:

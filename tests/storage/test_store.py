@@ -199,14 +199,20 @@ class TestHelpers:
         with pytest.raises(ValueError, match="expires_s"):
             store.presign(outputs(store, "a.png"), expires_s=0)
 
+    def test_bucket_exists(self, store: ImageStore) -> None:
+        assert not store.bucket_exists("not-created-yet")
+        store.ensure_bucket("not-created-yet")
+        assert store.bucket_exists("not-created-yet")
+
     def test_ensure_bucket_is_idempotent(self, store: ImageStore) -> None:
         store.ensure_bucket("fresh-bucket")
         store.ensure_bucket("fresh-bucket")
         assert "fresh-bucket" in {b["Name"] for b in store.client.list_buckets()["Buckets"]}
 
     def test_half_configured_credentials_are_refused(self) -> None:
+        half = S3Settings(access_key_id=SecretStr("only-the-id"), input_bucket="i", output_bucket="o")
         with pytest.raises(ValueError, match="set together"):
-            build_client(S3Settings(access_key_id=SecretStr("only-the-id")))
+            build_client(half)
 
 
 class TestUnavailable:
