@@ -275,6 +275,8 @@ def test_oauth_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("KLEIN_EDIT_KAFKA__OAUTH_CLIENT_ID", "klein-edit")
     monkeypatch.setenv("KLEIN_EDIT_KAFKA__OAUTH_CLIENT_SECRET", SECRET)
     monkeypatch.setenv("KLEIN_EDIT_KAFKA__OAUTH_EXTENSIONS", '{"identityPoolId": "pool-1"}')
+    monkeypatch.setenv("KLEIN_EDIT_S3__INPUT_BUCKET", "acme-inputs")  # required on AWS
+    monkeypatch.setenv("KLEIN_EDIT_S3__OUTPUT_BUCKET", "acme-outputs")
     settings = Settings()
     assert settings.kafka.oauth_client_secret is not None
     assert settings.kafka.oauth_client_secret.get_secret_value() == SECRET

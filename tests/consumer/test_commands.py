@@ -23,7 +23,7 @@ from PIL import Image
 
 from consumer.settings import Settings
 from pipeline import Editor
-from schemas.results import EditCompleted, EditStatus
+from schemas.results import USD_DECIMALS, EditCompleted, EditStatus
 from storage import ImageStore
 from tests.consumer.harness import (
     output_objects,
@@ -239,7 +239,7 @@ def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     result = EditCompleted.model_validate_json(body)
     assert result.status is EditStatus.SUCCEEDED
     assert result.output is not None
-    assert result.cost.usd == pytest.approx(result.output.width * result.output.height / 1e6 * 0.002)
+    assert result.cost.usd == round(result.output.width * result.output.height / 1e6 * 0.002, USD_DECIMALS)
     (original,) = tmp_path.glob("demo-*.input.png")
     (saved,) = set(tmp_path.glob("demo-*.png")) - {original}
     assert original.read_bytes() == resources.files("consumer.assets").joinpath("sneaker.png").read_bytes()
@@ -293,4 +293,4 @@ async def test_a_librdkafka_client_submits_and_reads_the_result(
     data = output_objects(store, settings)[f"edits/{request_id}.png"]
     with Image.open(io.BytesIO(data)) as img:
         assert img.size == (result.output.width, result.output.height) == (96, 64)
-    assert result.cost.usd == pytest.approx(96 * 64 / 1e6 * 0.002)
+    assert result.cost.usd == round(96 * 64 / 1e6 * 0.002, USD_DECIMALS)

@@ -627,6 +627,9 @@ def test_oidc_settings_render_and_the_client_secret_comes_from_the_secret(
         if name.startswith("KLEIN_EDIT_"):
             monkeypatch.setenv(name, value)
     monkeypatch.setenv("KLEIN_EDIT_KAFKA__OAUTH_CLIENT_SECRET", "from-the-secret")
+    # The default values name no buckets (required on AWS); these tests are about Kafka.
+    monkeypatch.setenv("KLEIN_EDIT_S3__INPUT_BUCKET", "acme-inputs")
+    monkeypatch.setenv("KLEIN_EDIT_S3__OUTPUT_BUCKET", "acme-outputs")
     settings = Settings()  # the worker's own parsing accepts them
     assert settings.kafka.oauth_extensions["logicalCluster"] == "lkc-1"
 
