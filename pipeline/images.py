@@ -170,9 +170,13 @@ def _scaled_grey(image: Image.Image) -> Image.Image:
     that fit in 16 bits are scaled from 0-65535 and only larger ones from the full 32-bit range.
     A grey tRNS colour key becomes an alpha channel (mode LA).
     """
-    values = np.asarray(image).astype(np.int64)
-    top = 65535 if image.mode != "I" or int(values.max(initial=0)) <= 65535 else 2**31 - 1
-    scaled = (np.clip(values, 0, top) * 255 + top // 2) // top
+    values = np.asarray(image)
+    if image.mode == "I" and int(values.max(initial=0)) > 65535:
+        top = 2**31 - 1
+        scaled = (np.clip(values, 0, None).astype(np.float64) * (255 / top)).round()
+    else:
+        # uint32 holds 65535 * 255 in half the memory int64 would take for a 40 MP input.
+        scaled = (np.clip(values, 0, 65535).astype(np.uint32) * 255 + 32767) // 65535
     grey = Image.fromarray(scaled.astype(np.uint8), "L")
     key = image.info.get("transparency")
     if isinstance(key, int):
@@ -195,8 +199,10 @@ def _to_srgb(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, str | 
     """RGB in sRGB: through the embedded ICC profile with LittleCMS, else taken as sRGB already.
 
     A profile that cannot be parsed, or whose colour space does not fit the pixels, is ignored, as
-    browsers do. CMYK without a profile gets Pillow's standard conversion. Transforms are built per
-    image: an lcms2 transform is not safe to share between the decoding threads.
+    browsers do. A profile that is sRGB in all but rounding (the many sRGB profiles in the wild, our
+    own outputs') leaves the pixels untouched, so a tagged sRGB image gives the model exactly what
+    its untagged twin does. CMYK without a profile gets Pillow's standard conversion. Transforms are
+    built per image: an lcms2 transform is not safe to share between the decoding threads.
     """
     source = _parse_profile(icc)
     if source is not None:
@@ -208,10 +214,41 @@ def _to_srgb(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, str | 
             transform = ImageCms.buildTransform(
                 source, _srgb_cms_profile(), image.mode, "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL
             )
+            description = source.profile.profile_description or space
+            if image.mode != "CMYK" and _is_srgb_already(transform, image.mode):
+                return (image if image.mode == "RGB" else image.convert("RGB")), description
             converted = ImageCms.applyTransform(image, transform)
             assert converted is not None  # only None with inPlace=True
-            return converted, source.profile.profile_description or space
+            return converted, description
     return (image if image.mode == "RGB" else image.convert("RGB")), None
+
+
+def _is_srgb_already(transform: ImageCms.ImageCmsTransform, mode: str) -> bool:
+    """Whether `transform` moves no colour by more than rounding (1/255) on a probe of the space."""
+    probe = _SRGB_PROBES[mode]
+    converted = ImageCms.applyTransform(probe, transform)
+    assert converted is not None
+    expected = np.asarray(probe.convert("RGB"), dtype=np.int16)
+    return int(np.abs(np.asarray(converted, dtype=np.int16) - expected).max()) <= 1
+
+
+def _probes() -> dict[str, Image.Image]:
+    levels = np.linspace(0, 255, 18).round().astype(np.uint8)
+    cube = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+    ramp = np.arange(256, dtype=np.uint8)
+    zeros = np.zeros(256, dtype=np.uint8)
+    ramps = [
+        np.stack(channels, axis=-1)
+        for channels in ((ramp, ramp, ramp), (ramp, zeros, zeros), (zeros, ramp, zeros), (zeros, zeros, ramp))
+    ]
+    rgb = np.concatenate([cube, *ramps])
+    return {
+        "RGB": Image.fromarray(rgb.reshape(1, -1, 3), "RGB"),
+        "L": Image.fromarray(ramp.reshape(1, -1), "L"),
+    }
+
+
+_SRGB_PROBES = _probes()
 
 
 def _parse_profile(icc: bytes | None) -> ImageCms.ImageCmsProfile | None:

@@ -56,6 +56,17 @@ def _gamma_tag(gamma: float) -> bytes:
     return b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256))
 
 
+def _table_tag(entries: int) -> bytes:
+    """The sRGB transfer function sampled as a `curv` table, as the classic HP/Microsoft profile has it."""
+    x = np.linspace(0, 1, entries)
+    y = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    return (
+        b"curv\0\0\0\0"
+        + struct.pack(">I", entries)
+        + struct.pack(f">{entries}H", *np.round(y * 65535).astype(int))
+    )
+
+
 def _parametric_tag(params: tuple[float, ...]) -> bytes:
     kind = {1: 0, 3: 1, 4: 2, 5: 3, 7: 4}[len(params)]
     return b"para\0\0\0\0" + struct.pack(">HH", kind, 0) + b"".join(_s15(p) for p in params)
@@ -116,12 +127,19 @@ def matrix_profile(
     *,
     trc: tuple[float, ...] = SRGB_TRC,
     white_xy: tuple[float, float] = D65_XY,
+    table: int | None = None,
 ) -> bytes:
-    """A display RGB matrix/TRC profile: Display P3 is `matrix_profile("Display P3", DISPLAY_P3)`."""
+    """A display RGB matrix/TRC profile: Display P3 is `matrix_profile("Display P3", DISPLAY_P3)`.
+
+    `table`: write the (sRGB) transfer function as a sampled curve of that many entries instead.
+    """
     matrix = rgb_to_xyz_matrix(primaries, white_xy)
     white = _xy_to_xyz(*white_xy)
     adapted = _to_d50(matrix, white)
-    curve = _gamma_tag(trc[0]) if len(trc) == 1 else _parametric_tag(trc)
+    if table is not None:
+        curve = _table_tag(table)
+    else:
+        curve = _gamma_tag(trc[0]) if len(trc) == 1 else _parametric_tag(trc)
     return _profile(
         b"mntr",
         b"RGB ",
@@ -144,21 +162,30 @@ def display_p3_profile() -> bytes:
     return matrix_profile("Display P3", DISPLAY_P3)
 
 
+SRGB_PRIMARIES = ((0.64, 0.33), (0.30, 0.60), (0.15, 0.06))
+
+
+def srgb_iec_profile() -> bytes:
+    """An "sRGB IEC61966-2.1" v2 profile as cameras and editors embed it (1024-entry curves)."""
+    return matrix_profile("sRGB IEC61966-2.1", SRGB_PRIMARIES, table=1024)
+
+
 def adobe_rgb_profile() -> bytes:
     return matrix_profile("Adobe RGB (1998)", ADOBE_RGB, trc=(ADOBE_RGB_GAMMA,))
 
 
-def grey_profile(gamma: float = 1.0) -> bytes:
-    """A grey display profile with a pure gamma TRC (1.0: linear light, so 128 is much lighter in sRGB)."""
+def grey_profile(gamma: float | None = 1.0) -> bytes:
+    """A grey display profile with a pure gamma TRC (1.0: linear light, so 128 is much lighter in sRGB);
+    `None` gives the sRGB transfer function ("sGray")."""
     return _profile(
         b"mntr",
         b"GRAY",
         b"XYZ ",
         {
-            b"desc": _desc_tag(f"Grey gamma {gamma:g}"),
+            b"desc": _desc_tag("sGray" if gamma is None else f"Grey gamma {gamma:g}"),
             b"cprt": _text_tag("No copyright, test profile"),
             b"wtpt": _xyz_tag(D50),
-            b"kTRC": _gamma_tag(gamma),
+            b"kTRC": _parametric_tag(SRGB_TRC) if gamma is None else _gamma_tag(gamma),
         },
     )
 
@@ -171,9 +198,7 @@ _PAPER = np.array([0.97, 0.94, 0.82])
 
 def cmyk_profile() -> bytes:
     """A CMYK output profile (A2B0 only, XYZ PCS): each ink filters the cream paper multiplicatively."""
-    srgb_to_xyz_d50 = _to_d50(
-        rgb_to_xyz_matrix(((0.64, 0.33), (0.30, 0.60), (0.15, 0.06))), _xy_to_xyz(*D65_XY)
-    )
+    srgb_to_xyz_d50 = _to_d50(rgb_to_xyz_matrix(SRGB_PRIMARIES), _xy_to_xyz(*D65_XY))
     grid = []
     # CLUT order: the first input channel varies slowest.
     for c in (0, 1):

@@ -17,13 +17,16 @@ from pipeline.errors import InvalidImage
 from pipeline.images import SRGB_PROFILE, DecodedImage, decode_image, encode_image, keeps_alpha
 from schemas.requests import OutputAlpha, OutputFormat
 from tests.inputs import (
+    SRGB_PRIMARIES,
     adobe_rgb_profile,
     cmyk_profile,
     display_p3_profile,
     encode,
     exif_orientation,
     grey_profile,
+    matrix_profile,
     png16,
+    srgb_iec_profile,
     srgb_profile,
     to_srgb,
 )
@@ -90,11 +93,37 @@ def test_adobe_rgb_moves_saturated_colours_a_lot() -> None:
     assert max(abs(a - b) for a, b in zip(value, (30, 200, 60), strict=True)) > 20, value
 
 
-def test_srgb_profile_and_no_profile_give_the_same_pixels() -> None:
-    source = gradient()
-    assert decode(encode(source, "PNG", icc_profile=srgb_profile())).image.tobytes() == source.tobytes()
-    assert decode(encode(source, "PNG")).image.tobytes() == source.tobytes()
-    assert decode(encode(source, "PNG")).profile is None
+def every_value() -> Image.Image:
+    """256 x 256 pixels covering every 8-bit value in each channel, in many combinations."""
+    yy, xx = np.mgrid[0:256, 0:256]
+    return Image.fromarray(np.stack([xx, yy, (xx * 7 + yy * 13) % 256], axis=-1).astype(np.uint8), "RGB")
+
+
+@pytest.mark.parametrize(
+    "icc",
+    [srgb_profile(), SRGB_PROFILE, srgb_iec_profile(), matrix_profile("sRGB", SRGB_PRIMARIES)],
+    ids=["lcms-srgb", "our-output-srgb", "iec61966-2.1-table", "srgb-parametric"],
+)
+def test_srgb_tagged_input_gives_exactly_its_untagged_pixels(icc: bytes) -> None:
+    # A transform between two sRGB profiles still moves some values by 1 (fixed-point colorants);
+    # those would make a tagged photo and its untagged twin different inputs for the model.
+    source = every_value()
+    decoded = decode(encode(source, "PNG", icc_profile=icc))
+    assert decoded.image.tobytes() == source.tobytes()
+    assert decoded.profile is not None
+
+
+def test_untagged_input_is_taken_as_srgb() -> None:
+    source = every_value()
+    decoded = decode(encode(source, "PNG"))
+    assert decoded.image.tobytes() == source.tobytes()
+    assert decoded.profile is None
+
+
+def test_srgb_grey_profile_is_identity() -> None:
+    ramp = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (64, 1)), "L")
+    decoded = decode(encode(ramp, "PNG", icc_profile=grey_profile(None)))
+    assert decoded.image.tobytes() == ramp.convert("RGB").tobytes()
 
 
 def test_cmyk_jpeg_with_an_embedded_profile_goes_through_it() -> None:
