@@ -693,3 +693,15 @@ def test_static_membership_names_each_member_after_its_pod(chart: helm.Chart) ->
     # One value for every replica would make the members fence each other out: never from config.
     error = render_error(chart, {"config": {"kafka": {"group_instance_id": "klein-edit"}}})
     assert "group_instance_id" in error
+
+
+def test_a_chart_only_bump_leaves_the_pod_template_alone(profile: tuple[str, Rendered]) -> None:
+    """helm.sh/chart changes with every chart release; on the pod template it would restart every GPU
+    pod (and reload the model) for a change that does not touch the pods. It labels the objects only."""
+    _, rendered = profile
+    deployment = rendered.one("Deployment")
+    assert "helm.sh/chart" in deployment["metadata"]["labels"]
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert "helm.sh/chart" not in template_labels
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
+    assert template_labels["app.kubernetes.io/component"] == "worker"

@@ -43,6 +43,18 @@ app.kubernetes.io/component: worker
 {{- end }}
 
 {{/*
+Pod template labels: the common labels without helm.sh/chart, so that a chart-only version bump does
+not change the pod template and restart every GPU pod (each restart reloads the model).
+*/}}
+{{- define "klein-edit.podLabels" -}}
+{{ include "klein-edit.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/component: worker
+{{- end }}
+
+{{/*
 Selector labels
 */}}
 {{- define "klein-edit.selectorLabels" -}}
