@@ -18,6 +18,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from consumer.settings import Settings
 from pipeline import Editor
+from schemas.errors import ErrorCode
 from schemas.requests import EditRequest
 from schemas.results import EditCompleted, EditStatus
 from storage import ImageStore
@@ -142,7 +143,17 @@ async def test_rgba_cut_out_recolour_stays_a_cut_out(
     flatten = same_edit(settings, base, recolor=RECOLOR, output={"alpha": "flatten"})
     on_black = same_edit(settings, base, recolor=RECOLOR, output={"background": "#000000"})
 
-    events = await run(settings, tiny_editor, [recolour, twin, as_webp, free_prompt, flatten, on_black])
+    async with running_worker(settings, lambda: tiny_editor):
+        batch = [recolour, twin, as_webp, free_prompt, flatten, on_black]
+        for req in batch:
+            await publish(settings, req)
+        await results(settings, count=len(batch), timeout_s=180)
+        await publish(settings, recolour)  # a redelivery is answered from the stored object
+        grouped = by_request(await results(settings, count=len(batch) + 1, timeout_s=60))
+    events = {req.request_id: grouped[req.request_id][0] for req in batch}
+    first, again = grouped[recolour.request_id]
+    assert again.output == first.output  # alpha and colour_profile too, read back from the object
+    assert again.params == first.params
 
     data, image = stored(store, settings, events[recolour.request_id])
     event = events[recolour.request_id]
@@ -172,7 +183,7 @@ async def test_rgba_cut_out_recolour_stays_a_cut_out(
     assert black_data != data  # another background is another input
 
 
-async def test_heic_phone_photo_comes_out_upright(
+async def test_heic_phone_photo_comes_out_upright_and_tiff_is_refused_by_name(
     make_settings: Callable[..., Settings], tiny_editor: Editor
 ) -> None:
     settings = make_settings()
@@ -193,7 +204,15 @@ async def test_heic_phone_photo_comes_out_upright(
         settings, stage_image(store, settings, "eight.png", png(Image.fromarray(deep.astype(np.uint8))))
     )
 
-    events = await run(settings, tiny_editor, [phone, twin, sixteen, eight])
+    tiff = request(settings, stage_image(store, settings, "scan.tif", encode(gradient(64, 64), "TIFF")))
+
+    events = await run(settings, tiny_editor, [phone, twin, sixteen, eight, tiff])
+
+    refused = events[tiff.request_id]
+    assert refused.status is EditStatus.FAILED
+    assert refused.error is not None
+    assert refused.error.code is ErrorCode.INVALID_IMAGE
+    assert "format TIFF is not allowed" in refused.error.message
 
     data, image = stored(store, settings, events[phone.request_id])
     assert image.height > image.width  # portrait, as the phone showed it
