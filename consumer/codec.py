@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from consumer.envelope import strip_framing, unwrap
 from schemas.errors import InvalidEvent
 from schemas.requests import REQUEST_ID_PATTERN, EditRequest
 
@@ -44,6 +45,38 @@ def decode_request(raw: bytes | None, *, max_bytes: int, strict: bool = False) -
     request, ignored = _decode_tolerant(EditRequest, raw, strict=strict)
     request.note_ignored_fields(ignored)
     return request
+
+
+def decode_record(
+    raw: bytes | None,
+    headers: Sequence[tuple[str, bytes | None]] | None,
+    *,
+    max_bytes: int,
+    strict: bool = False,
+) -> EditRequest:
+    """A request record as platforms send it: its envelope taken off (`consumer.envelope.unwrap`:
+    Schema Registry framing, BOM, CloudEvents structured or Dapr), then `decode_request`.
+
+    The CloudEvents `id`, `source` and `type` are added to the request's `metadata` as `ce_id`,
+    `ce_source` and `ce_type` (echoed in the result), unless the request sets those keys itself or its
+    metadata is full. `max_bytes` bounds the whole record value. Raises `InvalidEvent`.
+    """
+    if raw is None:
+        raise InvalidEvent("record has no value (a tombstone?); expected a JSON edit request")
+    if len(raw) > max_bytes:
+        raise InvalidEvent(f"record is {len(raw)} bytes; requests are limited to {max_bytes} bytes")
+    unwrapped = unwrap(raw, headers)
+    request = decode_request(unwrapped.body, max_bytes=max_bytes, strict=strict)
+    echoed = {k: v for k, v in unwrapped.cloudevent.items() if k not in request.metadata}
+    if not echoed or len(request.metadata) + len(echoed) > _METADATA_ENTRIES:
+        return request
+    ignored = request.ignored_fields
+    request = request.model_copy(update={"metadata": {**request.metadata, **echoed}})
+    request.note_ignored_fields(ignored)
+    return request
+
+
+_METADATA_ENTRIES = 32  # EditRequest.metadata's max_length
 
 
 def decode_event(model: type[E], raw: bytes) -> E:
@@ -154,16 +187,23 @@ def _format_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def salvage_request_id(raw: bytes | None, key: bytes | None) -> str | None:
+def salvage_request_id(
+    raw: bytes | None, key: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None = None
+) -> str | None:
     """Best effort: the request id of a record that failed validation, so its failure can be keyed.
 
-    Tried in order: the JSON `request_id`, then the record key. Only ids that match the contract's
-    pattern are used, so a hostile value never reaches a topic key or an S3 key.
+    Tried in order: the JSON `request_id` (inside its envelope, if any), then the record key. Only ids
+    that match the contract's pattern are used, so a hostile value never reaches a topic key or an S3
+    key.
     """
     candidates: list[object] = []
     if raw:
         try:
-            body = json.loads(raw)
+            inner = unwrap(raw, headers).body
+        except InvalidEvent:
+            inner = strip_framing(raw)
+        try:
+            body = json.loads(inner)
         except (ValueError, UnicodeDecodeError):
             body = None
         if isinstance(body, dict):

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
-from consumer.codec import decode_request
+from consumer.codec import decode_record
 from consumer.control import CancelRegistry
 from consumer.fate import Action, InternalError, PoisonMessage, decide
 from consumer.metrics import WorkerMetrics
@@ -117,8 +117,9 @@ class RecordHandler:
             tries += 1
             ctx.attempt = tries
             try:
-                request = decode_request(
+                request = decode_record(
                     record.value,
+                    record.headers,
                     max_bytes=self._settings.kafka.max_request_bytes,
                     strict=self._settings.worker.reject_unknown_fields,
                 )

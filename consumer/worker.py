@@ -216,7 +216,7 @@ class EditWorker:
     def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], gpu_lane: int) -> Flight:
         assert self._admission is not None
         request_id = (
-            salvage_request_id(record.value, record.key)
+            salvage_request_id(record.value, record.key, record.headers)
             or f"invalid:{tp.topic}:{tp.partition}:{record.offset}"
         )
         self._commits.start(tp, record.offset)

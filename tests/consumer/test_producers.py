@@ -7,6 +7,7 @@ group's committed positions reach past the last record produced: the group keeps
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 
@@ -230,3 +231,70 @@ async def test_a_tombstone_after_a_success_is_skipped_without_a_result_and_commi
     assert list(output_objects(store, settings)) == [f"edits/{req.request_id}.png"]
     assert await dead_letters(settings, count=1, timeout_s=2.0) == []
     assert committed == positions_after(delivered)
+
+
+async def test_enveloped_requests_are_unwrapped_edited_and_echo_their_cloudevent(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    store = await prepare(settings)
+    image = stage_image(store, settings, "env.png", png_bytes(64, 64))
+    reqs = {name: request(settings, image, request_id=unique(name)) for name in ENVELOPES}
+    ce = {"specversion": "1.0", "source": "/shop", "type": "com.example.edit"}  # + id, data
+    structured = [("content-type", b"application/cloudevents+json")]
+
+    def body(name: str) -> dict[str, object]:
+        return json.loads(encode_event(reqs[name]))
+
+    records = {
+        "structured": (
+            json.dumps(
+                {**ce, "id": "s-1", "datacontenttype": "application/json", "data": body("structured")}
+            ),
+            structured,
+        ),
+        "dapr": (
+            json.dumps(
+                {
+                    **ce,
+                    "id": "d-1",
+                    "type": "com.dapr.event.sent",
+                    "topic": settings.kafka.request_topic,
+                    "pubsubname": "pubsub",
+                    "traceid": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    "datacontenttype": "application/json",
+                    "data": body("dapr"),
+                }
+            ),
+            structured,
+        ),
+        "binary": (
+            json.dumps(body("binary")),
+            [("ce_specversion", b"1.0"), ("ce_id", b"b-1"), ("ce_source", b"/shop"), ("ce_type", b"t.b")],
+        ),
+        "bom": ("\ufeff" + json.dumps(body("bom")), []),
+        "registry": (json.dumps(body("registry")), []),
+    }
+    values = {name: value.encode() for name, (value, _) in records.items()}
+    values["registry"] = b"\x00\x00\x00\x00\x2a" + values["registry"]  # magic byte + schema id 42
+    async with running_worker(settings, lambda: StandInEditor(edit_ms=20)):
+        delivered = librdkafka_produce(
+            settings, [(reqs[name].request_id.encode(), values[name], records[name][1]) for name in ENVELOPES]
+        )
+        by_id = {r.request_id: r for r in await results(settings, count=len(ENVELOPES), settle_s=1.0)}
+        committed = await wait_for_committed(settings, delivered)
+    assert set(by_id) == {r.request_id for r in reqs.values()}
+    assert all(r.status is EditStatus.SUCCEEDED for r in by_id.values()), by_id
+    meta = {name: by_id[reqs[name].request_id].metadata for name in ENVELOPES}
+    assert meta["structured"] == {"ce_id": "s-1", "ce_source": "/shop", "ce_type": "com.example.edit"}
+    assert meta["dapr"] == {"ce_id": "d-1", "ce_source": "/shop", "ce_type": "com.dapr.event.sent"}
+    assert meta["binary"] == {"ce_id": "b-1", "ce_source": "/shop", "ce_type": "t.b"}
+    assert meta["bom"] == meta["registry"] == {}
+    assert sorted(output_objects(store, settings)) == sorted(
+        f"edits/{r.request_id}.png" for r in reqs.values()
+    )
+    assert await dead_letters(settings, count=1, timeout_s=2.0) == []
+    assert committed == positions_after(delivered)
+
+
+ENVELOPES = ("structured", "dapr", "binary", "bom", "registry")
