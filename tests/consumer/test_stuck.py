@@ -9,6 +9,7 @@ from aiokafka import TopicPartition
 from consumer.admission import Admission
 from consumer.settings import Settings, WorkerSettings
 from consumer.worker import EditWorker
+from storage import S3Settings
 from tests.consumer.fakes import FakeConsumer
 from tests.consumer.test_admission import Starts, record
 
@@ -16,7 +17,9 @@ TP = TopicPartition("requests", 3)
 
 
 async def test_a_stuck_record_shows_on_readyz_and_in_metrics_until_it_leaves() -> None:
-    settings = Settings(worker=WorkerSettings(stuck_after_s=60))
+    settings = Settings(
+        s3=S3Settings(input_bucket="in", output_bucket="out"), worker=WorkerSettings(stuck_after_s=60)
+    )
     none: Any = None
     worker = EditWorker(settings, editor_factory=none, store=none, ledger=none)
     admission = Admission(FakeConsumer(TP), request_topics=["requests"], max_in_flight=2, low_lane_share=0.0)
