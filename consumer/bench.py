@@ -59,6 +59,12 @@ class _TimedEditor:
             with self._spans.lock:
                 self._spans.spans.append((start, time.perf_counter()))
 
+    def check_prompt(self, prompt: str) -> None:
+        self._inner.check_prompt(prompt)
+
+    def uses_guidance(self, guidance_scale: float) -> bool:
+        return self._inner.uses_guidance(guidance_scale)
+
     def warm_up(self) -> None:
         self._inner.warm_up()
 

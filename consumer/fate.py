@@ -52,6 +52,9 @@ class RequestRejected(KleinEditError):
     retryable = False
 
 
+OOM_ATTEMPTS = 2  # GPU_OUT_OF_MEMORY is retried on the same worker at most once
+
+
 def decide(
     error: KleinEditError, *, attempt: int, max_attempts: int, backoff_s: float, backoff_max_s: float
 ) -> Verdict:
@@ -60,6 +63,10 @@ def decide(
     if error.code is ErrorCode.INVALID_EVENT or isinstance(error, PoisonMessage):
         return Verdict(Action.DEAD_LETTER)
     if error.retryable:
+        if error.code is ErrorCode.GPU_OUT_OF_MEMORY:
+            # The cache was emptied, so one more try here can succeed (fragmentation); a second OOM on the
+            # same worker means the edit does not fit this GPU: stop spending GPU time on it here.
+            max_attempts = min(max_attempts, OOM_ATTEMPTS)
         if attempt < max_attempts:
             return Verdict(Action.RETRY, backoff_s=min(backoff_max_s, backoff_s * 2 ** (attempt - 1)))
         return Verdict(Action.DEAD_LETTER)

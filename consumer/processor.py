@@ -32,7 +32,8 @@ from pipeline import (
     encode_image,
     keeps_alpha,
     megapixels,
-    resolve_output_size,
+    plan_geometry,
+    to_conditioning_size,
 )
 from schemas.errors import ErrorCode, KleinEditError
 from schemas.requests import WHITE, EditRequest, OutputAlpha, OutputFormat, hex6, hex_to_rgb
@@ -164,6 +165,14 @@ class EditProcessor:
             )
         if request.deadline is not None and datetime.now(UTC) > request.deadline:
             raise DeadlineExceeded(f"deadline {request.deadline.isoformat()} passed before pickup")
+        requested = (request.width, request.height) if request.width and request.height else None
+        if requested is not None and requested[0] * requested[1] > limits.max_output_megapixels * 1e6:
+            raise RequestRejected(
+                f"width x height: {requested[0]}x{requested[1]} = {requested[0] * requested[1] / 1e6:.2f} MP "
+                f"exceeds the output limit of {limits.max_output_megapixels:g} MP "
+                "(KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS)"
+            )
+        await self._in_io(self._editor.check_prompt, request.compiled_prompt)
 
         s3 = self._settings.s3
         inputs = [parse_input_location(request.image, s3, field="image")]
@@ -196,7 +205,6 @@ class EditProcessor:
             )
         )
         images = [item.image for item in decoded]
-        ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
         ctx.input_megapixels = sum(megapixels(image) for image in images)
         base_alpha = decoded[0].alpha
         keep = keeps_alpha(
@@ -205,9 +213,23 @@ class EditProcessor:
             fmt=fmt,
             pure_recolor=request.is_pure_recolor,
         )
-
-        requested = (request.width, request.height) if request.width and request.height else None
-        width, height = resolve_output_size(images[0].size, requested, limits.max_megapixels)
+        # Every input is resized here, on I/O threads, to exactly the size the pipeline conditions on: the
+        # GPU thread never resamples a 40 MP photo and the pipeline crops nothing.
+        geometry = plan_geometry([image.size for image in images], requested, limits.max_megapixels)
+        images = list(
+            await asyncio.gather(
+                *(
+                    self._in_io(to_conditioning_size, image, size)
+                    for image, size in zip(images, geometry.inputs, strict=True)
+                )
+            )
+        )
+        kept_alpha = None
+        if keep and base_alpha is not None:
+            # Cropped exactly as the base image was, so the cut-out lines up with the edited pixels.
+            kept_alpha = await self._in_io(to_conditioning_size, base_alpha, geometry.output)
+        ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
+        width, height = geometry.output
         ctx.params = EditParams(
             prompt=request.compiled_prompt,
             num_inference_steps=request.num_inference_steps,
@@ -218,6 +240,7 @@ class EditProcessor:
             references=len(request.references),
             background=hex6(background),
             alpha="keep" if keep else "flatten",
+            guidance_applied=self._editor.uses_guidance(request.guidance_scale),
         )
         return PreparedEdit(
             request=request,
@@ -225,7 +248,7 @@ class EditProcessor:
             output=output,
             output_format=fmt,
             params=ctx.params,
-            alpha=base_alpha if keep else None,
+            alpha=kept_alpha,
         )
 
     def _fetch_and_decode(
@@ -359,6 +382,9 @@ class EditProcessor:
                 references=int(meta.get("references", len(request.references))),
                 background=meta.get("background", WHITE),
                 alpha="keep" if meta.get("alpha") == "keep" else "flatten",
+            )
+            params = params.model_copy(
+                update={"guidance_applied": self._editor.uses_guidance(params.guidance_scale)}
             )
             ctx.input_megapixels = float(meta.get("input-megapixels", 0.0))
             fmt = OutputFormat(meta.get("format", OutputFormat.PNG.value))

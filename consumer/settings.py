@@ -182,13 +182,18 @@ class WorkerSettings(BaseModel):
     retry_backoff_s: float = Field(default=1.0, ge=0.0, description="First retry delay; doubles each time.")
     retry_backoff_max_s: float = Field(default=30.0, ge=0.0)
     drain_grace_s: float = Field(
-        default=120.0, ge=0.0, description="On SIGTERM, how long the in-flight edit may run on."
+        default=300.0,
+        ge=0.0,
+        description="Seconds: on SIGTERM, how long the in-flight edit may run on. The default covers the "
+        "largest edit the limits allow (4 MP output, 4 references, 50 steps, CFG: ~220 s in bf16 eager on "
+        "an H200; arithmetic in docs/operations.md).",
     )
     edit_timeout_s: float | None = Field(
         default=900.0,
         gt=0,
-        description="An edit running longer than this marks the worker not live (/livez 503), so a hung "
-        "GPU is restarted by the orchestrator; None disables.",
+        description="Seconds: an edit running longer than this marks the worker not live (/livez 503), so a "
+        "hung GPU is restarted by the orchestrator; None disables. 900 s is 4x the largest edit the limits "
+        "allow (docs/operations.md).",
     )
     stuck_after_s: float = Field(
         default=900.0,

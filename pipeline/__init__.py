@@ -17,15 +17,19 @@ from pipeline.errors import (
     InvalidImage,
     ModelLoadError,
     PipelineError,
+    PromptTooLong,
 )
 from pipeline.images import (
     DecodedImage,
+    Geometry,
     check_edit_input,
     decode_image,
     encode_image,
     keeps_alpha,
     megapixels,
+    plan_geometry,
     resolve_output_size,
+    to_conditioning_size,
 )
 from pipeline.standin import StandInEditor
 
@@ -36,6 +40,7 @@ __all__ = [
     "EditJob",
     "EditOutput",
     "Editor",
+    "Geometry",
     "GpuOutOfMemory",
     "ImageTooLarge",
     "InvalidImage",
@@ -43,6 +48,7 @@ __all__ = [
     "ModelLoadError",
     "PipelineError",
     "PipelineSettings",
+    "PromptTooLong",
     "StandInEditor",
     "check_edit_input",
     "decode_image",
@@ -50,5 +56,7 @@ __all__ = [
     "errors",
     "keeps_alpha",
     "megapixels",
+    "plan_geometry",
     "resolve_output_size",
+    "to_conditioning_size",
 ]

@@ -38,6 +38,7 @@ from pipeline.config import PipelineSettings
 from pipeline.editor import EditJob, KleinEditor
 from pipeline.loader import resolve_dtype
 from pipeline.optimize import apply_options
+from pipeline.sizing import QWEN3_8B, TRANSFORMER_9B
 from pipeline.tiny import (
     assemble_pipeline,
     build_tokenizer,
@@ -46,38 +47,6 @@ from pipeline.tiny import (
     tiny_vae_config,
 )
 
-# diffusers scripts/convert_flux2_to_diffusers.py "klein-9b" (same numbers as BFL's Klein9BParams).
-TRANSFORMER_9B: dict[str, Any] = {
-    "patch_size": 1,
-    "in_channels": 128,
-    "num_layers": 8,
-    "num_single_layers": 24,
-    "attention_head_dim": 128,
-    "num_attention_heads": 32,
-    "joint_attention_dim": 12288,
-    "timestep_guidance_channels": 256,
-    "mlp_ratio": 3.0,
-    "axes_dims_rope": (32, 32, 32, 32),
-    "rope_theta": 2000,
-    "eps": 1e-6,
-    "guidance_embeds": False,
-}
-# Qwen/Qwen3-8B config.json.
-QWEN3_8B: dict[str, Any] = {
-    "vocab_size": 151936,
-    "hidden_size": 4096,
-    "intermediate_size": 12288,
-    "num_hidden_layers": 36,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "max_position_embeddings": 40960,
-    "rope_theta": 1_000_000,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "attention_bias": False,
-    "hidden_act": "silu",
-}
 PROMPT = "Replace the background with a sunny beach and make the jacket red, keep the face unchanged."
 TOKEN_STRIDE = 16  # 8x VAE downsampling, then 2x2 patches
 REFERENCE_AREA_CAP = 1024 * 1024  # Flux2KleinPipeline shrinks larger condition images to this area

@@ -13,15 +13,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
-from pipeline.config import PipelineSettings
-from pipeline.errors import DeviceFailure, GpuOutOfMemory
-from pipeline.images import check_edit_input
+from pipeline.config import MAX_SEQUENCE_LENGTH, PipelineSettings
+from pipeline.errors import DeviceFailure, GpuOutOfMemory, PromptTooLong
+from pipeline.images import conform_to_pipeline
 
 WARMUP_STEPS = 2
 WARMUP_GUIDANCE = 4.0  # > 1 so warm-up runs both the conditional and the unconditional pass
@@ -55,6 +55,14 @@ class Editor(Protocol):
 
     def edit(self, job: EditJob) -> EditOutput: ...
 
+    def check_prompt(self, prompt: str) -> None:
+        """Raise `PromptTooLong` for a prompt over the model's token limit; called on an I/O thread."""
+        ...
+
+    def uses_guidance(self, guidance_scale: float) -> bool:
+        """Whether classifier-free guidance runs at this scale (the unconditional pass is skipped if not)."""
+        ...
+
     def warm_up(self) -> None: ...
 
     def memory_stats(self) -> dict[str, float]: ...
@@ -80,12 +88,12 @@ class KleinEditor:
     def load(cls, settings: PipelineSettings) -> KleinEditor:
         """Load the model named in `settings`, apply its options; raises `ModelLoadError`."""
         from pipeline.loader import load_pipeline
-        from pipeline.optimize import apply_options
+        from pipeline.optimize import compile_if_enabled
 
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
         pipe, model_name = load_pipeline(settings)
-        apply_options(pipe, settings)
+        compile_if_enabled(pipe, settings)
         return cls(pipe, settings, model_name)
 
     @property
@@ -97,11 +105,38 @@ class KleinEditor:
         return self._device
 
     def edit(self, job: EditJob) -> EditOutput:
-        """Run one edit; raises GpuOutOfMemory, DeviceFailure, EditCanceled or InvalidImage."""
-        for index, image in enumerate(job.images):
-            check_edit_input(image, "image" if index == 0 else f"references[{index - 1}]")
-        with self._lock:
+        """Run one edit; raises GpuOutOfMemory, DeviceFailure, EditCanceled or InvalidImage.
+
+        The worker's prepare stage has already resized every input to its conditioning size
+        (`pipeline.images.plan_geometry`), so here `conform_to_pipeline` only checks; the pipeline then
+        neither resamples nor crops.
+        """
+        images = [
+            conform_to_pipeline(image, "image" if index == 0 else f"references[{index - 1}]")
+            for index, image in enumerate(job.images)
+        ]
+        if any(a is not b for a, b in zip(images, job.images, strict=True)):
+            job = replace(job, images=images)
+        with self._lock, torch.inference_mode():
             return self._run(job)
+
+    def check_prompt(self, prompt: str) -> None:
+        """Raise `PromptTooLong` when the chat-templated prompt exceeds the 512-token limit.
+
+        The pipeline would silently truncate it (`truncation=True`), dropping the end of the instruction.
+        Tokenizing is CPU-only and the fast tokenizer is thread-safe, so this runs in the prepare stage.
+        """
+        tokens = count_prompt_tokens(self._pipe.tokenizer, prompt)
+        if tokens > MAX_SEQUENCE_LENGTH:
+            raise PromptTooLong(
+                f"prompt: {tokens} tokens with the chat template, over the text encoder's limit of "
+                f"{MAX_SEQUENCE_LENGTH}; shorten the prompt or the recolor list"
+            )
+
+    def uses_guidance(self, guidance_scale: float) -> bool:
+        # Mirrors Flux2KleinPipeline.do_classifier_free_guidance (diffusers 0.42.1): guidance_scale <= 1
+        # turns CFG off, and a distilled checkpoint never uses it.
+        return guidance_scale > 1 and not bool(self._pipe.config.is_distilled)
 
     def _run(self, job: EditJob) -> EditOutput:
         out_of_memory: BaseException | None = None
@@ -117,6 +152,7 @@ class KleinEditor:
             elif _is_device_failure(exc):
                 raise DeviceFailure(f"CUDA device failure during the edit: {exc}") from exc
             else:
+                self._probe_device(exc)
                 raise
         if out_of_memory is not None:
             # Outside the except block: the exception's frames (and their tensors) are unreachable now.
@@ -129,11 +165,34 @@ class KleinEditor:
             ) from out_of_memory
         return EditOutput(image=image, inference_ms=(time.perf_counter() - start) * 1e3)
 
+    def _probe_device(self, cause: BaseException) -> None:
+        """After an unexpected error, check the device still works; a broken context is fatal.
+
+        Errors such as cuDNN `EXECUTION_FAILED` or a Triton illegal address do not always say "CUDA
+        error", but they leave the context unusable: a synchronize plus a tiny op tells.
+        """
+        if self._device.type != "cuda":
+            return
+        try:
+            torch.cuda.synchronize(self._device)
+            probe = torch.ones(8, device=self._device) * 2
+            torch.cuda.synchronize(self._device)
+            if float(probe.sum().item()) != 16.0:
+                raise RuntimeError("device probe computed a wrong result")
+        except Exception as exc:
+            raise DeviceFailure(
+                f"the device failed a probe after an unexpected error ({type(cause).__name__}: {cause}); "
+                f"probe: {type(exc).__name__}: {exc}"
+            ) from exc
+
     def _generate(self, job: EditJob) -> Image.Image:
         pipe = self._pipe
-        generator = torch.Generator(device=self._device).manual_seed(job.seed)
+        # A CPU generator: the same seed gives the same noise on any GPU model (CUDA's random kernels depend
+        # on the SM count) and on the CPU; the pipeline moves the noise to the device.
+        generator = torch.Generator(device="cpu").manual_seed(job.seed)
+        self._set_vae_tiling(job.width * job.height)
         extra: dict[str, Any] = {}
-        if self._uses_guidance(job.guidance_scale):
+        if self.uses_guidance(job.guidance_scale):
             extra["negative_prompt_embeds"] = self._negative_prompt_embeds()
         total = job.num_inference_steps
         on_step = job.on_step
@@ -153,7 +212,7 @@ class KleinEditor:
             num_inference_steps=total,
             guidance_scale=job.guidance_scale,
             generator=generator,
-            max_sequence_length=self._settings.max_sequence_length,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
             callback_on_step_end=step_end,
             output_type="pil",
             **extra,
@@ -161,15 +220,24 @@ class KleinEditor:
         image: Image.Image = result.images[0]
         return image
 
-    def _uses_guidance(self, guidance_scale: float) -> bool:
-        # Mirrors Flux2KleinPipeline.do_classifier_free_guidance (diffusers 0.42.1).
-        return guidance_scale > 1 and not bool(self._pipe.config.is_distilled)
+    def _set_vae_tiling(self, pixels: int) -> None:
+        """Tile the VAE decode above `vae_tiling_megapixels`: large outputs then fit in memory."""
+        vae = self._pipe.vae
+        tile = pixels > self._settings.vae_tiling_megapixels * 1e6
+        if tile != bool(getattr(vae, "use_tiling", False)):
+            if tile:
+                vae.enable_tiling()
+            else:
+                vae.disable_tiling()
 
     def _encode(self, prompt: str) -> torch.Tensor:
-        embeds, _text_ids = self._pipe.encode_prompt(
-            prompt=prompt, device=self._device, max_sequence_length=self._settings.max_sequence_length
-        )
-        tensor: torch.Tensor = embeds
+        # Always under inference mode (also when called outside `edit`): `encode_prompt` is not wrapped in
+        # `no_grad` by diffusers, and a cached embedding must never hold the text encoder's graph.
+        with torch.inference_mode():
+            embeds, _text_ids = self._pipe.encode_prompt(
+                prompt=prompt, device=self._device, max_sequence_length=MAX_SEQUENCE_LENGTH
+            )
+        tensor: torch.Tensor = embeds.detach()
         return tensor
 
     def _negative_prompt_embeds(self) -> torch.Tensor:
@@ -218,6 +286,24 @@ class KleinEditor:
 
     def prompt_cache_len(self) -> int:
         return len(self._prompt_cache)
+
+    def cached_embeddings(self) -> list[torch.Tensor]:
+        """Every embedding this editor keeps between edits (the prompt cache and the negative prompt)."""
+        cached = list(self._prompt_cache.values())
+        if self._negative_embeds is not None:
+            cached.append(self._negative_embeds)
+        return cached
+
+
+def count_prompt_tokens(tokenizer: Any, prompt: str) -> int:
+    """Tokens of `prompt` as Flux2KleinPipeline feeds it: one user turn in the chat template, no thinking."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}],
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=False,
+    )
+    return len(tokenizer(text)["input_ids"])
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

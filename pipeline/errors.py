@@ -29,6 +29,12 @@ class ImageTooLarge(PipelineError):
     code = ErrorCode.INPUT_TOO_LARGE
 
 
+class PromptTooLong(PipelineError):
+    """The chat-templated prompt has more tokens than the text encoder takes (512); never truncated."""
+
+    code = ErrorCode.INVALID_EVENT
+
+
 class GpuOutOfMemory(PipelineError):
     """The edit did not fit in GPU memory; the cache was emptied, so a retry (maybe elsewhere) can succeed."""
 

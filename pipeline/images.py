@@ -353,26 +353,112 @@ def keeps_alpha(
     return base_has_alpha and fmt.supports_alpha and pure_recolor
 
 
+# Flux2KleinPipeline shrinks a conditioning image larger than this area (diffusers 0.42.1,
+# `Flux2KleinPipeline.__call__`, step 4) before flooring its sides to multiples of 16 and centre-cropping.
+CONDITIONING_MAX_PIXELS = 1024 * 1024
+_SEARCH_STEPS = (
+    3  # how many 16-px steps around the nearest size `fit_size` looks when that one breaks a limit
+)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The sizes of one edit, all (width, height) in pixels and multiples of 16.
+
+    `output` is what the pipeline generates; `inputs[i]` is the exact size input i is resized to in the
+    prepare stage, which is also the size the pipeline conditions on (it then neither resamples nor crops).
+    """
+
+    output: tuple[int, int]
+    inputs: tuple[tuple[int, int], ...]
+
+
+def fit_size(size: tuple[int, int], max_pixels: float) -> tuple[int, int]:
+    """`size` scaled down (never up) to fit `max_pixels`, each side rounded to the nearest multiple of 16.
+
+    The one rule for every size in an edit. Rounding to the nearest multiple (not flooring) keeps the
+    aspect ratio within one 16-px step: 130x79 gives 128x80 (aspect 1.60 for 1.65), not 128x64 (2.00).
+    When rounding up would overshoot `max_pixels` or the 8:1 aspect limit, the closest-aspect size that
+    fits within a few 16-px steps of it is taken instead. Sides are at least 64 px.
+    """
+    width, height = size
+    scale = min(1.0, math.sqrt(max_pixels / (width * height)))
+    exact_w, exact_h = width * scale, height * scale
+    nearest = (_round_to_multiple(exact_w), _round_to_multiple(exact_h))
+    steps = range(-_SEARCH_STEPS, _SEARCH_STEPS + 1)
+    candidates = [
+        (max(MIN_SIDE, nearest[0] + i * SIZE_MULTIPLE), max(MIN_SIDE, nearest[1] + j * SIZE_MULTIPLE))
+        for i in steps
+        for j in steps
+    ]
+
+    def allowed(c: tuple[int, int]) -> bool:
+        # Rounding can push a long thin image past the pipeline's 8:1 aspect limit: that size is out too.
+        return c[0] * c[1] <= max_pixels and max(c[0] / c[1], c[1] / c[0]) <= MAX_ASPECT
+
+    if allowed(nearest):
+        return nearest
+    aspect = math.log(width / height)
+    fitting = [c for c in candidates if allowed(c)] or [min(candidates, key=lambda c: c[0] * c[1])]
+    return min(fitting, key=lambda c: (abs(math.log(c[0] / c[1]) - aspect), -c[0] * c[1]))
+
+
+def plan_geometry(
+    input_sizes: Sequence[tuple[int, int]], requested: tuple[int, int] | None, max_megapixels: float
+) -> Geometry:
+    """The output size and each input's conditioning size for one edit (base image first).
+
+    Output: the requested size, else the base image's size fitted to `max_megapixels` (`fit_size`).
+    Inputs: each fitted to the pipeline's conditioning area (`CONDITIONING_MAX_PIXELS`); the base image is
+    conditioned at exactly the output size whenever that fits the area, so the two never differ.
+    """
+    if not input_sizes:
+        raise ValueError("an edit needs at least the base image")
+    output = requested if requested is not None else fit_size(input_sizes[0], max_megapixels * 1e6)
+    inputs = [fit_size(size, CONDITIONING_MAX_PIXELS) for size in input_sizes]
+    if requested is None and output[0] * output[1] <= CONDITIONING_MAX_PIXELS:
+        inputs[0] = output
+    return Geometry(output=output, inputs=tuple(inputs))
+
+
 def resolve_output_size(
     base_size: tuple[int, int], requested: tuple[int, int] | None, max_megapixels: float
 ) -> tuple[int, int]:
-    """The (width, height) to generate: the requested size, else the base size capped in area.
+    """The (width, height) to generate (`plan_geometry`'s output for this base image)."""
+    return plan_geometry([base_size], requested, max_megapixels).output
 
-    The base size is scaled down (never up), keeping its aspect ratio, until width*height fits
-    `max_megapixels`, then floored to multiples of 16 with at least 64 px per side.
+
+def to_conditioning_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` resized and centre-cropped to exactly `size` (a no-op when it already has that size).
+
+    Lanczos, as the pipeline resamples; the crop removes at most part of one 16-px step of aspect.
     """
-    if requested is not None:
-        return requested
-    width, height = base_size
-    cap = max_megapixels * 1e6
-    if width * height > cap:
-        scale = math.sqrt(cap / (width * height))
-        width, height = math.floor(width * scale), math.floor(height * scale)
-    return _floor_to_multiple(width), _floor_to_multiple(height)
+    if image.size == size:
+        return image
+    return ImageOps.fit(image, size, method=Image.Resampling.LANCZOS)
 
 
-def _floor_to_multiple(side: int) -> int:
-    return max(MIN_SIDE, side // SIZE_MULTIPLE * SIZE_MULTIPLE)
+def conform_to_pipeline(image: Image.Image, name: str) -> Image.Image:
+    """`image` unchanged when the pipeline would take it as it is, else resized to `fit_size` of it.
+
+    "As it is" means sides in multiples of 16 and at most `CONDITIONING_MAX_PIXELS`: the pipeline then
+    neither resamples nor crops. The worker's prepare stage already resized every input
+    (`to_conditioning_size`), so on the GPU thread this only checks. Raises `InvalidImage` for sizes the
+    model rejects (`check_edit_input`).
+    """
+    check_edit_input(image, name)
+    width, height = image.size
+    if (
+        width % SIZE_MULTIPLE == 0
+        and height % SIZE_MULTIPLE == 0
+        and width * height <= CONDITIONING_MAX_PIXELS
+    ):
+        return image
+    return to_conditioning_size(image, fit_size(image.size, CONDITIONING_MAX_PIXELS))
+
+
+def _round_to_multiple(side: float) -> int:
+    return max(MIN_SIDE, math.floor(side / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE)
 
 
 def megapixels(image: Image.Image) -> float:

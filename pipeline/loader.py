@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ def resolve_device(settings: PipelineSettings) -> torch.device:
 
 
 def resolve_dtype(settings: PipelineSettings, device: torch.device) -> torch.dtype:
+    """bfloat16 on CUDA and float32 on the CPU for `auto` (float16 is refused by `PipelineSettings`)."""
     if settings.dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype: torch.dtype = getattr(torch, settings.dtype)
@@ -49,15 +51,17 @@ def resolve_dtype(settings: PipelineSettings, device: torch.device) -> torch.dty
 
 
 def load_pipeline(settings: PipelineSettings) -> tuple[Any, str]:
-    """Load the pipeline on its device and dtype; returns it with the model name for result events."""
+    """Load the pipeline, frozen, on its device and dtype; returns it with the model name for events.
+
+    One path for every model: a Hub id (from the local cache), a local directory, or `tiny-random`
+    (written once as a directory under the cache by `pipeline.tiny.ensure_tiny_model`). Components are
+    read onto the CPU, frozen (no parameter requires grad) and then placed one at a time, each quantized
+    right after it arrives (`place_components`), so a float8 profile never holds two bf16 copies on the GPU.
+    Raises `ModelLoadError` with what to do.
+    """
     device = resolve_device(settings)
     dtype = resolve_dtype(settings, device)
-    if settings.model == TINY_RANDOM:
-        from pipeline.tiny import build_tiny_pipeline
-
-        pipe = build_tiny_pipeline()
-        return _place(pipe, settings, device, dtype), TINY_RANDOM
-
+    _quiet_progress_bars()
     directory = locate_model(settings)
     check_model_directory(directory)
     try:
@@ -71,31 +75,125 @@ def load_pipeline(settings: PipelineSettings) -> tuple[Any, str]:
     check_text_encoder(
         int(pipe.text_encoder.config.hidden_size), int(pipe.transformer.config.joint_attention_dim), directory
     )
-    return _place(pipe, settings, device, dtype), settings.model
+    freeze(pipe)
+    place_components(pipe, settings, device, dtype)
+    return pipe, settings.model
 
 
-def _place(pipe: Any, settings: PipelineSettings, device: torch.device, dtype: torch.dtype) -> Any:
-    """Move components to the device, leaving the text encoder on the CPU when it is offloaded."""
-    text_device = torch.device("cpu") if settings.text_encoder_placement == "cpu_offload" else device
-    targets = {"transformer": device, "vae": device, "text_encoder": text_device}
+def _quiet_progress_bars() -> None:
+    """Loading prints tqdm bars per component and shard: noise in a worker's JSON logs."""
+    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+        untyped_attr(module, "disable_progress_bar")()
+
+
+def freeze(pipe: Any) -> None:
+    """Inference only: eval mode and no parameter requiring grad, in every component.
+
+    `from_pretrained` leaves `requires_grad=True` on every parameter; any call outside `__call__`'s
+    `no_grad` (such as `encode_prompt`) would then build and keep an autograd graph.
+    """
+    for name in COMPONENTS:
+        module = getattr(pipe, name)
+        module.requires_grad_(False)
+        module.eval()
+
+
+COMPONENTS = ("text_encoder", "transformer", "vae")
+
+
+def place_components(pipe: Any, settings: PipelineSettings, device: torch.device, dtype: torch.dtype) -> None:
+    """Move each component to its device, one at a time, quantizing each as it arrives.
+
+    Order: the text encoder first (it may be float8 or stay on the CPU), then the transformer (moved block
+    by block and quantized block by block when float8 is on), then the VAE. Peak GPU memory is therefore
+    what is already placed plus one bf16 block, never two bf16 copies of a component
+    (`pipeline.sizing.profile_weight_bytes` computes both figures at the 9B dims).
+    """
+    from pipeline.optimize import quantize_float8
+
     try:
-        for name, target in targets.items():
-            module = getattr(pipe, name)
-            # Cast only when needed: diffusers warns on every dtype cast, even a no-op one.
-            if module.dtype != dtype:
-                module.to(dtype=dtype)
-            module.to(device=target)
+        for name, on_gpu, float8_skip in placement_plan(settings):
+            target = device if on_gpu else torch.device("cpu")
+            for prefix, part, recurse in placement_parts(getattr(pipe, name)):
+                _move(part, recurse, target, dtype)
+                if recurse and float8_skip is not None:
+                    quantize_float8(part, skip=float8_skip, prefix=prefix)
     except torch.OutOfMemoryError as exc:
-        raise ModelLoadError(
-            f"the model does not fit in GPU memory ({exc}); try KLEIN_EDIT_PIPELINE__TEXT_ENCODER_PLACEMENT="
-            "cpu_offload or KLEIN_EDIT_PIPELINE__QUANTIZE_FLOAT8=true"
-        ) from exc
-    return pipe
+        raise ModelLoadError(out_of_memory_message(settings, str(exc).splitlines()[0])) from exc
+
+
+def placement_plan(settings: PipelineSettings) -> list[tuple[str, bool, tuple[str, ...] | None]]:
+    """(component, on the GPU?, float8 skip-list or None for bf16) in the order they are placed."""
+    from pipeline.optimize import TEXT_ENCODER_SKIP, TRANSFORMER_SKIP
+
+    placement = settings.text_encoder_placement
+    return [
+        ("text_encoder", placement != "cpu_offload", TEXT_ENCODER_SKIP if placement == "float8" else None),
+        ("transformer", True, TRANSFORMER_SKIP if settings.quantize_float8 else None),
+        ("vae", True, None),
+    ]
+
+
+def placement_parts(module: torch.nn.Module, prefix: str = "") -> Iterator[tuple[str, torch.nn.Module, bool]]:
+    """(qualified name, module, recurse) pieces a component is moved in, small enough to bound the peak.
+
+    Each block of a block list is one piece; a child holding a block list (`Qwen3ForCausalLM.model`) is
+    split further; other children are one piece each; last, the module's own parameters and buffers.
+    """
+    for name, child in module.named_children():
+        qualified = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, torch.nn.ModuleList):
+            for index, block in enumerate(child):
+                yield f"{qualified}.{index}", block, True
+        elif any(isinstance(grand, torch.nn.ModuleList) for grand in child.children()):
+            yield from placement_parts(child, qualified)
+        else:
+            yield qualified, child, True
+    yield prefix, module, False
+
+
+def _move(module: torch.nn.Module, recurse: bool, device: torch.device, dtype: torch.dtype) -> None:
+    """Move (and cast floating-point tensors of) `module`, or only its own tensors when not `recurse`."""
+    tensors = list(module.parameters(recurse=recurse)) + list(module.buffers(recurse=recurse))
+    if recurse:
+        # Cast only when needed: diffusers warns on every dtype cast, even a no-op one.
+        if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
+            module.to(dtype=dtype)
+        module.to(device=device)
+        return
+    for tensor in tensors:
+        cast = dtype if tensor.is_floating_point() else tensor.dtype
+        tensor.data = tensor.data.to(device=device, dtype=cast)
+
+
+def out_of_memory_message(settings: PipelineSettings, detail: str) -> str:
+    """The load-time OOM line: names only the memory options that are not already on."""
+    options: list[str] = []
+    if not settings.quantize_float8:
+        options.append("KLEIN_EDIT_PIPELINE__QUANTIZE_FLOAT8=true (about half the transformer's memory)")
+    if settings.text_encoder_placement == "gpu":
+        options.append(
+            "KLEIN_EDIT_PIPELINE__TEXT_ENCODER_PLACEMENT=float8 (half the text encoder) or cpu_offload "
+            "(none on the GPU)"
+        )
+    elif settings.text_encoder_placement == "float8":
+        options.append("KLEIN_EDIT_PIPELINE__TEXT_ENCODER_PLACEMENT=cpu_offload (text encoder off the GPU)")
+    if options:
+        advice = "; try " + ", or ".join(options)
+    else:
+        advice = "; every memory option is already on: use a GPU with more memory"
+    return f"the model does not fit in GPU memory ({detail}){advice}. docs/operations.md has the sizing table"
 
 
 def locate_model(settings: PipelineSettings) -> Path:
     """The directory holding the pipeline: the local directory given, or the cached Hub snapshot."""
     model = settings.model
+    if model == TINY_RANDOM:
+        from huggingface_hub import constants
+
+        from pipeline.tiny import ensure_tiny_model
+
+        return ensure_tiny_model(settings.cache_dir or constants.HF_HUB_CACHE)
     candidate = Path(model).expanduser()
     # A Hub id is "owner/name"; anything else shaped like a path is treated as one.
     if candidate.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or candidate.exists():

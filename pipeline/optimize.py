@@ -17,7 +17,7 @@ from pipeline.errors import ModelLoadError
 
 # Small or precision-sensitive transformer layers stay in bf16: quantizing them saves nothing measurable
 # and the modulation/embedding layers steer every token.
-_TRANSFORMER_SKIP = (
+TRANSFORMER_SKIP = (
     "modulation",
     "time_guidance_embed",
     "norm_out",
@@ -25,27 +25,48 @@ _TRANSFORMER_SKIP = (
     "context_embedder",
     "proj_out",
 )
+TEXT_ENCODER_SKIP = ("lm_head", "embed_tokens")
 
 
 def apply_options(pipe: Any, settings: PipelineSettings) -> list[str]:
-    """Apply the options in `settings` to `pipe` in place; returns their names, for logs and benchmarks."""
-    applied: list[str] = []
+    """Apply the options to a pipeline built directly on its device (the benchmark's random pipeline).
+
+    The loader does not use this: `pipeline.loader.place_components` quantizes each piece as it is placed,
+    then `KleinEditor.load` calls `compile_if_enabled`. Returns the option names, for logs and benchmarks.
+    """
     if settings.quantize_float8:
-        quantize_float8(pipe.transformer, skip=_TRANSFORMER_SKIP)
-        applied.append("float8")
+        quantize_float8(pipe.transformer, skip=TRANSFORMER_SKIP)
     if settings.text_encoder_placement == "float8":
-        quantize_float8(pipe.text_encoder, skip=("lm_head", "embed_tokens"))
-        applied.append("text_encoder_float8")
+        quantize_float8(pipe.text_encoder, skip=TEXT_ENCODER_SKIP)
+    compile_if_enabled(pipe, settings)
+    return option_names(settings)
+
+
+def option_names(settings: PipelineSettings) -> list[str]:
+    """The speed and memory options `settings` turns on, by name (for logs, metrics and benchmarks)."""
+    names: list[str] = []
+    if settings.quantize_float8:
+        names.append("float8")
+    if settings.text_encoder_placement == "float8":
+        names.append("text_encoder_float8")
     elif settings.text_encoder_placement == "cpu_offload":
-        applied.append("text_encoder_cpu_offload")
+        names.append("text_encoder_cpu_offload")
+    if settings.compile:
+        names.append("compile")
+    return names
+
+
+def compile_if_enabled(pipe: Any, settings: PipelineSettings) -> None:
     if settings.compile:
         compile_transformer(pipe.transformer)
-        applied.append("compile")
-    return applied
 
 
-def quantize_float8(module: torch.nn.Module, *, skip: tuple[str, ...] = ()) -> int:
-    """torchao dynamic float8 (per-row scales) on the eligible Linear layers; returns how many."""
+def quantize_float8(module: torch.nn.Module, *, skip: tuple[str, ...] = (), prefix: str = "") -> int:
+    """torchao dynamic float8 (per-row scales) on the eligible Linear layers; returns how many.
+
+    `prefix` is `module`'s qualified name inside its component, so `skip` matches the same layers whether
+    a whole component or one of its blocks is quantized.
+    """
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     except ImportError as exc:
@@ -54,7 +75,7 @@ def quantize_float8(module: torch.nn.Module, *, skip: tuple[str, ...] = ()) -> i
             "version), or turn float8 off (KLEIN_EDIT_PIPELINE__QUANTIZE_FLOAT8=false, "
             "KLEIN_EDIT_PIPELINE__TEXT_ENCODER_PLACEMENT=gpu)"
         ) from exc
-    eligible = _float8_filter(skip)
+    eligible = float8_filter(skip, prefix)
     count = sum(1 for fqn, sub in module.named_modules() if eligible(sub, fqn))
     try:
         quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=eligible)
@@ -66,8 +87,9 @@ def quantize_float8(module: torch.nn.Module, *, skip: tuple[str, ...] = ()) -> i
     return count
 
 
-def _float8_filter(skip: tuple[str, ...]) -> Callable[[torch.nn.Module, str], bool]:
+def float8_filter(skip: tuple[str, ...], prefix: str = "") -> Callable[[torch.nn.Module, str], bool]:
     def eligible(module: torch.nn.Module, fqn: str) -> bool:
+        fqn = ".".join(part for part in (prefix, fqn) if part)
         # float8 GEMMs need both dimensions divisible by 16.
         return (
             isinstance(module, torch.nn.Linear)

@@ -83,6 +83,14 @@ class StandInEditor:
             if job.on_step is not None:
                 job.on_step(step, steps)
 
+    def check_prompt(self, prompt: str) -> None:
+        """No tokenizer here: the stand-in takes any prompt the request schema allows."""
+        return None
+
+    def uses_guidance(self, guidance_scale: float) -> bool:
+        """The Base model's rule (see `KleinEditor.uses_guidance`)."""
+        return guidance_scale > 1
+
     def warm_up(self) -> None:
         return None
 

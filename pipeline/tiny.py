@@ -1,6 +1,9 @@
 """An offline, tiny, random-weight `Flux2KleinPipeline` with the same classes as FLUX.2 [klein] base.
 
-Used for CPU demos and tests: nothing is downloaded. The tokenizer is a byte-level BPE trained in-process
+Used for CPU demos and tests: nothing is downloaded. It is written once as a real model directory
+(`save_pretrained`, see `write_tiny_model` / `ensure_tiny_model`) and then loaded through exactly the
+same `load_pipeline` path as a Hub id or a local directory, so the tests exercise the production loading
+code. The tokenizer is a byte-level BPE trained in-process
 and wrapped as `Qwen2TokenizerFast` with a Qwen3-style chat template; the models are built from tiny configs
 that keep every structural coupling of the real 9B model:
 
@@ -14,7 +17,13 @@ that keep every structural coupling of the real 9B model:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -192,3 +201,63 @@ def assemble_pipeline(*, transformer: Any, text_encoder: Any, vae: Any, tokenize
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# Bump when the tiny model's construction changes in a way its configs do not show (e.g. the tokenizer's
+# training text), so a stale cached directory is never reused.
+_TINY_FORMAT = 1
+
+
+def tiny_model_key(seed: int = 0) -> str:
+    """A short hash of everything that determines the tiny model's files (configs, seed, versions)."""
+    diffusers: Any = importlib.import_module("diffusers")
+    transformers: Any = importlib.import_module("transformers")
+    spec = {
+        "format": _TINY_FORMAT,
+        "seed": seed,
+        "text_encoder": tiny_text_encoder_config(),
+        "transformer": tiny_transformer_config(),
+        "vae": tiny_vae_config(),
+        "scheduler": scheduler_config(),
+        "training_text": _TRAINING_TEXT,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def write_tiny_model(directory: str | Path, seed: int = 0) -> Path:
+    """Write the tiny pipeline to `directory` with `save_pretrained` (a diffusers model directory).
+
+    The directory then holds `model_index.json` and one folder per component, like a downloaded model;
+    the same `seed` always writes the same weights. Returns the directory.
+    """
+    target = Path(directory)
+    build_tiny_pipeline(seed=seed).save_pretrained(str(target), safe_serialization=True)
+    return target
+
+
+def ensure_tiny_model(cache_root: str | Path, seed: int = 0) -> Path:
+    """The tiny model's directory under `cache_root`, written on first use.
+
+    Several processes (test workers, a demo) may ask at once: each writes into a private temporary
+    directory and renames it into place atomically, so a reader never sees a half-written model.
+    """
+    root = Path(cache_root).expanduser()
+    final = root / f"klein-edit--tiny-random-{tiny_model_key(seed)}"
+    if (final / "model_index.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".tiny-random-", dir=root))
+    try:
+        write_tiny_model(scratch / "model", seed=seed)
+        try:
+            os.replace(scratch / "model", final)
+        except OSError:
+            # Another process won the race; its directory is identical (same key, same seed).
+            if not (final / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final

@@ -99,8 +99,8 @@ class EditParams(WireModel):
     num_inference_steps: int
     guidance_scale: float
     seed: int
-    width: int
-    height: int
+    width: int = Field(description="Output width in pixels (a multiple of 16), as generated.")
+    height: int = Field(description="Output height in pixels (a multiple of 16), as generated.")
     references: int = Field(description="Number of reference images besides the base image.")
     background: str = Field(
         default=WHITE, description="sRGB #RRGGBB that transparent areas of the inputs were composited onto."
@@ -109,6 +109,11 @@ class EditParams(WireModel):
         default="flatten",
         description="What was done with the base image's alpha: 'keep' when output.alpha asked for it "
         "(or 'auto' chose it); output.alpha says whether the object has one.",
+    )
+    guidance_applied: bool = Field(
+        default=True,
+        description="Whether classifier-free guidance ran: guidance_scale <= 1 turns it off (one transformer "
+        "pass per step instead of two).",
     )
 
 

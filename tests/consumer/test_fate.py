@@ -73,12 +73,11 @@ def test_poison_messages_are_dead_lettered() -> None:
 @pytest.mark.parametrize(
     "error",
     [
-        GpuOutOfMemory("oom"),
         StorageDown("503"),
         InternalError("KeyError('x')"),
         KleinEditError("x", retryable=True),
     ],
-    ids=["gpu-oom", "storage", "internal", "base-retryable"],
+    ids=["storage", "internal", "base-retryable"],
 )
 def test_retryable_errors_below_max_attempts_retry(error: KleinEditError) -> None:
     assert verdict(error, attempt=1, max_attempts=3) == Verdict(Action.RETRY, backoff_s=1.0)
@@ -87,7 +86,18 @@ def test_retryable_errors_below_max_attempts_retry(error: KleinEditError) -> Non
 
 @pytest.mark.parametrize("attempt", [3, 4, 100])
 def test_retryable_errors_at_or_past_max_attempts_are_dead_lettered(attempt: int) -> None:
-    assert verdict(GpuOutOfMemory("oom"), attempt=attempt, max_attempts=3) == Verdict(Action.DEAD_LETTER)
+    assert verdict(StorageDown("503"), attempt=attempt, max_attempts=3) == Verdict(Action.DEAD_LETTER)
+
+
+@pytest.mark.parametrize("max_attempts", [2, 3, 10])
+def test_gpu_out_of_memory_is_retried_on_the_same_worker_at_most_once(max_attempts: int) -> None:
+    assert verdict(GpuOutOfMemory("oom"), attempt=1, max_attempts=max_attempts) == Verdict(
+        Action.RETRY, backoff_s=1.0
+    )
+    for attempt in (2, 3, 9):
+        assert verdict(GpuOutOfMemory("oom"), attempt=attempt, max_attempts=max_attempts) == Verdict(
+            Action.DEAD_LETTER
+        )
 
 
 def test_a_single_attempt_budget_never_retries() -> None:

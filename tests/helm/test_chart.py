@@ -378,7 +378,7 @@ def test_termination_grace_follows_drain_and_refuses_inconsistency(chart: helm.C
     assert "terminationGracePeriodSeconds" in error
     error = render_error(chart, {"extraEnv": [{"name": "KLEIN_EDIT_WORKER__DRAIN_GRACE_S", "value": "600"}]})
     assert "KLEIN_EDIT_WORKER__DRAIN_GRACE_S" in error
-    # null deletes the key in Helm; the worker would fall back to its own 120 s: refused.
+    # null deletes the key in Helm; the worker would fall back to its own 300 s: refused.
     assert "drain_grace_s is required" in render_error(chart, {"config": {"worker": {"drain_grace_s": None}}})
 
 

@@ -1,4 +1,9 @@
-"""Shared fixtures for the pipeline tests: one tiny random-weight pipeline per session, and images."""
+"""Shared fixtures for the pipeline tests: the tiny random-weight model, loaded as production loads a model.
+
+The tiny model is a real model directory (written once by `pipeline.tiny.ensure_tiny_model`) and every
+test gets it through `load_pipeline`, the code a GPU node runs; only tests/pipeline/test_tiny.py builds
+it in-process, to test the directory writer itself.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.tiny import build_tiny_pipeline
+from pipeline.config import TINY_RANDOM, PipelineSettings
+from pipeline.loader import load_pipeline, locate_model
 
 ImageFactory = Callable[..., Image.Image]
 
@@ -30,14 +36,13 @@ def make_image() -> ImageFactory:
 
 
 @pytest.fixture(scope="session")
-def tiny_pipe() -> Any:
-    """Built once (about 3 s); tests must not mutate it."""
-    return build_tiny_pipeline(seed=0)
+def saved_tiny_dir() -> Path:
+    """The tiny model's directory (save_pretrained layout), where `tiny-random` resolves to."""
+    return locate_model(PipelineSettings(model=TINY_RANDOM))
 
 
 @pytest.fixture(scope="session")
-def saved_tiny_dir(tiny_pipe: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's tiny pipeline written with save_pretrained, as a stand-in for a downloaded model."""
-    directory = tmp_path_factory.mktemp("tiny-saved")
-    tiny_pipe.save_pretrained(str(directory))
-    return directory
+def tiny_pipe(saved_tiny_dir: Path) -> Any:
+    """Loaded once through `load_pipeline` from the directory, on the CPU; tests must not mutate it."""
+    pipe, _name = load_pipeline(PipelineSettings(model=str(saved_tiny_dir), device="cpu"))
+    return pipe

@@ -9,8 +9,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.bench import (
-    QWEN3_8B,
-    TRANSFORMER_9B,
     build_random_pipeline,
     image_tokens,
     parse_option_set,
@@ -18,6 +16,7 @@ from pipeline.bench import (
     transformer_flops,
 )
 from pipeline.config import PipelineSettings
+from pipeline.sizing import QWEN3_8B, TRANSFORMER_9B
 
 
 def test_flops_match_the_published_figure() -> None:

@@ -183,13 +183,14 @@ def test_encode_converts_non_rgb() -> None:
     ("base", "requested", "cap", "expected"),
     [
         ((1024, 1024), (512, 768), 1.05, (512, 768)),  # requested wins, even above the cap
-        ((1000, 750), None, 1.05, (992, 736)),  # under the cap: only floored to /16
+        ((1000, 750), None, 1.05, (1008, 752)),  # under the cap: only rounded to the nearest /16
+        ((130, 79), None, 1.05, (128, 80)),  # rounded, not floored: aspect 1.60 for 1.65 (floor: 2.00)
         ((1024, 1024), None, 1.05, (1024, 1024)),
-        ((4000, 3000), None, 1.05, (1168, 880)),  # scaled down keeping 4:3
-        ((3000, 4000), None, 1.05, (880, 1168)),
-        ((2048, 1024), None, 0.5, (992, 496)),
+        ((4000, 3000), None, 1.05, (1184, 880)),  # scaled down keeping 4:3
+        ((3000, 4000), None, 1.05, (880, 1184)),
+        ((2048, 1024), None, 0.5, (1008, 496)),
         ((50, 40), None, 1.05, (64, 64)),  # never under 64 per side
-        ((8000, 1000), None, 1.0, (2816, 352)),
+        ((8000, 1000), None, 1.0, (2816, 352)),  # 2832x352 would break the 8:1 limit
     ],
 )
 def test_resolve_output_size(

@@ -65,7 +65,12 @@ def test_tiny_on_auto_runs_on_cpu_in_float32() -> None:
 
 def test_dtype_auto_is_bfloat16_on_cuda_and_explicit_wins() -> None:
     assert resolve_dtype(PipelineSettings(), torch.device("cuda")) is torch.bfloat16
-    assert resolve_dtype(PipelineSettings(dtype="float16"), torch.device("cpu")) is torch.float16
+    assert resolve_dtype(PipelineSettings(dtype="float32"), torch.device("cuda")) is torch.float32
+
+
+def test_float16_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match=r"FLUX\.2 activations overflow float16"):
+        PipelineSettings(dtype="float16")
 
 
 def test_real_model_may_be_forced_to_cpu() -> None:
