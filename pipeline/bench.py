@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.config import PipelineSettings
+from pipeline.config import TINY_RANDOM, PipelineSettings
 from pipeline.editor import EditJob, KleinEditor
 from pipeline.loader import resolve_dtype
 from pipeline.optimize import apply_options
@@ -110,7 +110,17 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def build_random_pipeline(*, real_dims: bool, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Any:
-    """A Flux2KleinPipeline with random weights, created directly on `device` in `dtype`."""
+    """A Flux2KleinPipeline with random weights on `device` in `dtype`.
+
+    At the tiny dims this is the tiny model's directory, loaded by `load_pipeline` like any model. The 9B
+    dims have no weights to load: they are created directly on the device in `dtype`.
+    """
+    if not real_dims:
+        from pipeline.loader import load_pipeline
+
+        dtype_name = str(dtype).removeprefix("torch.")
+        tiny = PipelineSettings(model=TINY_RANDOM, device=device.type, dtype=dtype_name)  # type: ignore[arg-type]
+        return load_pipeline(tiny)[0]
     diffusers: Any = importlib.import_module("diffusers")
     transformers: Any = importlib.import_module("transformers")
     transformer_config = TRANSFORMER_9B if real_dims else tiny_transformer_config()

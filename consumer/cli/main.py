@@ -441,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
         "without network access.",
         epilog=FETCH_EPILOG,
     )
+    p.add_argument(
+        "--tiny-random",
+        metavar="DIR",
+        help="instead of downloading: write the offline tiny random-weight model (the same classes as the "
+        "real one; for demos and tests) to directory DIR as a diffusers model directory; "
+        "KLEIN_EDIT_PIPELINE__MODEL=DIR then loads it like any local model (default: not used)",
+    )
 
     p = command("dlq", "dead-letter topic tools", _cmd_help_of("dlq"))
     dlq = p.add_subparsers(dest="dlq_command", required=True, metavar="DLQ_COMMAND")
@@ -695,11 +702,21 @@ def _cmd_fetch_model(args: argparse.Namespace) -> int:
     from pipeline import ModelLoadError
     from pipeline.fetch import fetch_model
 
+    if args.tiny_random:
+        from pipeline.tiny import write_tiny_model
+
+        print(write_tiny_model(args.tiny_random))
+        return 0
     settings = configured(args, **NO_S3)
     p = settings.pipeline
     token = p.hf_token.get_secret_value() if p.hf_token else None
     try:
-        path = fetch_model(p.model, cache_dir=p.cache_dir, token=token, revision=p.revision)
+        if p.model == TINY_RANDOM:
+            from pipeline.loader import locate_model
+
+            path = str(locate_model(p))  # written into the cache on first use
+        else:
+            path = fetch_model(p.model, cache_dir=p.cache_dir, token=token, revision=p.revision)
     except ModelLoadError as exc:
         raise CommandFailed(str(exc), EXIT_MODEL) from exc
     print(path)

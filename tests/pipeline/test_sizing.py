@@ -74,3 +74,14 @@ def test_meta_build_allocates_nothing() -> None:
     meta_components()
     after = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
     assert after == before
+
+
+def test_placement_pieces_cover_every_tensor_exactly_once() -> None:
+    from pipeline.loader import placement_parts
+
+    for name, module in meta_components().items():
+        seen: list[int] = []
+        for _prefix, part, recurse in placement_parts(module):
+            seen += [id(t) for t in (*part.parameters(recurse=recurse), *part.buffers(recurse=recurse))]
+        expected = [id(t) for t in (*module.parameters(), *module.buffers())]
+        assert sorted(seen) == sorted(expected), name
