@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and the JSON Schemas it references in DIR/jsonschema/) (default: off)",
     )
 
-    command(
+    p = command(
         "fetch-model",
         "download the model weights into the Hugging Face cache (needs HF_TOKEN)",
         _cmd_fetch_model,
