@@ -92,8 +92,8 @@ def decode_image(
     """Decode `data` into upright sRGB pixels for the model, or raise a typed error naming `name`.
 
     `background` is the sRGB (r, g, b) that transparent areas are composited onto. Errors:
-    `InvalidImage` (empty, not an image, a format not in `formats`, truncated), `ImageTooLarge`
-    (more than `max_pixels` declared, or a decompression bomb), both before any pixel is decoded.
+    `InvalidImage` (empty, not an image, a format not in `formats`, truncated); `ImageTooLarge`
+    (more than `max_pixels` declared, or a decompression bomb), raised before any pixel is decoded.
     """
     allowed = allowed_formats(formats)
     if not data:
@@ -210,10 +210,8 @@ def _to_srgb(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, str | 
         profile_mode = _PROFILE_MODES.get(space)
         if profile_mode == "RGB" and image.mode == "L":
             image = image.convert("RGB")  # e.g. a grey JPEG tagged with an RGB profile
-        if profile_mode == image.mode:
-            transform = ImageCms.buildTransform(
-                source, _srgb_cms_profile(), image.mode, "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL
-            )
+        transform = _transform(source, image.mode) if profile_mode == image.mode else None
+        if transform is not None:
             description = source.profile.profile_description or space
             if image.mode != "CMYK" and _is_srgb_already(transform, image.mode):
                 return (image if image.mode == "RGB" else image.convert("RGB")), description
@@ -221,6 +219,16 @@ def _to_srgb(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, str | 
             assert converted is not None  # only None with inPlace=True
             return converted, description
     return (image if image.mode == "RGB" else image.convert("RGB")), None
+
+
+def _transform(source: ImageCms.ImageCmsProfile, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """`source` -> sRGB for pixels of `mode`; None when LittleCMS cannot use the profile (missing tags)."""
+    try:
+        return ImageCms.buildTransform(
+            source, _srgb_cms_profile(), mode, "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
 
 
 def _is_srgb_already(transform: ImageCms.ImageCmsTransform, mode: str) -> bool:

@@ -174,6 +174,11 @@ def test_unusable_profile_is_ignored_as_browsers_do() -> None:
     # A CMYK profile on RGB pixels does not fit: ignored too.
     mismatched = decode(encode(source, "PNG", icc_profile=cmyk_profile()))
     assert mismatched.image.tobytes() == source.tobytes()
+    # A well-formed profile LittleCMS cannot build a transform from (no colorants, no curves).
+    tagless = display_p3_profile()
+    tagless = tagless[:128] + (0).to_bytes(4, "big")
+    tagless = len(tagless).to_bytes(4, "big") + tagless[4:]
+    assert decode(encode(source, "PNG", icc_profile=tagless)).image.tobytes() == source.tobytes()
 
 
 def test_palette_png_with_a_profile_is_converted() -> None:
