@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,8 +154,27 @@ async def test_a_rejected_submit_is_one_line_and_uploads_nothing(
     assert input_keys(settings) == []  # no orphan upload
 
 
-def test_dev_up_serves_a_manual_round_trip(tmp_path: Path) -> None:
-    """The README's manual round trip: `dev up`, its exports + `worker`, then `submit --wait --out`."""
+def readme_round_trip() -> tuple[dict[str, str], list[str]]:
+    """The README's manual round trip: its `export` lines and its `submit` command."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## A round trip by hand", 1)[1].split("\n## ", 1)[0]
+    blocks = [block.split("\n", 1)[1] for block in section.split("```bash")[1:]]
+    blocks = [block.split("```", 1)[0].replace("\\\n", " ") for block in blocks]
+    assert blocks[0].strip() == "klein-edit dev up"
+    exports = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in blocks[1].splitlines()
+        if line.startswith("export ")
+    )
+    (submit,) = [shlex.split(line) for line in blocks[2].splitlines() if line.startswith("klein-edit submit")]
+    return exports, submit
+
+
+def test_dev_up_serves_the_readme_round_trip_word_for_word(tmp_path: Path) -> None:
+    """Terminal 1 `dev up`; terminal 2 its exports and `worker`; terminal 3 the README's `submit`."""
+    readme_exports, submit_command = readme_round_trip()
+    (tmp_path / "consumer" / "assets").mkdir(parents=True)
+    shutil.copy(REPO / "consumer" / "assets" / "sneaker.png", tmp_path / "consumer" / "assets")
     base = {k: v for k, v in os.environ.items() if not k.startswith("KLEIN_EDIT_")}
     with subprocess.Popen(
         [KLEIN_EDIT, "dev", "up", "--kafka-port", "0", "--s3-port", "0"],
@@ -172,7 +192,13 @@ def test_dev_up_serves_a_manual_round_trip(tmp_path: Path) -> None:
                 exports[name] = shlex.split(value)[0]
             if line.startswith("Ctrl-C"):
                 break
-        assert {"KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS", "KLEIN_EDIT_S3__ENDPOINT_URL"} <= set(exports)
+        # The README shows what `dev up` prints on its default ports (this test takes free ones).
+        kafka, s3 = exports["KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS"], exports["KLEIN_EDIT_S3__ENDPOINT_URL"]
+        on_default_ports = {
+            name: value.replace(kafka, "127.0.0.1:9092").replace(s3, "http://127.0.0.1:9000")
+            for name, value in exports.items()
+        }
+        assert on_default_ports == readme_exports
         env = {**base, **exports, "KLEIN_EDIT_LOG__FORMAT": "json"}
         worker = subprocess.Popen(
             [KLEIN_EDIT, "worker"],
@@ -182,24 +208,9 @@ def test_dev_up_serves_a_manual_round_trip(tmp_path: Path) -> None:
             cwd=tmp_path,
         )
         try:
-            shot = tmp_path / "shot.png"
-            shot.write_bytes(png_bytes(96, 64))
+            assert submit_command[0] == "klein-edit"
             submit = subprocess.run(
-                [
-                    KLEIN_EDIT,
-                    "submit",
-                    "--image",
-                    "shot.png",
-                    "--recolor",
-                    "the shirt=#1E90FF",
-                    "--steps",
-                    "25",
-                    "--wait",
-                    "--out",
-                    "edited.png",
-                    "--timeout",
-                    "240",
-                ],
+                [KLEIN_EDIT, *submit_command[1:]],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -212,16 +223,17 @@ def test_dev_up_serves_a_manual_round_trip(tmp_path: Path) -> None:
         assert submit.returncode == 0, submit.stderr
         result = EditCompleted.model_validate_json(submit.stdout)
         assert result.status is EditStatus.SUCCEEDED
+        assert result.output is not None
         with Image.open(tmp_path / "edited.png") as edited:
-            assert edited.size == (96, 64)
+            assert edited.size == (result.output.width, result.output.height)
         dev.send_signal(signal.SIGINT)
         rest, _ = dev.communicate(timeout=60)
         assert dev.returncode == 0
         assert "stopping the local Kafka broker and S3 server" in rest
     # Both services are gone with it.
-    with socket.socket() as sock:
-        port = int(exports["KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS"].rsplit(":", 1)[1])
-        assert sock.connect_ex(("127.0.0.1", port)) != 0
+    for port in (int(kafka.rsplit(":", 1)[1]), int(s3.rsplit(":", 1)[1])):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
