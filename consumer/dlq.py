@@ -35,17 +35,7 @@ from consumer.settings import KafkaSettings
 REPLAYED_FROM_OFFSET = "klein-edit.replayed-from-offset"
 # The headers the worker adds when it dead-letters a record; a replayed request carries the rest of
 # its original headers, as its producer sent them.
-_DLQ_HEADERS = frozenset(
-    {
-        kafka_io.DLQ_ORIGINAL_TOPIC,
-        kafka_io.DLQ_ORIGINAL_PARTITION,
-        kafka_io.DLQ_ORIGINAL_OFFSET,
-        kafka_io.DLQ_ERROR_CODE,
-        kafka_io.DLQ_ERROR_MESSAGE,
-        kafka_io.DLQ_ATTEMPTS,
-        REPLAYED_FROM_OFFSET,
-    }
-)
+_DLQ_HEADERS = kafka_io.DLQ_HEADERS | {REPLAYED_FROM_OFFSET}
 
 
 def progress_group(group_id: str, code: str | None) -> str:

@@ -24,6 +24,22 @@ DLQ_ATTEMPTS = "klein-edit.attempts"
 DLQ_TRUNCATED = "klein-edit.truncated"
 DLQ_ORIGINAL_SIZE = "klein-edit.original-size"
 DLQ_PREVIEW_BYTES = 65_536
+# Set when the original headers (kept on the copy) were over `DLQ_PREVIEW_BYTES`: how many were left out.
+DLQ_HEADERS_DROPPED = "klein-edit.headers-dropped"
+# Every header the worker sets on a DLQ copy; the record's other headers are its producer's, kept.
+DLQ_HEADERS = frozenset(
+    {
+        DLQ_ORIGINAL_TOPIC,
+        DLQ_ORIGINAL_PARTITION,
+        DLQ_ORIGINAL_OFFSET,
+        DLQ_ERROR_CODE,
+        DLQ_ERROR_MESSAGE,
+        DLQ_ATTEMPTS,
+        DLQ_TRUNCATED,
+        DLQ_ORIGINAL_SIZE,
+        DLQ_HEADERS_DROPPED,
+    }
+)
 
 
 # Every record-batch codec Kafka defines, and how aiokafka tells whether it can decode it.

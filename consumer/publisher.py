@@ -20,7 +20,7 @@ from consumer import kafka as kafka_io
 from consumer.codec import encode_event
 from consumer.metrics import WorkerMetrics
 from consumer.settings import KafkaSettings
-from consumer.tracing import Headers, trace_headers
+from consumer.tracing import Headers
 from schemas.errors import ErrorCode, KleinEditError
 from schemas.progress import EditProgressed
 from schemas.results import EditCompleted
@@ -75,6 +75,10 @@ class Publisher:
     ) -> None:
         """Copy the record to the DLQ with headers saying where it came from and why.
 
+        The record's own headers (traceparent, CloudEvents `ce_*`, tenant ids, ...) are kept after the
+        `klein-edit.*` ones, up to `DLQ_PREVIEW_BYTES` of them (`klein-edit.headers-dropped` counts the
+        rest); `klein-edit dlq replay` sends them again with the request.
+
         The value is copied byte for byte, unless it is over `max_request_bytes` (it can never be
         replayed then): its first `DLQ_PREVIEW_BYTES` are kept, with `klein-edit.truncated: true` and
         `klein-edit.original-size` (bytes). If Kafka still refuses the copy, one without a value is sent;
@@ -87,7 +91,7 @@ class Publisher:
             (kafka_io.DLQ_ERROR_CODE, error.code.value.encode()),
             (kafka_io.DLQ_ERROR_MESSAGE, error.message[:1000].encode("utf-8", "replace")),
             (kafka_io.DLQ_ATTEMPTS, str(attempts).encode()),
-            *trace_headers(record.headers),
+            *_original_headers(record.headers),
         ]
         value, size = record.value, len(record.value or b"")
         if value is not None and size > self._kafka.max_request_bytes:
@@ -149,6 +153,24 @@ class Publisher:
                 log.warning("publish.retrying", topic=topic, error=repr(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+def _original_headers(headers: Any) -> list[tuple[str, bytes]]:
+    """The record's headers but the ones the worker sets on a DLQ copy, bounded in total size."""
+    kept: list[tuple[str, bytes]] = []
+    budget, dropped = kafka_io.DLQ_PREVIEW_BYTES, 0
+    for key, value in headers or ():
+        if key in kafka_io.DLQ_HEADERS or value is None:
+            continue
+        size = len(key) + len(value)
+        if size > budget:
+            dropped += 1
+            continue
+        budget -= size
+        kept.append((key, bytes(value)))
+    if dropped:
+        kept.append((kafka_io.DLQ_HEADERS_DROPPED, str(dropped).encode()))
+    return kept
 
 
 def _truncated(size: int) -> list[tuple[str, bytes]]:

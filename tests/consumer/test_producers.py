@@ -17,10 +17,11 @@ from confluent_kafka import Producer
 from consumer import kafka as kafka_io
 from consumer.codec import encode_event
 from consumer.control import CancelRegistry, ControlReader
+from consumer.dlq import replay_dead_letters
 from consumer.metrics import WorkerMetrics
 from consumer.settings import KafkaSettings, Settings
 from consumer.state import WorkerState
-from pipeline import StandInEditor
+from pipeline import EditJob, GpuOutOfMemory, StandInEditor
 from schemas.control import CancelRequested
 from schemas.results import EditStatus
 from tests.consumer.harness import (
@@ -31,6 +32,7 @@ from tests.consumer.harness import (
     png_bytes,
     positions_after,
     prepare,
+    read_topic,
     request,
     results,
     running_worker,
@@ -298,3 +300,52 @@ async def test_enveloped_requests_are_unwrapped_edited_and_echo_their_cloudevent
 
 
 ENVELOPES = ("structured", "dapr", "binary", "bom", "registry")
+
+
+async def test_dlq_copies_keep_the_original_headers_and_replay_restores_them(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(worker={"max_attempts": 1})
+    store = await prepare(settings)
+    image = stage_image(store, settings, "hdr.png", png_bytes(64, 64))
+    req = request(settings, image, request_id=unique("hdr"))
+    original = [
+        ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("ce_id", b"evt-1"),
+        ("ce_source", b"/shop"),
+        ("ce_type", b"com.example.edit"),
+        ("ce_specversion", b"1.0"),
+        ("tenant-id", b"acme"),
+    ]
+    gpu_broken = True
+
+    def fault(job: EditJob) -> None:
+        if gpu_broken:
+            raise GpuOutOfMemory("CUDA out of memory (injected)")
+
+    async with running_worker(settings, lambda: StandInEditor(edit_ms=20, fault=fault)):
+        librdkafka_produce(settings, [(req.request_id.encode(), encode_event(req), original)])
+        (failed,) = await results(settings, count=1)
+        (dead,) = await dead_letters(settings, count=1)
+        gpu_broken = False  # the cause is fixed: replay
+        summary = await replay_dead_letters(
+            settings.kafka, codes=set(), dry_run=False, group_id=f"replay-{settings.kafka.group_id}"
+        )
+        events = await results(settings, count=2)
+        lags = await wait_for_no_lag(settings)
+        replayed = await read_topic(settings, settings.kafka.request_topic, count=2)
+    assert failed.status is EditStatus.FAILED
+    assert failed.error is not None
+    assert failed.error.code.value == "GPU_OUT_OF_MEMORY"
+    copied = [(k, bytes(v)) for k, v in dead.headers if not k.startswith("klein-edit.")]
+    assert copied == original
+    assert dlq_headers(dead)[kafka_io.DLQ_ERROR_CODE] == "GPU_OUT_OF_MEMORY"
+    assert summary["replayed"] == {"GPU_OUT_OF_MEMORY": 1}
+    request_records = [r for r in replayed if dict(r.headers).get("klein-edit.replayed-from-offset")]
+    (again,) = request_records
+    assert [(k, bytes(v)) for k, v in again.headers if not k.startswith("klein-edit.")] == original
+    assert again.value == encode_event(req)
+    assert [e.status for e in events] == [EditStatus.FAILED, EditStatus.SUCCEEDED]
+    assert events[1].metadata == {"ce_id": "evt-1", "ce_source": "/shop", "ce_type": "com.example.edit"}
+    assert list(output_objects(store, settings)) == [f"edits/{req.request_id}.png"]
+    assert set(lags.values()) == {0}
