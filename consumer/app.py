@@ -14,12 +14,14 @@ from consumer import __version__
 from consumer.health import HealthServer
 from consumer.metrics import WorkerMetrics
 from consumer.settings import Settings
+from consumer.state import WorkerState
 from consumer.worker import EditWorker
 from pipeline import Editor, KleinEditor
 from storage import AttemptLedger, ImageStore, StorageError
 
 # How often a worker whose output bucket is missing looks again (seconds, jittered by +-20 %).
 OUTPUT_BUCKET_RETRY_S = 5.0
+OUTPUT_BUCKET_PROBLEM = "output_bucket"
 
 log = structlog.get_logger("klein_edit.app")
 
@@ -57,7 +59,8 @@ async def serve(worker: EditWorker, stop: asyncio.Event) -> int:
         await health.start()
         log.info("http.listening", port=health.port)
     try:
-        if not await wait_for_output_bucket(ImageStore(settings.s3), settings.s3.output_bucket, stop):
+        store = ImageStore(settings.s3)
+        if not await wait_for_output_bucket(store, settings.s3.output_bucket, stop, worker.state):
             return 0
         return await worker.run(stop)
     finally:
@@ -65,14 +68,17 @@ async def serve(worker: EditWorker, stop: asyncio.Event) -> int:
             await health.stop()
 
 
-async def wait_for_output_bucket(store: ImageStore, bucket: str, stop: asyncio.Event) -> bool:
-    """Return True once `bucket` exists, False if `stop` is set first. Logs one line when the bucket
-    is missing (or S3 cannot be asked) and one when it appears; looks again every
-    `OUTPUT_BUCKET_RETRY_S` seconds meanwhile."""
+async def wait_for_output_bucket(
+    store: ImageStore, bucket: str, stop: asyncio.Event, state: WorkerState
+) -> bool:
+    """Return True once `bucket` exists, False if `stop` is set first. Meanwhile the problem is on
+    /readyz (`state.problems["output_bucket"]`) and in one log line (one more when it changes, and one
+    when the bucket appears); looks again every `OUTPUT_BUCKET_RETRY_S` seconds."""
     reported: str | None = None
     while not stop.is_set():
         try:
             if await asyncio.to_thread(store.bucket_exists, bucket):
+                state.problems.pop(OUTPUT_BUCKET_PROBLEM, None)
                 if reported is not None:
                     log.info("storage.output_bucket_found", bucket=bucket)
                 return True
@@ -82,6 +88,7 @@ async def wait_for_output_bucket(store: ImageStore, bucket: str, stop: asyncio.E
             )
         except StorageError as exc:
             problem = f"cannot check the output bucket s3://{bucket}: {exc}; not ready until it answers"
+        state.problems[OUTPUT_BUCKET_PROBLEM] = problem
         if problem != reported:
             log.error("storage.output_bucket_unusable", bucket=bucket, error=problem)
             reported = problem

@@ -32,14 +32,16 @@ class WorkerState:
 
     @property
     def not_ready_reason(self) -> str:
-        """Why /readyz answers 503 (empty when ready)."""
+        """Why /readyz answers 503 (empty when ready); a named problem first, it says what to fix."""
+        if self.problems:
+            return "; ".join(f"{name}: {problem}" for name, problem in sorted(self.problems.items()))
         if not self.model_ready:
             return "model loading"
         if self.draining:
             return "draining"
         if not self.in_group:
             return "not in the consumer group yet"
-        return "; ".join(f"{name}: {problem}" for name, problem in sorted(self.problems.items()))
+        return ""
 
     @property
     def alive(self) -> bool:

@@ -166,10 +166,15 @@ async def test_a_missing_output_bucket_keeps_the_worker_not_ready_with_one_line(
         task = asyncio.create_task(serve(worker, stop))
         try:
             await eventually(lambda: status_once_listening(port, "/livez") == 200)
+            await eventually(lambda: "output_bucket" in get(port, "/readyz")[1])
             # Longer than one retry interval: still not ready, and still only one line about it.
             deadline = time.monotonic() + OUTPUT_BUCKET_RETRY_S * 1.5
             while time.monotonic() < deadline:
-                assert (await fetch(port, "/readyz"))[0] == 503
+                assert await fetch(port, "/readyz") == (
+                    503,
+                    f"not ready: output_bucket: the output bucket s3://{settings.s3.output_bucket} does "
+                    "not exist: create it, or set KLEIN_EDIT_S3__OUTPUT_BUCKET; not ready until then\n",
+                )
                 await asyncio.sleep(0.5)
             assert not worker.state.model_ready  # nothing was loaded or consumed meanwhile
             unusable = [e for e in logs if e["event"] == "storage.output_bucket_unusable"]
