@@ -136,8 +136,9 @@ def storage_failed(settings: Settings, exc: KleinEditError) -> CommandFailed:
     if exc.code is ErrorCode.STORAGE_UNAVAILABLE:
         where = settings.s3.endpoint_url or "AWS"
         return CommandFailed(
-            f"cannot reach S3 at {where} ({exc.message}); check KLEIN_EDIT_S3__ENDPOINT_URL and the "
-            "credentials, or start a local S3 with `klein-edit dev up`",
+            f"cannot use S3 at {where} ({exc.message}); check KLEIN_EDIT_S3__ENDPOINT_URL and the "
+            "credentials (AWS_* or KLEIN_EDIT_S3__ACCESS_KEY_ID), or start a local S3 with "
+            "`klein-edit dev up`",
             EXIT_UNREACHABLE,
         )
     return CommandFailed(exc.message)

@@ -310,3 +310,16 @@ def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
         main(["frobnicate"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_demo_on_unreachable_services_is_one_line(tmp_path: Path) -> None:
+    env = {
+        "KLEIN_EDIT_S3__ENDPOINT_URL": "http://127.0.0.1:1",
+        "KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "KLEIN_EDIT_S3__ACCESS_KEY_ID": "k",
+        "KLEIN_EDIT_S3__SECRET_ACCESS_KEY": "s",
+    }
+    proc = run_cli("demo", "--no-embedded", env=env, cwd=tmp_path)
+    assert proc.returncode == 4
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("klein-edit demo: cannot use S3 at http://127.0.0.1:1 (")
