@@ -44,8 +44,8 @@ class TokenUnavailableError(KafkaConnectionError):  # type: ignore[misc]  # aiok
 
     Raised from `token()` during a broker connection's SASL step. It is a (retriable)
     `KafkaConnectionError`, so aiokafka treats it as an unreachable broker: bootstrap and reconnects
-    back off and ask again, and the worker's start-up gives up after `kafka.startup_timeout_s`
-    with a clear message instead of crashing on an unexpected exception.
+    back off and ask again, and the worker's start-up keeps retrying (unready, logged) instead of
+    crashing on an unexpected exception.
     """
 
 

@@ -11,7 +11,6 @@ and the idempotent output makes that harmless.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -19,7 +18,6 @@ import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumer.metrics import WorkerMetrics
 from consumer.offsets import PartitionOffsets
 
 log = structlog.get_logger("klein_edit.worker")
@@ -118,16 +116,3 @@ class CommitTracker:
                 # Finished here but not yet committed: don't redo it.
                 consumer.seek(tp, resume)
             offsets.committed = group
-
-
-async def observe_lag(consumer: CommitClient, metrics: WorkerMetrics) -> None:
-    """Set `klein_edit_consumer_lag` (end offset minus committed) for every assigned partition."""
-    assigned = list(consumer.assignment())
-    if not assigned:
-        return
-    with contextlib.suppress(KafkaError, asyncio.TimeoutError):
-        ends = await asyncio.wait_for(consumer.end_offsets(assigned), timeout=2.0)
-        for tp in assigned:
-            committed = await asyncio.wait_for(consumer.committed(tp), timeout=2.0)
-            lag = ends.get(tp, 0) - (committed or 0)
-            metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(lag, 0))

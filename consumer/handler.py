@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
+from consumer.backoff import jittered
 from consumer.codec import decode_record
 from consumer.control import CancelRegistry
 from consumer.fate import Action, InternalError, PoisonMessage, decide
@@ -141,14 +142,15 @@ class RecordHandler:
             )
             if verdict.action is Action.RETRY:
                 self._metrics.retries.labels(code=error.code.value).inc()
+                delay = jittered(verdict.backoff_s)  # workers that failed together retry apart
                 log.warning(
                     "edit.retrying",
                     code=error.code.value,
                     error=error.message,
                     attempt=ctx.attempt,
-                    backoff_s=verdict.backoff_s,
+                    backoff_s=round(delay, 3),
                 )
-                await asyncio.sleep(verdict.backoff_s)
+                await asyncio.sleep(delay)
                 continue
             if verdict.action is Action.CRASH:
                 self.fatal = error

@@ -1,4 +1,4 @@
-"""/livez, /readyz and /metrics over aiohttp's low-level HTTP server, on the worker's event loop.
+"""/startupz, /livez, /readyz and /metrics over aiohttp's low-level HTTP server, on the worker's event loop.
 
 Running on the event loop is the point of /livez: if the loop is blocked, the probe times out and
 Kubernetes restarts the pod. The port is also what a scanner or a misbehaving client reaches first, so
@@ -96,6 +96,12 @@ class HealthServer:
         if path == "/livez":
             ok = self._state.alive
             return (200 if ok else 503), "text/plain", b"ok\n" if ok else b"consume loop stopped\n"
+        if path == "/startupz":
+            # Started once the model is loaded and warmed: from then on liveness and readiness judge
+            # the pod, so a Kafka outage makes it unready, never restarted (which would reload the model).
+            if self._state.model_ready:
+                return 200, "text/plain", b"started\n"
+            return 503, "text/plain", b"not started: model loading\n"
         if path == "/readyz":
             if self._state.ready:
                 return 200, "text/plain", b"ready\n"

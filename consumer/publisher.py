@@ -17,6 +17,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from consumer import kafka as kafka_io
+from consumer.backoff import Backoff
 from consumer.codec import encode_event
 from consumer.metrics import WorkerMetrics
 from consumer.settings import KafkaSettings
@@ -139,7 +140,7 @@ class Publisher:
         Raises `PublishRejected` at once for an error aiokafka marks not retriable (timeouts excepted:
         they are how an outage shows), and re-raises any `KafkaError` once the worker is abandoning.
         """
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while True:
             try:
                 await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
@@ -150,9 +151,9 @@ class Publisher:
                 if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
                     self._metrics.publish_rejected.labels(topic=topic, error=type(exc).__name__).inc()
                     raise PublishRejected(f"{topic} refused the record: {type(exc).__name__}: {exc}") from exc
-                log.warning("publish.retrying", topic=topic, error=repr(exc), retry_in_s=delay)
+                delay = backoff.next()
+                log.warning("publish.retrying", topic=topic, error=repr(exc), retry_in_s=round(delay, 2))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
 
 def _original_headers(headers: Any) -> list[tuple[str, bytes]]:

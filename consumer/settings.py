@@ -120,7 +120,10 @@ class KafkaSettings(BaseModel):
     )
     request_timeout_ms: int = Field(default=30_000, ge=1000)
     startup_timeout_s: float = Field(
-        default=60.0, ge=0, description="How long the worker retries unreachable brokers at start-up."
+        default=60.0,
+        ge=0,
+        description="At start-up the worker retries unreachable brokers for as long as it takes (keeping "
+        "the loaded model, not ready meanwhile); after this long each retry is logged as an error.",
     )
     create_topics: bool = Field(
         default=False,

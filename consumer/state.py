@@ -40,7 +40,7 @@ class WorkerState:
         if self.draining:
             return "draining"
         if not self.in_group:
-            return "not in the consumer group yet"
+            return "not in the consumer group (joining, or a rebalance is under way)"
         return ""
 
     @property

@@ -26,15 +26,27 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    IllegalSaslStateError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    UnsupportedSaslMechanismError,
+)
 
 from consumer import kafka as kafka_io
 from consumer.admission import Admission, Flight
+from consumer.backoff import Backoff
 from consumer.codec import salvage_request_id
-from consumer.commits import CommitTracker, observe_lag
+from consumer.commits import CommitTracker
 from consumer.control import CancelRegistry, ControlReader
 from consumer.gpu import GpuLane
 from consumer.handler import Ledger, RecordHandler, observe_gpu_memory
+from consumer.lag import LagReporter
 from consumer.metrics import WorkerMetrics
 from consumer.processor import EditProcessor, Store
 from consumer.publisher import Publisher
@@ -43,7 +55,7 @@ from consumer.state import WorkerState
 from pipeline import Editor
 from schemas.errors import KleinEditError
 
-__all__ = ["EXIT_FATAL", "EXIT_OK", "BrokerUnreachable", "EditWorker", "Ledger", "WorkerState"]
+__all__ = ["EXIT_FATAL", "EXIT_OK", "EditWorker", "KafkaAccessDenied", "Ledger", "WorkerState"]
 
 log = structlog.get_logger("klein_edit.worker")
 
@@ -56,6 +68,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._worker = worker
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._worker._on_revoked(revoked)
         await self._worker._commits.commit_ready(self._worker._consumer)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -87,6 +100,7 @@ class EditWorker:
         self._cancels = CancelRegistry(settings.worker.canceled_ids_capacity)
         self._control = ControlReader(settings.kafka, self._cancels, state=self.state, metrics=self.metrics)
         self._commits = CommitTracker()
+        self._lag = LagReporter(self.metrics)
         self._abandon = asyncio.Event()
         self._handler: RecordHandler | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -123,7 +137,10 @@ class EditWorker:
             io=self._io,
             abandon=self._abandon,
         )
-        await _start_client(producer, kafka, stop)
+        if not await self._start_client(producer, stop):
+            self._io.shutdown(wait=False, cancel_futures=True)
+            log.info("worker.stopped", before="reaching Kafka")
+            return EXIT_OK
         consumer = self._consumer = kafka_io.make_consumer(kafka, group_id=kafka.group_id)
         self._admission = Admission(
             consumer,
@@ -137,7 +154,9 @@ class EditWorker:
             # Cancels published before this worker started must be known before its first pickup.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._control.caught_up.wait()), timeout=15.0)
-            await _start_client(consumer, kafka, stop)
+            if not await self._start_client(consumer, stop):
+                await consumer.stop()
+                return EXIT_OK
             consumer.subscribe(kafka.request_topics, listener=_Rebalance(self))
             log.info(
                 "worker.started", topics=kafka.request_topics, group=kafka.group_id, model=editor.model_name
@@ -182,7 +201,10 @@ class EditWorker:
             self.state.last_loop_at = time.monotonic()
             free = admission.free
             admission.apply_pauses(full=free <= 0)
-            batches = await consumer.getmany(timeout_ms=100, max_records=max(free, 1))
+            try:
+                batches = await consumer.getmany(timeout_ms=100, max_records=max(free, 1))
+            except _ACCESS_ERRORS as exc:
+                raise KafkaAccessDenied(_access_message(self.settings.kafka, exc)) from exc
             for tp, records in batches.items():
                 admission.admit(tp, records, self._start)
             await self._commits.commit_ready(consumer)
@@ -191,7 +213,7 @@ class EditWorker:
             if time.monotonic() >= next_lag_at:
                 next_lag_at = time.monotonic() + 5.0
                 self._observe_stuck(admission)
-                await observe_lag(consumer, self.metrics)
+                await self._lag.observe(consumer)
                 self.metrics.gpu_busy_ratio.set(self.gpu.duty_cycle)
 
     def _observe_stuck(self, admission: Admission) -> None:
@@ -263,6 +285,15 @@ class EditWorker:
             await asyncio.gather(*(flight.task for _, flight in flights), return_exceptions=True)
             admission.flights.clear()
 
+    async def _start_client(self, client: AIOKafkaProducer | AIOKafkaConsumer, stop: asyncio.Event) -> bool:
+        return await _start_kafka_client(client, self.settings.kafka, self.state, stop)
+
+    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """A rebalance started: not ready until it ends (`_on_assigned`); the lag of what this member
+        gave up is no longer its to report."""
+        self.state.in_group = False
+        self._lag.forget(revoked)
+
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         assert self._consumer is not None
         assert self._admission is not None
@@ -272,30 +303,96 @@ class EditWorker:
         log.info("partitions.assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 
 
-class BrokerUnreachable(Exception):
-    """The brokers could not be reached at start-up within the connection budget."""
+class KafkaAccessDenied(Exception):
+    """The brokers refused the worker's credentials or permissions: retrying cannot help."""
 
 
-async def _start_client(
-    client: AIOKafkaProducer | AIOKafkaConsumer, kafka: KafkaSettings, stop: asyncio.Event
-) -> None:
-    """Start an aiokafka client, retrying while the brokers are down (a rollout racing the cluster).
+_AUTH_ERRORS = (
+    SaslAuthenticationFailed,
+    AuthenticationFailedError,
+    UnsupportedSaslMechanismError,
+    IllegalSaslStateError,
+)
+_ACCESS_ERRORS = (
+    *_AUTH_ERRORS,
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
 
-    Gives up after `kafka.startup_timeout_s` with one clear message; the orchestrator restarts us.
+
+def _access_message(kafka: KafkaSettings, exc: BaseException) -> str:
+    return (
+        f"Kafka at {kafka.bootstrap_servers} refused the worker ({type(exc).__name__}: {exc}); check "
+        "KLEIN_EDIT_KAFKA__SECURITY_PROTOCOL, the SASL settings and the ACLs of the group and topics"
+    )
+
+
+async def _refused_credentials(kafka: KafkaSettings) -> BaseException | None:
+    """Connect once to the first bootstrap broker: the authentication error, if that is what failed.
+
+    aiokafka's bootstrap reports every failure as "unable to bootstrap", so a refused login would
+    look like an outage; one direct connection tells them apart.
     """
-    deadline = time.monotonic() + kafka.startup_timeout_s
-    delay = 0.5
-    while True:
+    host, _, port = kafka.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    options = kafka_io.client_kwargs(kafka)
+    options.pop("bootstrap_servers")
+    try:
+        conn = await asyncio.wait_for(create_conn(host.strip("[]"), int(port), **options), timeout=10.0)
+    except _AUTH_ERRORS as exc:
+        refused: BaseException = exc
+        return refused
+    except (OSError, KafkaError, TimeoutError, ValueError):
+        return None
+    conn.close()
+    return None
+
+
+async def _start_kafka_client(
+    client: AIOKafkaProducer | AIOKafkaConsumer, kafka: KafkaSettings, state: WorkerState, stop: asyncio.Event
+) -> bool:
+    """Start an aiokafka client, retrying while the brokers are down; False when `stop` came first.
+
+    A Kafka outage at deploy time must not cost the loaded model (minutes to load): the worker keeps
+    it and retries with jittered backoff (0.5 s doubling to 30 s), not ready meanwhile (/readyz names
+    the brokers). Retries are logged as warnings, as errors once they last `kafka.startup_timeout_s`.
+    Raises `KafkaAccessDenied` when the brokers refuse the credentials: that needs an operator.
+    """
+    started = time.monotonic()
+    backoff = Backoff(0.5, 30.0)
+    while not stop.is_set():
+        state.last_loop_at = time.monotonic()  # waiting for Kafka is alive: /livez stays 200
         try:
             await client.start()
-            return
         except KafkaError as exc:
             await client.stop()
-            if stop.is_set() or time.monotonic() + delay > deadline:
-                raise BrokerUnreachable(
-                    f"cannot reach Kafka at {kafka.bootstrap_servers} ({exc}); check "
-                    "KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS and the security settings"
-                ) from exc
-            log.warning("kafka.unreachable", error=repr(exc), retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            if isinstance(exc, _ACCESS_ERRORS):
+                raise KafkaAccessDenied(_access_message(kafka, exc)) from exc
+            refused = await _refused_credentials(kafka)
+            if refused is not None:
+                raise KafkaAccessDenied(_access_message(kafka, refused)) from refused
+            delay = backoff.next()
+            waited = time.monotonic() - started
+            state.problems["kafka"] = (
+                f"cannot reach Kafka at {kafka.bootstrap_servers} for {waited:.0f} s: {exc}"
+            )
+            level = log.error if waited >= kafka.startup_timeout_s else log.warning
+            level(
+                "kafka.unreachable",
+                bootstrap=kafka.bootstrap_servers,
+                error=repr(exc),
+                waited_s=round(waited, 1),
+                retry_in_s=round(delay, 2),
+            )
+            state.last_loop_at = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            continue
+        if state.problems.pop("kafka", None) is not None:
+            log.info(
+                "kafka.reachable",
+                bootstrap=kafka.bootstrap_servers,
+                waited_s=round(time.monotonic() - started, 1),
+            )
+        return True
+    return False

@@ -538,7 +538,7 @@ def _cmd_help_of(name: str) -> Callable[[argparse.Namespace], int]:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from consumer.app import build_worker, install_signal_handlers, serve
-    from consumer.worker import BrokerUnreachable
+    from consumer.worker import KafkaAccessDenied
     from pipeline import ModelLoadError
 
     settings = configured(args)
@@ -552,7 +552,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         code = asyncio.run(run())
     except ModelLoadError as exc:
         raise CommandFailed(f"cannot load the model: {exc}", EXIT_MODEL) from exc
-    except BrokerUnreachable as exc:
+    except KafkaAccessDenied as exc:
         raise CommandFailed(str(exc), EXIT_UNREACHABLE) from exc
     return _exit_promptly(code)
 
@@ -568,7 +568,7 @@ def _exit_promptly(code: int) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from consumer.cli.demo import run_demo
     from consumer.services import ServiceError
-    from consumer.worker import BrokerUnreachable
+    from consumer.worker import KafkaAccessDenied
     from pipeline import ModelLoadError
 
     embedded = not args.no_embedded
@@ -581,7 +581,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise CommandFailed(f"cannot load the model: {exc}", EXIT_MODEL) from exc
     except ServiceError as exc:
         raise CommandFailed(str(exc)) from exc
-    except (KafkaError, BrokerUnreachable) as exc:
+    except (KafkaError, KafkaAccessDenied) as exc:
         raise kafka_unreachable(settings, exc) from exc
     except KleinEditError as exc:
         raise storage_failed(settings, exc) from exc

@@ -15,6 +15,7 @@ class FakeConsumer:
         self.positions: dict[TopicPartition, int] = {}
         self.group_committed: dict[TopicPartition, int] = {}
         self.ends: dict[TopicPartition, int] = {}
+        self.beginnings: dict[TopicPartition, int] = {}
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.commits: list[dict[TopicPartition, int]] = []
 
@@ -50,3 +51,6 @@ class FakeConsumer:
 
     async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self.ends.get(tp, 0) for tp in partitions}
+
+    async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.beginnings.get(tp, 0) for tp in partitions}

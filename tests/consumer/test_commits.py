@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from consumer.commits import CommitTracker, observe_lag
-from consumer.metrics import WorkerMetrics
+from consumer.commits import CommitTracker
 from tests.consumer.fakes import FakeConsumer
 
 P0 = TopicPartition("requests", 0)
@@ -108,12 +107,3 @@ async def test_a_partition_with_an_abandoned_record_is_not_sought_past_it() -> N
     commits.abandon(P0, 4)
     await commits.on_assigned(consumer, {P0})
     assert consumer.seeks == []
-
-
-async def test_lag_is_end_minus_committed() -> None:
-    consumer = FakeConsumer(P0)
-    consumer.ends = {P0: 12}
-    consumer.group_committed = {P0: 9}
-    metrics = WorkerMetrics()
-    await observe_lag(consumer, metrics)
-    assert metrics.consumer_lag.labels(topic="requests", partition="0")._value.get() == 3

@@ -104,6 +104,19 @@ async def test_livez_ok_while_the_consume_task_runs(server: HealthServer, state:
             await task
 
 
+# --- /startupz -------------------------------------------------------------------------------------
+
+
+def test_startupz_passes_once_the_model_is_loaded_whatever_kafka_does(
+    server: HealthServer, state: WorkerState
+) -> None:
+    assert server.respond("GET", "/startupz") == (503, "text/plain", b"not started: model loading\n")
+    state.model_ready = True
+    state.problems["kafka"] = "cannot reach Kafka at kafka:9092 for 600 s"
+    assert server.respond("GET", "/startupz") == (200, "text/plain", b"started\n")
+    assert server.respond("GET", "/readyz")[0] == 503  # unready, never restarted for it
+
+
 # --- /readyz ---------------------------------------------------------------------------------------
 
 
@@ -117,7 +130,7 @@ def test_readyz_503_before_joining_the_group(server: HealthServer, state: Worker
     assert server.respond("GET", "/readyz") == (
         503,
         "text/plain",
-        b"not ready: not in the consumer group yet\n",
+        b"not ready: not in the consumer group (joining, or a rebalance is under way)\n",
     )
 
 

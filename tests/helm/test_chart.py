@@ -346,7 +346,7 @@ def test_probes(profile: tuple[str, Rendered]) -> None:
     assert port["name"] == "http"
     assert port["containerPort"] == int(rendered.env_values()["KLEIN_EDIT_WORKER__HTTP_PORT"])
     paths = {kind: worker[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
-    assert paths["startupProbe"] == {"path": "/readyz", "port": "http"}
+    assert paths["startupProbe"] == {"path": "/startupz", "port": "http"}
     assert paths["livenessProbe"] == {"path": "/livez", "port": "http"}
     assert paths["readinessProbe"] == {"path": "/readyz", "port": "http"}
     startup = worker["startupProbe"]
