@@ -19,7 +19,7 @@ from consumer.services import TansuBroker, free_port
 from consumer.settings import KafkaSettings, Settings, WorkerSettings
 from consumer.worker import EXIT_OK, EditWorker, KafkaAccessDenied
 from pipeline import StandInEditor
-from storage import S3Settings
+from storage import ImageStore, S3Settings
 from tests.consumer.harness import png_bytes, prepare, publish, request, results, stage_image
 
 
@@ -82,6 +82,9 @@ async def test_a_broker_that_comes_up_after_the_model_loaded_is_joined_without_a
         loads += 1
         return StandInEditor(edit_ms=10)
 
+    store = ImageStore(settings.s3)
+    for bucket in (settings.s3.input_bucket, settings.s3.output_bucket):
+        store.ensure_bucket(bucket)  # S3 is there; only Kafka is not
     worker = build_worker(settings, editor_factory=load)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(worker, stop))
@@ -92,7 +95,7 @@ async def test_a_broker_that_comes_up_after_the_model_loaded_is_joined_without_a
         assert not worker.state.ready
 
         broker.start()  # the cluster comes up after the model loaded
-        store = await prepare(settings)
+        await prepare(settings)
         image = stage_image(store, settings, "late.png", png_bytes(64, 64))
         await until(lambda: worker.state.ready, 60, "the worker never joined")
         await publish(settings, request(settings, image))
