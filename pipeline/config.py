@@ -52,8 +52,11 @@ class PipelineSettings(BaseModel):
         description="Input formats (Pillow ids; JPG and HEIC are accepted as aliases).",
     )
     max_references: int = Field(default=4, ge=0, le=16)
-    max_sequence_length: Literal[512] = Field(
+    # An int pinned by bounds, not Literal[512]: a Literal does not accept the environment's "512".
+    max_sequence_length: int = Field(
         default=MAX_SEQUENCE_LENGTH,
+        ge=MAX_SEQUENCE_LENGTH,
+        le=MAX_SEQUENCE_LENGTH,
         description="Fixed at the model's 512 tokens; longer prompts are rejected (INVALID_EVENT).",
     )
     prompt_cache_size: int = Field(default=256, ge=0, description="LRU of prompt embeddings; 0 disables.")

@@ -279,3 +279,14 @@ def test_secrets_are_read_but_never_shown(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_worker_name_defaults_to_host_and_pid() -> None:
     assert Settings().worker.name.endswith(f"-{os.getpid()}")
+
+
+def test_every_setting_round_trips_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a worker process or the chart writes into the environment parses back to the same values
+    (a `Literal[512]` field, for one, would refuse the environment's "512")."""
+    from tests.consumer.harness import settings_env
+
+    defaults = load_settings(s3={"endpoint_url": "http://s3:9000"})
+    for name, value in settings_env(defaults).items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == defaults
