@@ -22,6 +22,7 @@ from PIL import Image
 from pipeline.config import MAX_SEQUENCE_LENGTH, PipelineSettings
 from pipeline.errors import DeviceFailure, GpuOutOfMemory, PromptTooLong
 from pipeline.images import conform_to_pipeline
+from pipeline.optimize import CompileCounter
 
 WARMUP_STEPS = 2
 WARMUP_GUIDANCE = 4.0  # > 1 so warm-up runs both the conditional and the unconditional pass
@@ -75,8 +76,17 @@ _ACCELERATOR_ERROR: type[BaseException] | None = getattr(torch, "AcceleratorErro
 class KleinEditor:
     """Runs edits on a diffusers `Flux2KleinPipeline` (FLUX.2 [klein] base)."""
 
-    def __init__(self, pipe: Any, settings: PipelineSettings, model_name: str) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        settings: PipelineSettings,
+        model_name: str,
+        *,
+        compile_counter: CompileCounter | None = None,
+    ) -> None:
         self._pipe = pipe
+        self._compile_counter = compile_counter
+        self._compilations_at_ready: int | None = None
         self._settings = settings
         self._model_name = model_name
         self._device: torch.device = torch.device(pipe._execution_device)
@@ -93,8 +103,8 @@ class KleinEditor:
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
         pipe, model_name = load_pipeline(settings)
-        compile_if_enabled(pipe, settings)
-        return cls(pipe, settings, model_name)
+        counter = compile_if_enabled(pipe, settings)
+        return cls(pipe, settings, model_name, compile_counter=counter)
 
     @property
     def model_name(self) -> str:
@@ -103,6 +113,18 @@ class KleinEditor:
     @property
     def device(self) -> torch.device:
         return self._device
+
+    @property
+    def compilations(self) -> int:
+        """Graphs `torch.compile` built for the transformer so far (0 when compile is off)."""
+        return self._compile_counter.count if self._compile_counter is not None else 0
+
+    @property
+    def recompiles_after_ready(self) -> int:
+        """Compilations since `warm_up` finished (the worker reports ready then); the goal is 0."""
+        if self._compilations_at_ready is None:
+            return 0
+        return self.compilations - self._compilations_at_ready
 
     def edit(self, job: EditJob) -> EditOutput:
         """Run one edit; raises GpuOutOfMemory, DeviceFailure, EditCanceled or InvalidImage.
@@ -261,12 +283,21 @@ class KleinEditor:
         return embeds
 
     def warm_up(self) -> None:
-        """One short edit per configured output size, so compiled graphs and caches are hot before ready."""
-        for width, height in self._settings.warmup_sizes:
-            base = Image.new("RGB", (width, height), (128, 128, 128))
+        """Short edits before ready: each configured output size, then the first one with a reference.
+
+        Compiled blocks see their token dimension as dynamic (`pipeline.optimize.mark_sequence_dynamic`),
+        so the first edit compiles one graph per block class and the rest only heat caches (cuDNN,
+        autotuning, the negative prompt). `recompiles_after_ready` counts from the end of this call.
+        """
+        sizes = list(self._settings.warmup_sizes)
+        plans = [(width, height, 0) for width, height in sizes]
+        if sizes and self._settings.max_references > 0:
+            plans.append((sizes[0][0], sizes[0][1], 1))
+        for width, height, references in plans:
+            images = [Image.new("RGB", (width, height), (128, 128, 128)) for _ in range(1 + references)]
             self.edit(
                 EditJob(
-                    images=[base],
+                    images=images,
                     prompt="warm-up",
                     num_inference_steps=WARMUP_STEPS,
                     guidance_scale=WARMUP_GUIDANCE,
@@ -275,6 +306,7 @@ class KleinEditor:
                     height=height,
                 )
             )
+        self._compilations_at_ready = self.compilations
 
     def memory_stats(self) -> dict[str, float]:
         if self._device.type != "cuda":

@@ -73,18 +73,20 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`gpu` tests need CUDA and `apache_kafka` tests Apache Kafka; without them they are reported as
-    skipped with the reason (never for a missing service)."""
+    skipped with the reason (never for a missing service). Markers are looked up as markers: an item's
+    `keywords` also hold the names of its parents, the checkout's directory included (a clone in a
+    directory named `gpu` would skip every test)."""
     import torch
 
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
         for item in items:
-            if "gpu" in item.keywords:
+            if item.get_closest_marker("gpu") is not None:
                 item.add_marker(skip)
-    if not any("apache_kafka" in item.keywords for item in items):
+    if not any(item.get_closest_marker("apache_kafka") is not None for item in items):
         return  # no need to probe for Docker
     if not kafka_is_apache(_sources(config)[KAFKA_ENV], os.environ):
         skip = pytest.mark.skip(reason=APACHE_KAFKA_REASON)
         for item in items:
-            if "apache_kafka" in item.keywords:
+            if item.get_closest_marker("apache_kafka") is not None:
                 item.add_marker(skip)

@@ -192,7 +192,8 @@ def test_warm_up_runs_each_size(editor: KleinEditor, tiny_pipe: Any) -> None:
     warm = KleinEditor(tiny_pipe, settings, "tiny-random")
     with count_transformer_passes(tiny_pipe) as passes:
         warm.warm_up()
-    assert passes[0] == 2 * 2 * 2  # sizes x steps x (cond + uncond)
+    # (each size, then the first size with one reference) x steps x (cond + uncond)
+    assert passes[0] == 3 * 2 * 2
 
 
 def test_memory_stats_are_zero_on_cpu(editor: KleinEditor) -> None:
