@@ -326,17 +326,49 @@ def run_pipeline_benchmark(
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m pipeline.bench") -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--real-dims", action="store_true", help="9B dims on the GPU (default: tiny dims)")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--references", type=int, default=0, help="images besides the base image")
-    parser.add_argument("--option-sets", default="bf16", help="comma-separated, e.g. bf16,float8+compile")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=4,
+        metavar="N",
+        help="denoising steps per timed edit, 1 or more (default: 4)",
+    )
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=1024,
+        metavar="PIXELS",
+        help="edit width in pixels, 64-4096 (default: 1024)",
+    )
+    parser.add_argument(
+        "--height",
+        type=int,
+        default=1024,
+        metavar="PIXELS",
+        help="edit height in pixels, 64-4096 (default: 1024)",
+    )
+    parser.add_argument(
+        "--references",
+        type=int,
+        default=0,
+        metavar="N",
+        help="reference images besides the base image, 0-16 (default: 0)",
+    )
+    parser.add_argument(
+        "--option-sets",
+        default="bf16",
+        metavar="SETS",
+        help="comma-separated option sets, each of tokens joined by '+' from "
+        f"{', '.join(sorted(_OPTION_TOKENS))}; e.g. bf16,float8+compile (default: bf16)",
+    )
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto, cpu or cuda (default: auto)"
+    )
     args = parser.parse_args(argv)
     results = run_pipeline_benchmark(
         PipelineSettings(model="random", device=args.device),

@@ -760,4 +760,4 @@ def _cmd_bench_orchestration(args: argparse.Namespace) -> int:
 def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from pipeline.bench import main as pipeline_bench
 
-    return pipeline_bench(list(args.passthrough))
+    return pipeline_bench(list(args.passthrough), prog="klein-edit bench pipeline")

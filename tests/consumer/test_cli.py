@@ -323,3 +323,16 @@ def test_demo_on_unreachable_services_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 4
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("klein-edit demo: cannot use S3 at http://127.0.0.1:1 (")
+
+
+def test_bench_pipeline_options_give_their_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench pipeline` passes its options to pipeline.bench, whose parser follows the same rule."""
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "pipeline", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: klein-edit bench pipeline")
+    options = out.split("options:", 1)[1]
+    for flag in ("--real-dims", "--steps N", "--width PIXELS", "--height PIXELS", "--references N"):
+        described = options.split(flag, 1)[1].split("\n  --", 1)[0]
+        assert "(default: " in described, flag
