@@ -103,3 +103,16 @@ def test_the_checks_see_a_violation() -> None:
     assert ("consumer", 3) in imported_packages(tree)
     assert sorted(async_constructs(tree)) == [1, 4]
     assert sorted(environment_reads(tree)) == [2, 5]
+
+
+def test_the_worker_runtime_does_not_import_the_command_line() -> None:
+    """`consumer/cli/` (submit, demo, dev, dlq, bench) sits on top of the runtime, never under it."""
+    wrong = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path, tree in modules("consumer")
+        if "cli" not in path.relative_to(ROOT / "consumer").parts[:1] and path.name != "__main__.py"
+        for node in ast.walk(tree)
+        if (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("consumer.cli"))
+        or (isinstance(node, ast.Import) and any(a.name.startswith("consumer.cli") for a in node.names))
+    ]
+    assert wrong == []

@@ -725,7 +725,7 @@ def _cmd_fetch_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from consumer.dlq import replay_dead_letters
+    from consumer.cli.dlq import replay_dead_letters
 
     settings = configured(args, **NO_S3)
     try:
@@ -741,7 +741,7 @@ def _cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_orchestration(args: argparse.Namespace) -> int:
-    from consumer.bench import print_orchestration_summary, run_orchestration_benchmark
+    from consumer.cli.bench import print_orchestration_summary, run_orchestration_benchmark
 
     settings = configured(args, **({} if args.no_embedded else LOCAL_S3))
     summary = asyncio.run(

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from consumer import kafka as kafka_io
-from consumer.dlq import REPLAYED_FROM_OFFSET, replay_dead_letters
+from consumer.cli.dlq import REPLAYED_FROM_OFFSET, replay_dead_letters
 from consumer.services import MotoServer
 from pipeline import StandInEditor
 from schemas.errors import ErrorCode

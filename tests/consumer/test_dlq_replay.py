@@ -12,7 +12,7 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from consumer import kafka as kafka_io
-from consumer.dlq import REPLAYED_FROM_OFFSET, progress_group, replay_dead_letters
+from consumer.cli.dlq import REPLAYED_FROM_OFFSET, progress_group, replay_dead_letters
 from consumer.settings import KafkaSettings
 from tests.consumer.harness import integration_settings, read_topic
 

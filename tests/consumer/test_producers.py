@@ -15,9 +15,9 @@ import pytest
 from confluent_kafka import Producer
 
 from consumer import kafka as kafka_io
+from consumer.cli.dlq import replay_dead_letters
 from consumer.codec import encode_event
 from consumer.control import CancelRegistry, ControlReader
-from consumer.dlq import replay_dead_letters
 from consumer.metrics import WorkerMetrics
 from consumer.settings import KafkaSettings, Settings
 from consumer.state import WorkerState
