@@ -101,6 +101,7 @@ class EditWorker:
         self._control = ControlReader(settings.kafka, self._cancels, state=self.state, metrics=self.metrics)
         self._commits = CommitTracker()
         self._lag = LagReporter(self.metrics)
+        self._next_topic_check_at = 0.0
         self._abandon = asyncio.Event()
         self._handler: RecordHandler | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -212,9 +213,37 @@ class EditWorker:
                 await admission.learn_positions()
             if time.monotonic() >= next_lag_at:
                 next_lag_at = time.monotonic() + 5.0
+                await self._check_topics(consumer)
                 self._observe_stuck(admission)
                 await self._lag.observe(consumer)
                 self.metrics.gpu_busy_ratio.set(self.gpu.duty_cycle)
+
+    async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
+        """Name missing request, result or DLQ topics on /readyz (checked every 5 s while any is
+        missing, every minute otherwise): the worker does not create them, and a group subscribed to
+        a topic that does not exist would otherwise sit idle, looking healthy."""
+        if time.monotonic() < self._next_topic_check_at:
+            return
+        kafka = self.settings.kafka
+        try:
+            existing = await asyncio.wait_for(consumer.topics(), timeout=5.0)
+        except (KafkaError, TimeoutError):
+            return
+        missing = [
+            t for t in [*kafka.request_topics, kafka.result_topic, kafka.dlq_topic] if t not in existing
+        ]
+        if missing:
+            problem = (
+                f"Kafka topic(s) {', '.join(missing)} do not exist: create them (docs/operations.md, Topics)"
+            )
+            if self.state.problems.get("topics") != problem:
+                log.error("kafka.topics_missing", topics=missing)
+            self.state.problems["topics"] = problem
+            self._next_topic_check_at = time.monotonic() + 5.0
+        else:
+            if self.state.problems.pop("topics", None) is not None:
+                log.info("kafka.topics_found")
+            self._next_topic_check_at = time.monotonic() + 60.0
 
     def _observe_stuck(self, admission: Admission) -> None:
         """Report records in flight past `worker.stuck_after_s` on /readyz and in metrics."""

@@ -10,10 +10,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumer import kafka as kafka_io
+from consumer.app import build_worker
 from consumer.control import CancelRegistry, ControlReader
 from consumer.settings import KafkaSettings
 from consumer.state import WorkerState
+from pipeline import StandInEditor
 from schemas.control import CancelRequested
+from storage import ImageStore
 from tests.consumer.harness import integration_settings
 
 pytestmark = pytest.mark.integration
@@ -92,3 +95,39 @@ async def test_the_control_reader_waits_for_its_topic_instead_of_creating_it(kaf
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_worker_names_missing_request_topics_on_readyz_instead_of_idling(
+    kafka_bootstrap: str, s3_endpoint: str
+) -> None:
+    settings = integration_settings(kafka_bootstrap, s3_endpoint, kafka={"create_topics": False})
+    store = ImageStore(settings.s3)
+    for bucket in (settings.s3.input_bucket, settings.s3.output_bucket):
+        store.ensure_bucket(bucket)
+    worker = build_worker(settings, editor_factory=lambda: StandInEditor(edit_ms=1))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    kafka = settings.kafka
+    try:
+        deadline = time.monotonic() + 40
+        while "topics" not in worker.state.problems:
+            assert time.monotonic() < deadline, worker.state.problems
+            assert not task.done()
+            await asyncio.sleep(0.1)
+        # (A broker that auto-creates topics for subscriptions, as Tansu does, creates the request topic.)
+        assert kafka.result_topic in worker.state.problems["topics"]
+        assert kafka.dlq_topic in worker.state.problems["topics"]
+        assert not worker.state.ready
+        existing, _ = await topics_and_configs(kafka, kafka.result_topic)
+        assert kafka.result_topic not in existing  # named, not created
+
+        # The operator creates them; the worker notices without a restart.
+        create = kafka.model_copy(update={"create_topics": True})
+        await kafka_io.ensure_topics(create, [kafka.request_topic, kafka.result_topic, kafka.dlq_topic])
+        deadline = time.monotonic() + 20
+        while "topics" in worker.state.problems:
+            assert time.monotonic() < deadline, worker.state.problems
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
