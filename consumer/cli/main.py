@@ -581,7 +581,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise CommandFailed(f"cannot load the model: {exc}", EXIT_MODEL) from exc
     except ServiceError as exc:
         raise CommandFailed(str(exc)) from exc
-    except (KafkaError, KafkaAccessDenied) as exc:
+    except KafkaAccessDenied as exc:
+        raise CommandFailed(str(exc), EXIT_UNREACHABLE) from exc
+    except KafkaError as exc:
         raise kafka_unreachable(settings, exc) from exc
     except KleinEditError as exc:
         raise storage_failed(settings, exc) from exc
@@ -742,17 +744,28 @@ def _cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 def _cmd_bench_orchestration(args: argparse.Namespace) -> int:
     from consumer.cli.bench import print_orchestration_summary, run_orchestration_benchmark
+    from consumer.services import ServiceError
+    from consumer.worker import KafkaAccessDenied
 
     settings = configured(args, **({} if args.no_embedded else LOCAL_S3))
-    summary = asyncio.run(
-        run_orchestration_benchmark(
-            settings,
-            jobs=args.jobs,
-            edit_ms=args.edit_ms,
-            image_mb=args.image_mb,
-            embedded=not args.no_embedded,
+    try:
+        summary = asyncio.run(
+            run_orchestration_benchmark(
+                settings,
+                jobs=args.jobs,
+                edit_ms=args.edit_ms,
+                image_mb=args.image_mb,
+                embedded=not args.no_embedded,
+            )
         )
-    )
+    except ServiceError as exc:
+        raise CommandFailed(str(exc)) from exc
+    except KafkaAccessDenied as exc:
+        raise CommandFailed(str(exc), EXIT_UNREACHABLE) from exc
+    except KafkaError as exc:
+        raise kafka_unreachable(settings, exc) from exc
+    except KleinEditError as exc:
+        raise storage_failed(settings, exc) from exc
     print_orchestration_summary(summary)
     return 0
 
