@@ -39,6 +39,10 @@ class AttemptLedger:
 
     Read-modify-write without a lock is enough: Kafka gives each partition one owner at a time, and
     after a rebalance the new owner starts on the record only once the old one stopped polling.
+
+    Needs s3:GetObject, s3:PutObject and s3:DeleteObject on `<state_prefix>*` of the output bucket
+    (and s3:ListBucket, so a missing object is a 404); the IAM policy and a lifecycle rule for the
+    prefix are in docs/operations.md.
     """
 
     def __init__(self, store: ImageStore, settings: S3Settings) -> None:
