@@ -36,6 +36,7 @@ COPY <<EOF /tmp/constraints.txt
 torch==2.13.0
 torchao==0.18.0
 diffusers==0.42.1
+peft==0.21.2
 transformers==5.24.0
 tokenizers==0.23.3
 accelerate==1.15.0

@@ -96,6 +96,16 @@ class WorkerMetrics:
             "klein_edit_billed_megapixels", "Output megapixels billed.", registry=r
         )
         self.billed_usd = Counter("klein_edit_billed_usd", "USD billed.", registry=r)
+        self.adapter_lookups = Counter(
+            "klein_edit_adapter_lookups",
+            "LoRA adapters of requests, by host-cache result: hit (one HEAD, no read) or miss (read and "
+            "checked).",
+            ["result"],
+            registry=r,
+        )
+        self.adapter_cache_bytes = Gauge(
+            "klein_edit_adapter_cache_bytes", "Host memory held by cached LoRA adapters.", registry=r
+        )
         self.dead_lettered = Counter(
             "klein_edit_dead_lettered", "Records sent to the DLQ.", ["code"], registry=r
         )
@@ -157,6 +167,10 @@ class WorkerMetrics:
         if event.cost.usd:
             self.billed_megapixels.inc(event.cost.output_megapixels)
             self.billed_usd.inc(event.cost.usd)
+
+    def observe_adapter(self, *, cached: bool, cache_bytes: int) -> None:
+        self.adapter_lookups.labels(result="hit" if cached else "miss").inc()
+        self.adapter_cache_bytes.set(cache_bytes)
 
     def observe_gpu_memory(self, stats: Mapping[str, float]) -> None:
         """`stats` as `Editor.memory_stats()` gives it: allocated_bytes and peak_bytes."""

@@ -19,10 +19,13 @@ from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
+from consumer.adapters import AdapterCache, AdapterResolver, ResolvedAdapter
 from consumer.fate import DeadlineExceeded, RequestRejected
 from consumer.gpu import GpuLane
+from consumer.metrics import WorkerMetrics
 from consumer.settings import Settings
 from pipeline import (
+    ActiveAdapter,
     DecodedImage,
     EditJob,
     Editor,
@@ -36,8 +39,9 @@ from pipeline import (
     to_conditioning_size,
 )
 from schemas.errors import ErrorCode, KleinEditError
-from schemas.requests import WHITE, EditRequest, OutputAlpha, OutputFormat, hex6, hex_to_rgb
+from schemas.requests import WHITE, AdapterRef, EditRequest, OutputAlpha, OutputFormat, hex6, hex_to_rgb
 from schemas.results import (
+    AdapterInfo,
     Cost,
     EditCompleted,
     EditParams,
@@ -47,7 +51,9 @@ from schemas.results import (
     Timing,
 )
 from storage import (
+    FetchedObject,
     InvalidLocation,
+    ObjectVersion,
     PutOutcome,
     S3Location,
     StoredObject,
@@ -59,6 +65,8 @@ T = TypeVar("T")
 
 # Object metadata written with every output: enough to answer a redelivered request without the GPU.
 META_REQUEST_ID = "request-id"
+# "<sha256>:<bytes>" of each adapter, comma-separated in request order (URIs and scales are the request's).
+META_ADAPTERS = "adapters"
 OUTPUT_PROFILE = "sRGB"  # every output is encoded in sRGB with that ICC profile embedded
 
 
@@ -66,6 +74,8 @@ class Store(Protocol):
     """What the processor needs from S3 (`storage.ImageStore` is the real one)."""
 
     def fetch(self, location: S3Location) -> bytes: ...
+    def describe_adapter(self, location: S3Location) -> ObjectVersion: ...
+    def fetch_adapter(self, location: S3Location) -> FetchedObject: ...
     def find_output(self, location: S3Location) -> StoredObject | None: ...
     def put_output(
         self, location: S3Location, data: bytes, *, content_type: str, metadata: dict[str, str]
@@ -87,6 +97,7 @@ class EditContext:
     inference_ms: float = 0.0
     upload_ms: float = 0.0
     gpu_ms: float = 0.0
+    adapter_load_ms: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -102,6 +113,7 @@ class EditContext:
             fetch=round(self.fetch_ms, 1),
             inference=round(self.inference_ms, 1),
             upload=round(self.upload_ms, 1),
+            adapter_load=round(self.adapter_load_ms, 1),
             total=round(total, 1),
         )
 
@@ -116,6 +128,7 @@ class PreparedEdit:
     output_format: OutputFormat
     params: EditParams
     alpha: Image.Image | None = None  # the base image's alpha, when the output keeps it
+    adapters: list[ActiveAdapter] = field(default_factory=list)
 
 
 @dataclass
@@ -133,6 +146,7 @@ class EditProcessor:
         gpu: GpuLane,
         io: Executor,
         worker_name: str,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -140,6 +154,13 @@ class EditProcessor:
         self._gpu = gpu
         self._io = io
         self._worker_name = worker_name
+        self._adapters = AdapterResolver(
+            settings.s3,
+            source=store,
+            editor=editor,
+            cache=AdapterCache(settings.pipeline.adapter_cache_bytes),
+            metrics=metrics,
+        )
 
     @property
     def editor(self) -> Editor:
@@ -172,6 +193,11 @@ class EditProcessor:
                 f"exceeds the output limit of {limits.max_output_megapixels:g} MP "
                 "(KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS)"
             )
+        if len(request.loras) > limits.max_adapters:
+            raise RequestRejected(
+                f"loras: {len(request.loras)} given, at most {limits.max_adapters} allowed on this worker "
+                "(KLEIN_EDIT_PIPELINE__MAX_ADAPTERS)"
+            )
         await self._in_io(self._editor.check_prompt, request.compiled_prompt)
 
         s3 = self._settings.s3
@@ -179,6 +205,9 @@ class EditProcessor:
         inputs += [
             parse_input_location(ref, s3, field=f"references[{i}]")
             for i, ref in enumerate(request.references)
+        ]
+        adapter_locations = [
+            self._adapters.locate(ref, field=f"loras[{i}]") for i, ref in enumerate(request.loras)
         ]
         spec = request.output
         fmt = spec.format if spec else OutputFormat.PNG
@@ -196,6 +225,16 @@ class EditProcessor:
             ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
             return self._replay_existing(ctx, request, existing)
 
+        # Adapters first: a bad one fails the request before any image is read.
+        adapters: list[ResolvedAdapter] = list(
+            await asyncio.gather(
+                *(
+                    self._in_io(self._resolve_adapter, ref, loc, f"loras[{i}]")
+                    for i, (ref, loc) in enumerate(zip(request.loras, adapter_locations, strict=True))
+                )
+            )
+        )
+        ctx.adapter_load_ms = sum(adapter.load_ms for adapter in adapters)
         names = ["image", *(f"references[{i}]" for i in range(len(request.references)))]
         background = spec.background if spec else WHITE
         decoded = await asyncio.gather(
@@ -241,6 +280,7 @@ class EditProcessor:
             background=hex6(background),
             alpha="keep" if keep else "flatten",
             guidance_applied=self._editor.uses_guidance(request.guidance_scale),
+            loras=[adapter.info for adapter in adapters],
         )
         return PreparedEdit(
             request=request,
@@ -249,7 +289,11 @@ class EditProcessor:
             output_format=fmt,
             params=ctx.params,
             alpha=kept_alpha,
+            adapters=[adapter.active for adapter in adapters],
         )
+
+    def _resolve_adapter(self, ref: AdapterRef, location: S3Location, name: str) -> ResolvedAdapter:
+        return self._adapters.resolve(ref, location, field=name)
 
     def _fetch_and_decode(
         self, location: S3Location, name: str, background: tuple[int, int, int]
@@ -290,6 +334,7 @@ class EditProcessor:
             width=params.width,
             height=params.height,
             on_step=on_step,
+            adapters=prepared.adapters,
         )
         gpu_started: list[float] = []
 
@@ -307,6 +352,7 @@ class EditProcessor:
             if gpu_started:
                 ctx.gpu_ms = (time.perf_counter() - gpu_started[0]) * 1000.0
         ctx.inference_ms = result.inference_ms
+        ctx.adapter_load_ms += result.adapter_load_ms
         return FinishedEdit(image=result.image)
 
     # -- stage 3: encode, upload, result ---------------------------------------------------------------
@@ -332,6 +378,8 @@ class EditProcessor:
             "has-alpha": "true" if alpha is not None else "false",
             "color-profile": OUTPUT_PROFILE,
         }
+        if params.loras:
+            metadata[META_ADAPTERS] = ",".join(f"{info.sha256}:{info.bytes}" for info in params.loras)
         outcome = await self._in_io(
             lambda: self._store.put_output(
                 prepared.output, data, content_type=prepared.output_format.content_type, metadata=metadata
@@ -382,6 +430,7 @@ class EditProcessor:
                 references=int(meta.get("references", len(request.references))),
                 background=meta.get("background", WHITE),
                 alpha="keep" if meta.get("alpha") == "keep" else "flatten",
+                loras=self._stored_adapters(request, meta.get(META_ADAPTERS, "")),
             )
             params = params.model_copy(
                 update={"guidance_applied": self._editor.uses_guidance(params.guidance_scale)}
@@ -405,12 +454,32 @@ class EditProcessor:
         )
         return self._succeeded(ctx, info, params)
 
+    def _stored_adapters(self, request: EditRequest, stored: str) -> list[AdapterInfo]:
+        """`params.loras` of an output stored earlier: hashes and sizes from its metadata, URIs and scales
+        from the request (a redelivery carries the same request)."""
+        entries = [entry.split(":") for entry in stored.split(",") if entry]
+        if len(entries) != len(request.loras):
+            raise ValueError(
+                f"{META_ADAPTERS} metadata lists {len(entries)} adapters, the request {len(request.loras)}"
+            )
+        return [
+            AdapterInfo(
+                uri=self._adapters.locate(ref, field=f"loras[{i}]").uri,
+                scale=ref.scale,
+                sha256=digest,
+                bytes=int(size),
+            )
+            for i, (ref, (digest, size)) in enumerate(zip(request.loras, entries, strict=True))
+        ]
+
     def _succeeded(self, ctx: EditContext, output: OutputInfo, params: EditParams) -> EditCompleted:
         cost = Cost.for_output(
             width=output.width,
             height=output.height,
             input_megapixels=ctx.input_megapixels,
             usd_per_megapixel=self._settings.cost.usd_per_megapixel,
+            adapters=len(params.loras),
+            adapter_bytes=sum(info.bytes for info in params.loras),
         )
         return self._event(ctx, EditStatus.SUCCEEDED, output=output, cost=cost, error=None)
 

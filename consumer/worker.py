@@ -127,6 +127,7 @@ class EditWorker:
             gpu=self.gpu,
             io=self._io,
             worker_name=self.settings.worker.name,
+            metrics=self.metrics,
         )
         self._handler = RecordHandler(
             self.settings,

@@ -7,6 +7,7 @@ The consumer depends on the `Editor` protocol; `KleinEditor` is the real impleme
 from __future__ import annotations
 
 from pipeline import errors
+from pipeline.adapters import ActiveAdapter, AdapterWeights
 from pipeline.config import PipelineSettings
 from pipeline.editor import EditJob, Editor, EditOutput, KleinEditor
 from pipeline.errors import (
@@ -14,6 +15,7 @@ from pipeline.errors import (
     EditCanceled,
     GpuOutOfMemory,
     ImageTooLarge,
+    InvalidAdapter,
     InvalidImage,
     ModelLoadError,
     PipelineError,
@@ -34,6 +36,8 @@ from pipeline.images import (
 from pipeline.standin import StandInEditor
 
 __all__ = [
+    "ActiveAdapter",
+    "AdapterWeights",
     "DecodedImage",
     "DeviceFailure",
     "EditCanceled",
@@ -43,6 +47,7 @@ __all__ = [
     "Geometry",
     "GpuOutOfMemory",
     "ImageTooLarge",
+    "InvalidAdapter",
     "InvalidImage",
     "KleinEditor",
     "ModelLoadError",

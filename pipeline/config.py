@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 TINY_RANDOM = "tiny-random"
 # The text encoder's token limit as Flux2KleinPipeline uses it: every prompt, rendered with the chat
 # template, is padded to exactly this many tokens, and the transformer was trained on that length.
 MAX_SEQUENCE_LENGTH: Literal[512] = 512
 DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-base-9B"
+MAX_ADAPTERS_HARD = 8  # schemas.requests.MAX_ADAPTERS_HARD: what one record may list at all
 
 
 class PipelineSettings(BaseModel):
@@ -68,6 +69,27 @@ class PipelineSettings(BaseModel):
     )
     warmup: bool = Field(default=True, description="Run one short edit before reporting ready.")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads; None keeps the default.")
+    max_adapters: int = Field(
+        default=3,
+        ge=0,
+        le=MAX_ADAPTERS_HARD,
+        description="LoRA adapters one request may list (`loras`); 0 turns adapters off. Must be 0 with "
+        "quantize_float8 or compile (refused at start-up).",
+    )
+    max_adapter_rank: int = Field(
+        default=128, ge=1, description="Highest LoRA rank accepted; a higher one fails with INVALID_ADAPTER."
+    )
+    adapter_cache_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=0,
+        description="Bytes of host memory for checked adapters (an LRU keyed by content hash); 0 keeps none.",
+    )
+    resident_adapters: int = Field(
+        default=6,
+        ge=1,
+        description="Adapters kept loaded in the transformer between edits (least recently used unloaded "
+        "first); each costs GPU memory (about rank x 2 x hidden x adapted layers x 2 bytes).",
+    )
 
     @field_validator("dtype")
     @classmethod
@@ -78,3 +100,30 @@ class PipelineSettings(BaseModel):
                 "use bfloat16 or auto"
             )
         return value
+
+    @model_validator(mode="after")
+    def _resident_adapters_hold_one_request(self) -> PipelineSettings:
+        if self.resident_adapters < self.max_adapters:
+            raise ValueError(
+                f"resident_adapters ({self.resident_adapters}) must be at least max_adapters "
+                f"({self.max_adapters}): one request's adapters are loaded together"
+            )
+        return self
+
+
+def adapters_refusal(settings: PipelineSettings) -> str | None:
+    """Why this worker cannot serve LoRA adapters with these options, or None when it can.
+
+    float8: peft's LoRA layers would wrap torchao's quantized Linear layers; whether that is numerically
+    right (and fast) has not been measured on a GPU, so the combination is refused rather than guessed.
+    compile: a new adapter or scale would recompile the blocks (minutes per new adapter); hot-swapping into
+    fixed compiled slots is not implemented yet.
+    """
+    if settings.max_adapters == 0 or not (settings.quantize_float8 or settings.compile):
+        return None
+    option = "quantize_float8" if settings.quantize_float8 else "compile"
+    return (
+        f"LoRA adapters (max_adapters={settings.max_adapters}) cannot be combined with {option}: set "
+        "KLEIN_EDIT_PIPELINE__MAX_ADAPTERS=0 to run without adapters, or turn "
+        f"KLEIN_EDIT_PIPELINE__{option.upper()} off to serve requests with `loras`"
+    )

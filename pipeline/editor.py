@@ -19,8 +19,9 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from pipeline.config import MAX_SEQUENCE_LENGTH, PipelineSettings
-from pipeline.errors import DeviceFailure, GpuOutOfMemory, PromptTooLong
+from pipeline.adapters import ActiveAdapter, AdapterApplier, AdapterWeights, linear_shapes, parse_adapter
+from pipeline.config import MAX_SEQUENCE_LENGTH, PipelineSettings, adapters_refusal
+from pipeline.errors import DeviceFailure, GpuOutOfMemory, ModelLoadError, PromptTooLong
 from pipeline.images import conform_to_pipeline
 from pipeline.optimize import CompileCounter
 
@@ -40,12 +41,14 @@ class EditJob:
     width: int
     height: int
     on_step: Callable[[int, int], None] | None = None  # (steps_done, total); may raise EditCanceled
+    adapters: Sequence[ActiveAdapter] = ()  # LoRA adapters for this edit only, parsed by `parse_adapter`
 
 
 @dataclass(frozen=True)
 class EditOutput:
     image: Image.Image
     inference_ms: float
+    adapter_load_ms: float = 0.0  # loading adapters into the transformer (0 when all were resident)
 
 
 class Editor(Protocol):
@@ -62,6 +65,13 @@ class Editor(Protocol):
 
     def uses_guidance(self, guidance_scale: float) -> bool:
         """Whether classifier-free guidance runs at this scale (the unconditional pass is skipped if not)."""
+        ...
+
+    def parse_adapter(self, data: bytes, *, name: str) -> AdapterWeights:
+        """Parse and check a LoRA adapter file against this model; CPU only, called on an I/O thread.
+
+        Raises `InvalidAdapter` naming `name` and the module that does not fit.
+        """
         ...
 
     def warm_up(self) -> None: ...
@@ -93,6 +103,9 @@ class KleinEditor:
         self._lock = threading.Lock()
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._negative_embeds: torch.Tensor | None = None
+        # Read-only after this point, so `parse_adapter` may use it from any thread.
+        self._adapter_targets = linear_shapes(pipe.transformer)
+        self._adapters = AdapterApplier(pipe, resident=settings.resident_adapters)
 
     @classmethod
     def load(cls, settings: PipelineSettings) -> KleinEditor:
@@ -100,6 +113,9 @@ class KleinEditor:
         from pipeline.loader import load_pipeline
         from pipeline.optimize import compile_if_enabled
 
+        refusal = adapters_refusal(settings)
+        if refusal is not None:
+            raise ModelLoadError(refusal)
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
         pipe, model_name = load_pipeline(settings)
@@ -155,6 +171,15 @@ class KleinEditor:
                 f"{MAX_SEQUENCE_LENGTH}; shorten the prompt or the recolor list"
             )
 
+    def parse_adapter(self, data: bytes, *, name: str) -> AdapterWeights:
+        return parse_adapter(
+            data, name=name, targets=self._adapter_targets, max_rank=self._settings.max_adapter_rank
+        )
+
+    def loaded_adapters(self) -> list[str]:
+        """Names of the adapters loaded in the transformer now, least recently used first."""
+        return self._adapters.loaded
+
     def uses_guidance(self, guidance_scale: float) -> bool:
         # Mirrors Flux2KleinPipeline.do_classifier_free_guidance (diffusers 0.42.1): guidance_scale <= 1
         # turns CFG off, and a distilled checkpoint never uses it.
@@ -164,6 +189,9 @@ class KleinEditor:
         out_of_memory: BaseException | None = None
         start = time.perf_counter()
         try:
+            # Every edit sets the whole LoRA state (its adapters, or none), so nothing leaks between edits.
+            adapter_load_ms = self._adapters.apply(job.adapters)
+            start = time.perf_counter()
             image = self._generate(job)
         except _OOM_ERRORS as exc:
             # The traceback pins the frames holding activations; drop it so the memory can be freed.
@@ -185,7 +213,9 @@ class KleinEditor:
                 f"GPU out of memory for a {job.width}x{job.height} edit with {len(job.images)} image(s): "
                 f"{str(out_of_memory).splitlines()[0] if str(out_of_memory) else 'no detail'}"
             ) from out_of_memory
-        return EditOutput(image=image, inference_ms=(time.perf_counter() - start) * 1e3)
+        return EditOutput(
+            image=image, inference_ms=(time.perf_counter() - start) * 1e3, adapter_load_ms=adapter_load_ms
+        )
 
     def _probe_device(self, cause: BaseException) -> None:
         """After an unexpected error, check the device still works; a broken context is fatal.

@@ -35,6 +35,13 @@ class PromptTooLong(PipelineError):
     code = ErrorCode.INVALID_EVENT
 
 
+class InvalidAdapter(PipelineError):
+    """A LoRA adapter that is not a readable safetensors file, or does not fit this model's transformer
+    (the message names the module); never retried."""
+
+    code = ErrorCode.INVALID_ADAPTER
+
+
 class GpuOutOfMemory(PipelineError):
     """The edit did not fit in GPU memory; the cache was emptied, so a retry (maybe elsewhere) can succeed."""
 

@@ -14,7 +14,10 @@ from collections.abc import Callable
 
 from PIL import Image
 
+from pipeline.adapters import AdapterWeights, parse_adapter
 from pipeline.editor import EditJob, EditOutput
+
+MAX_STANDIN_ADAPTER_RANK = 1024
 
 
 class StandInEditor:
@@ -86,6 +89,11 @@ class StandInEditor:
     def check_prompt(self, prompt: str) -> None:
         """No tokenizer here: the stand-in takes any prompt the request schema allows."""
         return None
+
+    def parse_adapter(self, data: bytes, *, name: str) -> AdapterWeights:
+        """Checks the file's format, layout and ranks; there is no transformer to check modules against,
+        and the stand-in's output ignores adapters."""
+        return parse_adapter(data, name=name, targets=None, max_rank=MAX_STANDIN_ADAPTER_RANK)
 
     def uses_guidance(self, guidance_scale: float) -> bool:
         """The Base model's rule (see `KleinEditor.uses_guidance`)."""

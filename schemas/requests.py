@@ -33,6 +33,9 @@ NOT_BLANK = r"\S"
 # A hard cap on what one record may list; the configurable limit (default 4) is checked by the worker.
 MAX_REFERENCES_HARD = 16
 MIN_STEPS, MAX_STEPS = 25, 50
+# A hard cap on the adapters one record may list; the configurable limit (default 3) is checked by the worker.
+MAX_ADAPTERS_HARD = 8
+MIN_ADAPTER_SCALE, MAX_ADAPTER_SCALE = -2.0, 2.0
 
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1100)]
@@ -124,6 +127,21 @@ class OutputSpec(WireModel):
         return self
 
 
+class AdapterRef(WireModel):
+    """One LoRA adapter to apply to the transformer for this edit."""
+
+    uri: ImageRef = Field(
+        description="s3://bucket/key.safetensors in an allow-listed adapter bucket, or a bare key in the "
+        "first adapter bucket (KLEIN_EDIT_S3__ADAPTER_BUCKETS). Only safetensors files are loaded."
+    )
+    scale: StrictFloat = Field(
+        default=1.0,
+        ge=MIN_ADAPTER_SCALE,
+        le=MAX_ADAPTER_SCALE,
+        description="Multiplies the adapter's effect (its alpha / rank scaling); 0 turns it off.",
+    )
+
+
 class EditRequest(WireModel):
     """One edit: a base image, optional references, an instruction and sampling options."""
 
@@ -150,6 +168,13 @@ class EditRequest(WireModel):
     width: StrictInt | None = Field(default=None, ge=64, le=4096, multiple_of=16)
     height: StrictInt | None = Field(default=None, ge=64, le=4096, multiple_of=16)
     output: OutputSpec | None = None
+    loras: list[AdapterRef] = Field(
+        default_factory=list,
+        max_length=MAX_ADAPTERS_HARD,
+        description="LoRA adapters applied to this edit only (at most pipeline.max_adapters, default 3). "
+        "Added in edit-request v1 without a version bump: an older worker ignores the field and says so in "
+        "the result's warnings.",
+    )
     metadata: dict[
         Annotated[str, StringConstraints(min_length=1, max_length=128)],
         Annotated[str, StringConstraints(max_length=1024)],

@@ -49,10 +49,21 @@ class Cost(WireModel):
     output_megapixels: float
     input_megapixels: float
     usd_per_output_megapixel: float
+    adapters: int = Field(
+        default=0, description="LoRA adapters used (params.loras); not priced here, reported for billing."
+    )
+    adapter_bytes: int = Field(default=0, description="Total size of those adapters' files in bytes.")
 
     @classmethod
     def for_output(
-        cls, *, width: int, height: int, input_megapixels: float, usd_per_megapixel: float
+        cls,
+        *,
+        width: int,
+        height: int,
+        input_megapixels: float,
+        usd_per_megapixel: float,
+        adapters: int = 0,
+        adapter_bytes: int = 0,
     ) -> Cost:
         output_megapixels = width * height / 1e6
         return cls(
@@ -60,6 +71,8 @@ class Cost(WireModel):
             output_megapixels=output_megapixels,
             input_megapixels=input_megapixels,
             usd_per_output_megapixel=usd_per_megapixel,
+            adapters=adapters,
+            adapter_bytes=adapter_bytes,
         )
 
     @classmethod
@@ -80,6 +93,11 @@ class Timing(WireModel):
     inference: float = 0.0
     upload: float = 0.0
     total: float = 0.0
+    adapter_load: float = Field(
+        default=0.0,
+        description="Reading and checking the request's LoRA adapters (a host-cache miss, inside fetch) "
+        "plus loading them into the transformer (GPU time); 0 when every adapter was already resident.",
+    )
 
 
 class ErrorInfo(WireModel):
@@ -90,6 +108,15 @@ class ErrorInfo(WireModel):
     @classmethod
     def from_error(cls, error: KleinEditError) -> ErrorInfo:
         return cls(code=error.code, message=error.message, retryable=error.retryable)
+
+
+class AdapterInfo(WireModel):
+    """One LoRA adapter an edit used, traceable to its exact bytes."""
+
+    uri: str
+    scale: float
+    sha256: str = Field(description="Hex SHA-256 of the adapter file.")
+    bytes: int = Field(description="Size of the adapter file in bytes.")
 
 
 class EditParams(WireModel):
@@ -114,6 +141,9 @@ class EditParams(WireModel):
         default=True,
         description="Whether classifier-free guidance ran: guidance_scale <= 1 turns it off (one transformer "
         "pass per step instead of two).",
+    )
+    loras: list[AdapterInfo] = Field(
+        default_factory=list, description="The LoRA adapters applied, in request order (empty: none)."
     )
 
 

@@ -5,6 +5,7 @@ Imports only `schemas` from this project; every botocore exception leaves as a `
 
 from storage.config import S3Settings
 from storage.errors import (
+    AdapterRefused,
     InputForbidden,
     InputNotFound,
     InputTooLarge,
@@ -13,23 +14,32 @@ from storage.errors import (
     StorageUnavailable,
 )
 from storage.ledger import AttemptLedger, LedgerEntry
-from storage.locations import S3Location, parse_input_location, resolve_output_location
-from storage.store import ImageStore, PutOutcome, StoredObject
+from storage.locations import (
+    S3Location,
+    parse_adapter_location,
+    parse_input_location,
+    resolve_output_location,
+)
+from storage.store import FetchedObject, ImageStore, ObjectVersion, PutOutcome, StoredObject
 
 __all__ = [
+    "AdapterRefused",
     "AttemptLedger",
+    "FetchedObject",
     "ImageStore",
     "InputForbidden",
     "InputNotFound",
     "InputTooLarge",
     "InvalidLocation",
     "LedgerEntry",
+    "ObjectVersion",
     "PutOutcome",
     "S3Location",
     "S3Settings",
     "StorageError",
     "StorageUnavailable",
     "StoredObject",
+    "parse_adapter_location",
     "parse_input_location",
     "resolve_output_location",
 ]

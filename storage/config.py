@@ -32,6 +32,16 @@ class S3Settings(BaseModel):
         description="Buckets inputs may be read from, besides the input bucket. "
         "Empty: only the input bucket.",
     )
+    adapter_buckets: list[str] = Field(
+        default_factory=list,
+        description="Buckets LoRA adapters (request `loras`) may be read from; a bare adapter key names an "
+        "object in the first one. Empty: requests with adapters fail with INPUT_FORBIDDEN.",
+    )
+    max_adapter_bytes: int = Field(
+        default=1024**3,
+        ge=1,
+        description="Largest adapter file read (bytes); a larger one fails with INVALID_ADAPTER.",
+    )
     output_bucket: str = Field(
         description="Bucket every output is written to (and nothing else). Required on AWS; "
         f"'{LOCAL_OUTPUT_BUCKET}' with an endpoint_url."

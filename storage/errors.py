@@ -34,6 +34,13 @@ class InputTooLarge(StorageError):
     code = ErrorCode.INPUT_TOO_LARGE
 
 
+class AdapterRefused(StorageError):
+    """A LoRA adapter reference the worker will not read: not a `.safetensors` key, or over
+    `S3Settings.max_adapter_bytes` (decided from its size, before the body is downloaded)."""
+
+    code = ErrorCode.INVALID_ADAPTER
+
+
 class InvalidLocation(StorageError):
     """A malformed URI or key, or an output location the worker may not write; names the field."""
 

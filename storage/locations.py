@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from storage.config import S3Settings
-from storage.errors import InputForbidden, InvalidLocation
+from storage.errors import AdapterRefused, InputForbidden, InvalidLocation
 
 S3_SCHEME = "s3://"
+ADAPTER_EXTENSION = ".safetensors"
 MAX_KEY_BYTES = 1024
 OUTPUT_FIELD = "output.uri"
 
@@ -49,6 +50,33 @@ def parse_input_location(ref: str, settings: S3Settings, *, field: str) -> S3Loc
     if location.bucket not in settings.readable_buckets:
         raise InputForbidden(
             f"{field}: this worker may not read from bucket '{location.bucket}' ({location.uri})"
+        )
+    return location
+
+
+def parse_adapter_location(ref: str, settings: S3Settings, *, field: str) -> S3Location:
+    """Parse a LoRA adapter reference: `s3://bucket/key.safetensors`, or a bare key in the first of
+    `settings.adapter_buckets`.
+
+    Raises `InvalidLocation` for a malformed reference, `InputForbidden` when the bucket is not one of
+    `settings.adapter_buckets` (or none is configured) and `AdapterRefused` for a key that does not end
+    in `.safetensors` (pickle-based formats are never read). Messages start with `field` ("loras[0]").
+    """
+    allowed = settings.adapter_buckets
+    if not allowed and not ref.startswith(S3_SCHEME):
+        raise InputForbidden(
+            f"{field}: this worker reads no adapters (KLEIN_EDIT_S3__ADAPTER_BUCKETS is empty)"
+        )
+    location = _split(ref, default_bucket=allowed[0] if allowed else "", field=field)
+    if location.bucket not in allowed:
+        raise InputForbidden(
+            f"{field}: this worker may not read adapters from bucket '{location.bucket}' ({location.uri}); "
+            "allowed: KLEIN_EDIT_S3__ADAPTER_BUCKETS"
+        )
+    if not location.key.lower().endswith(ADAPTER_EXTENSION):
+        raise AdapterRefused(
+            f"{field}: {location.uri} is not a {ADAPTER_EXTENSION} file; adapters are read only as "
+            "safetensors (pickle-based .bin/.pt/.ckpt files are never loaded)"
         )
     return location
 
@@ -167,8 +195,10 @@ def _quote(text: str, limit: int = 200) -> str:
 
 
 __all__ = [
+    "ADAPTER_EXTENSION",
     "MAX_KEY_BYTES",
     "S3Location",
+    "parse_adapter_location",
     "parse_input_location",
     "resolve_output_location",
 ]

@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from storage._boundary import client_error_code, client_error_status, input_error, output_error
 from storage.config import S3Settings
-from storage.errors import InputTooLarge, StorageUnavailable
+from storage.errors import AdapterRefused, InputTooLarge, StorageError, StorageUnavailable
 from storage.locations import S3Location
 
 if TYPE_CHECKING:
@@ -58,6 +58,21 @@ class PutOutcome:
     existing: StoredObject | None = None
 
 
+@dataclass(frozen=True)
+class ObjectVersion:
+    """What a HEAD says about an input object: its size and ETag (which changes with its content)."""
+
+    location: S3Location
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class FetchedObject:
+    data: bytes
+    etag: str
+
+
 class ImageStore:
     """Reads request inputs and writes outputs in S3, with explicit timeouts and typed errors."""
 
@@ -78,13 +93,34 @@ class ImageStore:
         return f"ImageStore(input_bucket={settings.input_bucket!r}, output_bucket={settings.output_bucket!r})"
 
     def fetch(self, location: S3Location) -> bytes:
-        """Download an input, refusing one over `max_image_bytes` before its body is read.
+        """Download an input; one over `max_image_bytes` raises `InputTooLarge` before its body is read."""
+        return self._read(location, self._settings.max_image_bytes, InputTooLarge).data
 
-        A single ranged GET asks for at most `limit + 1` bytes; the total size from Content-Range
-        (Content-Length when a server ignores Range) decides before the body is touched, which saves
-        a HEAD round trip per image.
+    def describe_adapter(self, location: S3Location) -> ObjectVersion:
+        """HEAD an adapter: its size and ETag, so a cached copy can be reused without reading it again.
+
+        Raises `AdapterRefused` over `max_adapter_bytes`, `InputNotFound`, `InputForbidden` or
+        `StorageUnavailable` as for inputs.
         """
-        limit = self._settings.max_image_bytes
+        try:
+            response = self._client.head_object(Bucket=location.bucket, Key=location.key)
+        except (ClientError, BotoCoreError) as exc:
+            raise input_error(exc, location.uri, "read") from exc
+        size = int(response.get("ContentLength", 0))
+        limit = self._settings.max_adapter_bytes
+        if size > limit:
+            raise AdapterRefused(f"{location.uri} is {size} bytes, over the adapter limit of {limit} bytes")
+        return ObjectVersion(location=location, size=size, etag=str(response.get("ETag", "")))
+
+    def fetch_adapter(self, location: S3Location) -> FetchedObject:
+        """Download an adapter file (at most `max_adapter_bytes`, else `AdapterRefused`) with its ETag."""
+        return self._read(location, self._settings.max_adapter_bytes, AdapterRefused)
+
+    def _read(self, location: S3Location, limit: int, too_large: type[StorageError]) -> FetchedObject:
+        """One ranged GET for at most `limit + 1` bytes; the total size from Content-Range
+        (Content-Length when a server ignores Range) decides before the body is touched, which saves
+        a HEAD round trip per object. An object over `limit` raises `too_large`.
+        """
         try:
             response = self._client.get_object(
                 Bucket=location.bucket, Key=location.key, Range=f"bytes=0-{limit}"
@@ -93,7 +129,7 @@ class ImageStore:
             # S3 answers 416 for any range on an empty object; our range starts at 0, so nothing else
             # can cause it.
             if client_error_code(exc) == "InvalidRange" or client_error_status(exc) == 416:
-                return b""
+                return FetchedObject(data=b"", etag="")
             raise input_error(exc, location.uri, "read") from exc
         except BotoCoreError as exc:
             raise input_error(exc, location.uri, "read") from exc
@@ -101,17 +137,17 @@ class ImageStore:
         try:
             total = _total_size(response.get("ContentRange"), response.get("ContentLength"))
             if total is not None and total > limit:
-                raise InputTooLarge(f"{location.uri} is {total} bytes, over the limit of {limit} bytes")
+                raise too_large(f"{location.uri} is {total} bytes, over the limit of {limit} bytes")
             data = body.read(limit + 1)
         except (BotoCoreError, OSError) as exc:
             raise input_error(exc, location.uri, "read") from exc
         finally:
             body.close()
         if len(data) > limit:
-            raise InputTooLarge(f"{location.uri} is over the limit of {limit} bytes")
+            raise too_large(f"{location.uri} is over the limit of {limit} bytes")
         if total is not None and len(data) != total:
             raise StorageUnavailable(f"cannot read {location.uri}: got {len(data)} of {total} bytes")
-        return data
+        return FetchedObject(data=data, etag=str(response.get("ETag", "")))
 
     def find_output(self, location: S3Location) -> StoredObject | None:
         """HEAD an output: its description, or None when there is none yet."""
@@ -299,4 +335,12 @@ def _checked_metadata(metadata: dict[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in metadata.items()}
 
 
-__all__ = ["ImageStore", "PutOutcome", "StoredObject", "build_client", "encryption_args"]
+__all__ = [
+    "FetchedObject",
+    "ImageStore",
+    "ObjectVersion",
+    "PutOutcome",
+    "StoredObject",
+    "build_client",
+    "encryption_args",
+]

@@ -29,7 +29,7 @@ from consumer.app import build_worker
 from consumer.client import EditClient
 from consumer.services import MotoServer, TansuBroker, on_local_services
 from consumer.settings import Settings
-from pipeline import EditJob, EditOutput, StandInEditor
+from pipeline import AdapterWeights, EditJob, EditOutput, StandInEditor
 from schemas.requests import EditRequest
 from storage import ImageStore, S3Location
 
@@ -64,6 +64,9 @@ class _TimedEditor:
 
     def uses_guidance(self, guidance_scale: float) -> bool:
         return self._inner.uses_guidance(guidance_scale)
+
+    def parse_adapter(self, data: bytes, *, name: str) -> AdapterWeights:
+        return self._inner.parse_adapter(data, name=name)
 
     def warm_up(self) -> None:
         self._inner.warm_up()

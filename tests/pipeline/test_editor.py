@@ -220,6 +220,7 @@ class FailingPipe:
         self._execution_device = torch.device("cpu")
         self.config = SimpleNamespace(is_distilled=False)
         self.vae = SimpleNamespace(use_tiling=False, enable_tiling=lambda: None, disable_tiling=lambda: None)
+        self.transformer = torch.nn.Identity()  # no Linear layers: no adapter fits
 
     def encode_prompt(self, prompt: str, **_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(1, 4, 6), torch.zeros(1, 4, 4)

@@ -140,6 +140,7 @@ def test_timing_defaults_to_zero() -> None:
         "inference": 0.0,
         "upload": 0.0,
         "total": 0.0,
+        "adapter_load": 0.0,
     }
 
 
@@ -158,6 +159,7 @@ def test_error_codes_are_stable_strings() -> None:
         "INPUT_FORBIDDEN",
         "INPUT_TOO_LARGE",
         "INVALID_IMAGE",
+        "INVALID_ADAPTER",
         "GPU_OUT_OF_MEMORY",
         "STORAGE_UNAVAILABLE",
         "DEADLINE_EXCEEDED",
