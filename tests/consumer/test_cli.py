@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -336,3 +337,17 @@ def test_bench_pipeline_options_give_their_defaults(capsys: pytest.CaptureFixtur
     for flag in ("--real-dims", "--steps N", "--width PIXELS", "--height PIXELS", "--references N"):
         described = options.split(flag, 1)[1].split("\n  --", 1)[0]
         assert "(default: " in described, flag
+
+
+def test_dev_up_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("dev", "up", "--kafka-port", str(port), "--s3-port", "0", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        f"klein-edit dev up: 127.0.0.1:{port} is in use (another `klein-edit dev up`?); pass --kafka-port "
+        "PORT (0 picks a free one)\n"
+    )
