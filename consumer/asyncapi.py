@@ -72,13 +72,18 @@ def _dlq_message() -> dict[str, Any]:
             f"{kafka_io.DLQ_PREVIEW_BYTES} bytes are kept.",
         },
         kafka_io.DLQ_ORIGINAL_SIZE: {**header, "description": "With truncated: the value's size in bytes."},
+        kafka_io.DLQ_HEADERS_DROPPED: {
+            **header,
+            "description": f"How many of the record's own headers were left out (they are kept up to "
+            f"{kafka_io.DLQ_PREVIEW_BYTES} bytes).",
+        },
     }
     return {
         "name": "dead-letter",
         "title": "Dead-lettered record",
-        "summary": "A request record the worker gave up on: its original key and value, byte for byte "
-        "(an oversize value truncated, saying so), plus headers saying where it came from and why. "
-        "`klein-edit dlq replay` sends it back.",
+        "summary": "A request record the worker gave up on: its original key, value (an oversize value "
+        "truncated, saying so) and headers, plus klein-edit.* headers saying where it came from and "
+        "why. `klein-edit dlq replay` sends it back with its own headers.",
         "contentType": "application/octet-stream",
         "headers": {
             "type": "object",
