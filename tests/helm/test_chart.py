@@ -101,8 +101,14 @@ class Rendered:
         return found[0]
 
     @property
+    def workload(self) -> dict[str, Any]:
+        """The Deployment, or the StatefulSet with workload.kind StatefulSet."""
+        (found,) = self.of_kind("Deployment") + self.of_kind("StatefulSet")
+        return found
+
+    @property
     def pod(self) -> dict[str, Any]:
-        spec: dict[str, Any] = self.one("Deployment")["spec"]["template"]["spec"]
+        spec: dict[str, Any] = self.workload["spec"]["template"]["spec"]
         return spec
 
     def container(self, name: str = "worker") -> dict[str, Any]:
@@ -705,3 +711,32 @@ def test_a_chart_only_bump_leaves_the_pod_template_alone(profile: tuple[str, Ren
     assert "helm.sh/chart" not in template_labels
     assert deployment["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
     assert template_labels["app.kubernetes.io/component"] == "worker"
+
+
+def test_a_statefulset_keeps_pod_names_across_rollouts(chart: helm.Chart) -> None:
+    """workload.kind StatefulSet: the same pod, probes and env, stable names, one pod at a time."""
+    values = {"workload": {"kind": "StatefulSet"}, "staticMembership": {"enabled": True}}
+    rendered = render(chart, values)
+    assert not rendered.of_kind("Deployment")
+    workload = rendered.one("StatefulSet")
+    kubernetes_validate.validate(workload, K8S_VERSION, strict=True)
+    spec = workload["spec"]
+    assert spec["serviceName"] == rendered.one("Service")["metadata"]["name"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"] == {"type": "RollingUpdate"}
+    assert "strategy" not in spec
+    assert "progressDeadlineSeconds" not in spec
+    assert (
+        spec["template"]
+        == render(chart, {"staticMembership": {"enabled": True}}).workload["spec"]["template"]
+    )
+    instance = rendered.env()["KLEIN_EDIT_KAFKA__GROUP_INSTANCE_ID"]
+    assert instance["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+    keda = render(chart, _merge(PROFILES["keda"], values))
+    assert keda.one("ScaledObject")["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": keda.one("StatefulSet")["metadata"]["name"],
+    }
+    assert "/workload/kind" in render_error(chart, {"workload": {"kind": "DaemonSet"}})
