@@ -331,13 +331,13 @@ def request(settings: Settings, image: str, **fields: Any) -> EditRequest:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """`settings` rendered as KLEIN_EDIT_* variables (nested with `__`, lists and dicts as JSON, secrets
-    unwrapped, None left out) so a worker subprocess builds exactly the same `Settings`."""
+    unwrapped, None and defaults left out) so a worker subprocess builds exactly the same `Settings`."""
     env: dict[str, str] = {}
     for section_name in type(settings).model_fields:
         section = getattr(settings, section_name)
-        for field_name in type(section).model_fields:
+        for field_name, info in type(section).model_fields.items():
             value = getattr(section, field_name)
-            if value is None:
+            if value is None or (not info.default_factory and value == info.default):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
