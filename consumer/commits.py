@@ -28,6 +28,7 @@ class CommitClient(Protocol):
 
     def assignment(self) -> set[TopicPartition]: ...
     async def position(self, partition: TopicPartition) -> int: ...
+    def highwater(self, partition: TopicPartition) -> int | None: ...
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
     async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
     async def committed(self, partition: TopicPartition) -> int | None: ...
@@ -79,8 +80,16 @@ class CommitTracker:
 
     @staticmethod
     async def _position(consumer: CommitClient, tp: TopicPartition, offsets: PartitionOffsets) -> int | None:
-        """The consumer's position, when it may count (nothing in flight); None when unknown."""
+        """The consumer's position, when it may count (nothing in flight) and may move the commit.
+
+        Asked only of partitions fetched at least once (a highwater is known, so the position is
+        valid and answered without I/O) whose commit is behind the highwater: idle partitions cost
+        nothing, and the consume loop never waits on a position being reset.
+        """
         if offsets.in_flight or offsets.abandoned_at is not None:
+            return None
+        highwater = consumer.highwater(tp)
+        if highwater is None or (offsets.committed is not None and offsets.committed >= highwater):
             return None
         try:
             return await asyncio.wait_for(consumer.position(tp), timeout=0.5)

@@ -61,7 +61,7 @@ async def test_a_partition_that_comes_back_never_goes_below_the_groups_committed
     assert consumer.commits == []
     commits.start(P0, 13)
     commits.finish(P0, 13)
-    consumer.positions[P0] = 14
+    consumer.positions[P0] = consumer.highwaters[P0] = 14
     await commits.commit_ready(consumer)
     assert consumer.commits == [{P0: 14}]
 
@@ -85,6 +85,7 @@ async def test_with_nothing_in_flight_the_position_past_a_transaction_marker_is_
     commits.start(P0, 4)
     commits.finish(P0, 4)
     consumer.positions[P0] = 6  # offset 5 is a transaction marker: fetched past, never returned
+    consumer.highwaters[P0] = 6
     await commits.commit_ready(consumer)
     assert consumer.commits == [{P0: 6}]
 
@@ -93,7 +94,7 @@ async def test_the_position_does_not_count_while_a_record_is_in_flight() -> None
     consumer = FakeConsumer(P0)
     commits = CommitTracker()
     commits.start(P0, 4)
-    consumer.positions[P0] = 9
+    consumer.positions[P0] = consumer.highwaters[P0] = 9
     await commits.commit_ready(consumer)
     assert consumer.commits == [{P0: 4}]
 
@@ -107,3 +108,14 @@ async def test_a_partition_with_an_abandoned_record_is_not_sought_past_it() -> N
     commits.abandon(P0, 4)
     await commits.on_assigned(consumer, {P0})
     assert consumer.seeks == []
+
+
+async def test_the_position_is_not_asked_of_partitions_never_fetched_or_already_committed() -> None:
+    consumer = FakeConsumer(P0, P1)
+    consumer.group_committed = {P0: 5}
+    consumer.positions = {P0: 5, P1: 3}
+    consumer.highwaters = {P0: 5}  # P1: not fetched yet (its position may be being reset)
+    commits = CommitTracker()
+    await commits.on_assigned(consumer, {P0, P1})
+    await commits.commit_ready(consumer)
+    assert consumer.commits == []
