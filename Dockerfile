@@ -78,6 +78,11 @@ tqdm==4.70.1
 psutil==7.2.2
 aws-msk-iam-sasl-signer-python==1.0.2
 click==8.5.1
+c2pa-python==0.38.1
+cryptography==50.0.2
+cffi==2.1.1
+pycparser==3.12
+toml==0.10.2
 EOF
 
 # 1) The CUDA build of torch, from the PyTorch index (cu128: CUDA 12.8 user-space libraries).

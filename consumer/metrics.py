@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,6 +24,9 @@ from prometheus_client import (
 )
 
 from schemas.results import EditCompleted
+
+if TYPE_CHECKING:  # the pipeline package imports torch; metrics are also used by light commands
+    from pipeline import ModelIdentity
 
 _STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 300, 600)
 _END_TO_END_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)
@@ -44,13 +48,19 @@ class WorkerMetrics:
         PlatformCollector(registry=r)
         self.build_info = Gauge(
             "klein_edit_build_info",
-            "Always 1: the klein-edit version, the model id and the model revision this worker runs "
-            "(revision 'unpinned' when pipeline.revision is not set).",
-            ["version", "model", "revision"],
+            "Always 1: the klein-edit version and the model this worker runs: its id, its revision (before "
+            "the model is loaded: pipeline.revision, 'unpinned' when not set; after: the resolved one, as "
+            "in the result's provenance), dtype, quantization and attention backend.",
+            ["version", "model", "revision", "dtype", "quantization", "attention"],
             registry=r,
         )
         self.build_info.labels(
-            version=package_version(), model=model, revision=model_revision or "unpinned"
+            version=package_version(),
+            model=model,
+            revision=model_revision or "unpinned",
+            dtype="",
+            quantization="",
+            attention="",
         ).set(1)
         self.edits = Counter(
             "klein_edit_edits", "Edits finished, by status and error code.", ["status", "code"], registry=r
@@ -151,6 +161,18 @@ class WorkerMetrics:
         self.gpu_busy_ratio = Gauge(
             "klein_edit_gpu_busy_ratio", "Share of wall time the GPU thread was busy.", registry=r
         )
+
+    def describe_model(self, identity: ModelIdentity) -> None:
+        """Replace `klein_edit_build_info`'s series with the loaded model's identity."""
+        self.build_info.clear()
+        self.build_info.labels(
+            version=package_version(),
+            model=identity.model,
+            revision=identity.revision,
+            dtype=identity.dtype,
+            quantization=identity.quantization,
+            attention=identity.attention,
+        ).set(1)
 
     def observe_result(self, event: EditCompleted) -> None:
         code = event.error.code.value if event.error else ""

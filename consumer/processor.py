@@ -23,6 +23,7 @@ from consumer.adapters import AdapterCache, AdapterResolver, ResolvedAdapter
 from consumer.fate import DeadlineExceeded, RequestRejected
 from consumer.gpu import GpuLane
 from consumer.metrics import WorkerMetrics
+from consumer.provenance import FetchedInput, OutputSigner, ProvenanceRecorder, from_metadata, to_metadata
 from consumer.settings import Settings
 from pipeline import (
     ActiveAdapter,
@@ -32,14 +33,23 @@ from pipeline import (
     EditOutput,
     check_edit_input,
     decode_image,
-    encode_image,
     keeps_alpha,
     megapixels,
     plan_geometry,
     to_conditioning_size,
 )
 from schemas.errors import ErrorCode, KleinEditError
-from schemas.requests import WHITE, AdapterRef, EditRequest, OutputAlpha, OutputFormat, hex6, hex_to_rgb
+from schemas.provenance import Provenance
+from schemas.requests import (
+    WHITE,
+    AdapterRef,
+    EditRequest,
+    OutputAlpha,
+    OutputFormat,
+    OutputMetadata,
+    hex6,
+    hex_to_rgb,
+)
 from schemas.results import (
     AdapterInfo,
     Cost,
@@ -99,6 +109,7 @@ class EditContext:
     gpu_ms: float = 0.0
     adapter_load_ms: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
+    provenance: Provenance | None = None
 
     @property
     def queued_ms(self) -> float:
@@ -129,6 +140,7 @@ class PreparedEdit:
     params: EditParams
     alpha: Image.Image | None = None  # the base image's alpha, when the output keeps it
     adapters: list[ActiveAdapter] = field(default_factory=list)
+    inputs: list[FetchedInput] = field(default_factory=list)  # base first, with their SHA-256
 
 
 @dataclass
@@ -147,7 +159,9 @@ class EditProcessor:
         io: Executor,
         worker_name: str,
         metrics: WorkerMetrics | None = None,
+        signer: OutputSigner | None = None,
     ) -> None:
+        """`signer`: embeds a signed C2PA manifest in every marked output; None signs nothing."""
         self._settings = settings
         self._store = store
         self._editor = editor
@@ -161,6 +175,7 @@ class EditProcessor:
             cache=AdapterCache(settings.pipeline.adapter_cache_bytes),
             metrics=metrics,
         )
+        self._provenance = ProvenanceRecorder(editor, signer=signer)
 
     @property
     def editor(self) -> Editor:
@@ -223,7 +238,7 @@ class EditProcessor:
         existing = await self._in_io(self._store.find_output, output)
         if existing is not None:
             ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
-            return self._replay_existing(ctx, request, existing)
+            return self._replay_existing(ctx, request, existing, [loc.uri for loc in inputs])
 
         # Adapters first: a bad one fails the request before any image is read.
         adapters: list[ResolvedAdapter] = list(
@@ -243,9 +258,9 @@ class EditProcessor:
                 for loc, name in zip(inputs, names, strict=True)
             )
         )
-        images = [item.image for item in decoded]
+        images = [item.image for item, _ in decoded]
         ctx.input_megapixels = sum(megapixels(image) for image in images)
-        base_alpha = decoded[0].alpha
+        base_alpha = decoded[0][0].alpha
         keep = keeps_alpha(
             spec.alpha if spec else OutputAlpha.AUTO,
             base_has_alpha=base_alpha is not None,
@@ -290,6 +305,7 @@ class EditProcessor:
             params=ctx.params,
             alpha=kept_alpha,
             adapters=[adapter.active for adapter in adapters],
+            inputs=[fetched for _, fetched in decoded],
         )
 
     def _resolve_adapter(self, ref: AdapterRef, location: S3Location, name: str) -> ResolvedAdapter:
@@ -297,7 +313,7 @@ class EditProcessor:
 
     def _fetch_and_decode(
         self, location: S3Location, name: str, background: tuple[int, int, int]
-    ) -> DecodedImage:
+    ) -> tuple[DecodedImage, FetchedInput]:
         data = self._store.fetch(location)
         limits = self._settings.pipeline
         decoded = decode_image(
@@ -309,7 +325,8 @@ class EditProcessor:
         )
         # The pipeline's own size/aspect rules, before any GPU time is spent.
         check_edit_input(decoded.image, name)
-        return decoded
+        mime = Image.MIME.get(decoded.format)
+        return decoded, FetchedInput(name, location.uri, hashlib.sha256(data).hexdigest(), mime)
 
     # -- stage 2: the GPU --------------------------------------------------------------------------------
 
@@ -360,7 +377,20 @@ class EditProcessor:
     async def store(self, ctx: EditContext, prepared: PreparedEdit, finished: FinishedEdit) -> EditCompleted:
         started = time.perf_counter()
         alpha = prepared.alpha
-        data = await self._in_io(lambda: encode_image(finished.image, prepared.output_format, alpha=alpha))
+        spec = prepared.request.output
+        marked = spec is None or spec.metadata is OutputMetadata.MARK
+        # Encoding, marking and C2PA signing run together on an I/O thread, never on the GPU thread.
+        output = await self._in_io(
+            lambda: self._provenance.encode(
+                finished.image,
+                prepared.output_format,
+                alpha=alpha,
+                request_id=prepared.request.request_id,
+                inputs=prepared.inputs,
+                marked=marked,
+            )
+        )
+        data = output.data
         params = prepared.params
         metadata = {
             META_REQUEST_ID: prepared.request.request_id,
@@ -380,6 +410,8 @@ class EditProcessor:
         }
         if params.loras:
             metadata[META_ADAPTERS] = ",".join(f"{info.sha256}:{info.bytes}" for info in params.loras)
+        provenance = self._provenance.provenance(params, prepared.inputs, xmp=output.xmp, c2pa=output.c2pa)
+        metadata.update(to_metadata(provenance, used=sum(len(k) + len(v) for k, v in metadata.items())))
         outcome = await self._in_io(
             lambda: self._store.put_output(
                 prepared.output, data, content_type=prepared.output_format.content_type, metadata=metadata
@@ -390,7 +422,10 @@ class EditProcessor:
             # Another worker finished the same request first; its object is the answer, ours is dropped.
             if outcome.existing is None:
                 raise InvalidLocation(f"output.uri: {prepared.output.uri} exists but could not be read back")
-            return self._replay_existing(ctx, prepared.request, outcome.existing)
+            return self._replay_existing(
+                ctx, prepared.request, outcome.existing, [item.uri for item in prepared.inputs]
+            )
+        ctx.provenance = provenance
         return self._succeeded(
             ctx,
             OutputInfo(
@@ -409,9 +444,10 @@ class EditProcessor:
     # -- results -----------------------------------------------------------------------------------------
 
     def _replay_existing(
-        self, ctx: EditContext, request: EditRequest, existing: StoredObject
+        self, ctx: EditContext, request: EditRequest, existing: StoredObject, input_uris: list[str]
     ) -> EditCompleted:
-        """The answer for a request whose output is already stored: same output, params and cost."""
+        """The answer for a request whose output is already stored: same output, params, cost and
+        provenance (the stored one: the worker that made the object may have run other versions)."""
         meta = existing.metadata
         if meta.get(META_REQUEST_ID) != request.request_id:
             raise InvalidLocation(
@@ -442,6 +478,7 @@ class EditProcessor:
                 f"output.uri: {existing.location.uri} exists but lacks klein-edit metadata ({exc})"
             ) from exc
         ctx.params = params
+        ctx.provenance = from_metadata(meta, input_uris, params)
         info = OutputInfo(
             uri=existing.location.uri,
             width=width,
@@ -517,4 +554,5 @@ class EditProcessor:
             warnings=[f"unknown field ignored: {path}" for path in ctx.request.ignored_fields]
             if ctx.request is not None
             else [],
+            provenance=ctx.provenance if status is EditStatus.SUCCEEDED else None,
         )

@@ -34,7 +34,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from pipeline.config import PipelineSettings
+from pipeline.config import PipelineSettings, ProvenanceSettings
 from schemas.results import DEFAULT_USD_PER_MEGAPIXEL
 from storage.config import S3Settings
 
@@ -262,6 +262,7 @@ class Settings(BaseSettings):
     # No default instance: on AWS the bucket names are required (see S3Settings).
     s3: S3Settings = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
     cost: CostSettings = Field(default_factory=CostSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     log: LogSettings = Field(default_factory=LogSettings)

@@ -49,10 +49,12 @@ from consumer.handler import Ledger, RecordHandler, observe_gpu_memory
 from consumer.lag import LagReporter
 from consumer.metrics import WorkerMetrics
 from consumer.processor import EditProcessor, Store
+from consumer.provenance import OutputSigner
 from consumer.publisher import Publisher
 from consumer.settings import KafkaSettings, Settings
 from consumer.state import WorkerState
 from pipeline import Editor
+from pipeline.signing import ManifestSigner
 from schemas.errors import KleinEditError
 
 __all__ = ["EXIT_FATAL", "EXIT_OK", "EditWorker", "KafkaAccessDenied", "Ledger", "WorkerState"]
@@ -86,7 +88,10 @@ class EditWorker:
         metrics: WorkerMetrics | None = None,
         state: WorkerState | None = None,
         gpu: GpuLane | None = None,
+        signer: OutputSigner | None = None,
     ) -> None:
+        """`signer` (C2PA) defaults to the one `settings.provenance` configures, checked here, before the
+        model loads: raises `SigningSetupError` for a key or chain that cannot sign."""
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self.state = state or WorkerState()
@@ -94,6 +99,7 @@ class EditWorker:
         self.state.gpu = self.gpu
         self.state.edit_timeout_s = settings.worker.edit_timeout_s
         self._editor_factory = editor_factory
+        self._signer = signer if signer is not None else ManifestSigner.from_settings(settings.provenance)
         self._store = store
         self._ledger = ledger
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="klein-io")
@@ -128,6 +134,7 @@ class EditWorker:
             io=self._io,
             worker_name=self.settings.worker.name,
             metrics=self.metrics,
+            signer=self._signer,
         )
         self._handler = RecordHandler(
             self.settings,
@@ -189,6 +196,8 @@ class EditWorker:
         seconds = time.perf_counter() - started
         self.metrics.model_load_seconds.set(seconds)
         observe_gpu_memory(self.metrics, editor)
+        # The identity reads the model directory's JSON files: on the GPU thread, not the event loop.
+        self.metrics.describe_model(await self.gpu.run(lambda: editor.identity))
         self.state.model_ready = True
         self.gpu.reset_clock()
         log.info("model.ready", model=editor.model_name, load_s=round(seconds, 2))

@@ -21,6 +21,7 @@ from pipeline.errors import (
     PipelineError,
     PromptTooLong,
 )
+from pipeline.identity import ModelIdentity, runtime_versions
 from pipeline.images import (
     DecodedImage,
     Geometry,
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidAdapter",
     "InvalidImage",
     "KleinEditor",
+    "ModelIdentity",
     "ModelLoadError",
     "PipelineError",
     "PipelineSettings",
@@ -63,5 +65,6 @@ __all__ = [
     "megapixels",
     "plan_geometry",
     "resolve_output_size",
+    "runtime_versions",
     "to_conditioning_size",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -127,3 +128,50 @@ def adapters_refusal(settings: PipelineSettings) -> str | None:
         "KLEIN_EDIT_PIPELINE__MAX_ADAPTERS=0 to run without adapters, or turn "
         f"KLEIN_EDIT_PIPELINE__{option.upper()} off to serve requests with `loras`"
     )
+
+
+SigningAlgorithm = Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"]
+
+
+class ProvenanceSettings(BaseModel):
+    """C2PA signing of outputs (docs/provenance.md). Off unless a key and its certificate chain are set,
+    either inline (PEM text; the key is a secret) or as files (a mounted Kubernetes Secret)."""
+
+    signing_key: SecretStr | None = Field(
+        default=None, description="PEM private key (PKCS#8) that signs the C2PA manifests."
+    )
+    signing_key_file: Path | None = Field(default=None, description="File holding the PEM private key.")
+    certificate_chain: str | None = Field(
+        default=None,
+        description="PEM certificates: the signing certificate first, then intermediates (root optional).",
+    )
+    certificate_chain_file: Path | None = Field(
+        default=None, description="File holding the PEM certificate chain, signing certificate first."
+    )
+    signing_algorithm: SigningAlgorithm = Field(
+        default="es256", description="Must match the key: es256 for an EC P-256 key, ps256 for RSA-PSS, ..."
+    )
+    timestamp_url: str | None = Field(
+        default=None,
+        description="RFC 3161 time-stamp authority; with one, signatures stay valid after the certificate "
+        "expires.",
+    )
+
+    @model_validator(mode="after")
+    def _key_and_chain_together(self) -> ProvenanceSettings:
+        if self.signing_key is not None and self.signing_key_file is not None:
+            raise ValueError("give signing_key or signing_key_file, not both")
+        if self.certificate_chain is not None and self.certificate_chain_file is not None:
+            raise ValueError("give certificate_chain or certificate_chain_file, not both")
+        has_key = self.signing_key is not None or self.signing_key_file is not None
+        has_chain = self.certificate_chain is not None or self.certificate_chain_file is not None
+        if has_key != has_chain:
+            raise ValueError(
+                "C2PA signing needs both a signing key (signing_key or signing_key_file) and its "
+                "certificate chain (certificate_chain or certificate_chain_file)"
+            )
+        return self
+
+    @property
+    def signing_enabled(self) -> bool:
+        return self.signing_key is not None or self.signing_key_file is not None

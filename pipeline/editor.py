@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Protocol
 
 import torch
@@ -22,6 +23,7 @@ from PIL import Image
 from pipeline.adapters import ActiveAdapter, AdapterApplier, AdapterWeights, linear_shapes, parse_adapter
 from pipeline.config import MAX_SEQUENCE_LENGTH, PipelineSettings, adapters_refusal
 from pipeline.errors import DeviceFailure, GpuOutOfMemory, ModelLoadError, PromptTooLong
+from pipeline.identity import ModelIdentity, describe_pipeline
 from pipeline.images import conform_to_pipeline
 from pipeline.optimize import CompileCounter
 
@@ -56,6 +58,11 @@ class Editor(Protocol):
 
     @property
     def model_name(self) -> str: ...
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The model, its revision and how it runs (for provenance); constant for the process."""
+        ...
 
     def edit(self, job: EditJob) -> EditOutput: ...
 
@@ -125,6 +132,10 @@ class KleinEditor:
     @property
     def model_name(self) -> str:
         return self._model_name
+
+    @cached_property
+    def identity(self) -> ModelIdentity:
+        return describe_pipeline(self._pipe, self._settings, self._model_name)
 
     @property
     def device(self) -> torch.device:

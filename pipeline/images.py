@@ -22,7 +22,7 @@ from io import BytesIO
 
 import numpy as np
 import pillow_heif
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError, features
 
 from pipeline.errors import ImageTooLarge, InvalidImage
 from schemas.requests import OutputAlpha, OutputFormat
@@ -317,11 +317,15 @@ def check_edit_input(image: Image.Image, name: str) -> None:
         raise InvalidImage(f"{name}: {width}x{height} has an aspect ratio over {MAX_ASPECT:g}:1")
 
 
-def encode_image(image: Image.Image, fmt: OutputFormat, *, alpha: Image.Image | None = None) -> bytes:
+def encode_image(
+    image: Image.Image, fmt: OutputFormat, *, alpha: Image.Image | None = None, xmp: bytes | None = None
+) -> bytes:
     """Encode as PNG, JPEG or WebP with an sRGB ICC profile; identical inputs give identical bytes.
 
     `alpha` (mode L, any size: it is resized to the image's) becomes the output's alpha channel; only
-    PNG and WebP have one (`ValueError` for JPEG).
+    PNG and WebP have one (`ValueError` for JPEG). `xmp` (a packet, `pipeline.marking.xmp_packet`) goes
+    in each format's standard place: PNG `iTXt XML:com.adobe.xmp` (uncompressed), JPEG `APP1`, WebP
+    `XMP ` chunk.
     """
     # Rebuild from raw pixels so no metadata (ICC profile, EXIF, text chunks) of the source leaks in.
     rgb = image if image.mode == "RGB" else image.convert("RGB")
@@ -335,12 +339,18 @@ def encode_image(image: Image.Image, fmt: OutputFormat, *, alpha: Image.Image | 
         clean.putalpha(mask)
     out = BytesIO()
     if fmt is OutputFormat.PNG:
-        clean.save(out, format="PNG", compress_level=6, icc_profile=SRGB_PROFILE)
+        # Pillow's PNG writer has no `xmp=`; the iTXt chunk it reads back as info["xmp"] is the standard.
+        text = PngImagePlugin.PngInfo()
+        if xmp:
+            text.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"), zip=False)
+        clean.save(out, format="PNG", compress_level=6, icc_profile=SRGB_PROFILE, pnginfo=text)
     elif fmt is OutputFormat.JPEG:
         # 4:4:4 keeps exact colours of small recoloured regions that 4:2:0 chroma subsampling would blur.
-        clean.save(out, format="JPEG", quality=QUALITY, subsampling=0, icc_profile=SRGB_PROFILE)
+        clean.save(
+            out, format="JPEG", quality=QUALITY, subsampling=0, icc_profile=SRGB_PROFILE, xmp=xmp or b""
+        )
     elif fmt is OutputFormat.WEBP:
-        clean.save(out, format="WEBP", quality=QUALITY, method=4, icc_profile=SRGB_PROFILE)
+        clean.save(out, format="WEBP", quality=QUALITY, method=4, icc_profile=SRGB_PROFILE, xmp=xmp or b"")
     else:  # pragma: no cover - exhaustive over OutputFormat
         raise ValueError(f"unsupported output format {fmt!r}")
     return out.getvalue()

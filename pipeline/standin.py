@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.adapters import AdapterWeights, parse_adapter
 from pipeline.editor import EditJob, EditOutput
+from pipeline.identity import DEFAULT_ATTENTION, ModelIdentity
 
 MAX_STANDIN_ADAPTER_RANK = 1024
 
@@ -45,6 +46,20 @@ class StandInEditor:
     @property
     def model_name(self) -> str:
         return self._model_name
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """No model files: the revision is a placeholder (`revision_source` "none")."""
+        return ModelIdentity(
+            model=self._model_name,
+            revision="stand-in",
+            revision_source="none",
+            dtype="none",
+            quantization="none",
+            compiled=False,
+            attention=DEFAULT_ATTENTION,
+            scheduler=type(self).__name__,
+        )
 
     @property
     def busy_seconds(self) -> float:

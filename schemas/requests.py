@@ -85,6 +85,13 @@ class OutputAlpha(StrEnum):
     AUTO = "auto"
 
 
+class OutputMetadata(StrEnum):
+    """What the output file says about its origin (the result event's provenance is always complete)."""
+
+    MARK = "mark"  # XMP with the IPTC digital source type, plus a signed C2PA manifest when configured
+    STRIP = "strip"  # neither: for platforms that re-encode downstream (docs/provenance.md)
+
+
 class RecolorInstruction(WireModel):
     """Paint `target` in exactly `color`; e-commerce systems send these instead of prompts."""
 
@@ -116,6 +123,13 @@ class OutputSpec(WireModel):
         description="'flatten': an opaque output. 'keep': the base image's alpha, resized to the output "
         "size, becomes the output's alpha (png and webp only). 'auto': keep when the base image has "
         "transparency, the format has an alpha channel and the request is a pure recolor; else flatten.",
+    )
+
+    metadata: OutputMetadata = Field(
+        default=OutputMetadata.MARK,
+        description="'mark': the file carries XMP with the IPTC digital source type, the request id and the "
+        "model, and a signed C2PA manifest when the worker has a signing key. 'strip': neither (the ICC "
+        "profile stays).",
     )
 
     @model_validator(mode="after")

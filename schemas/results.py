@@ -10,6 +10,8 @@ from pydantic import Field
 
 from schemas._base import WireModel
 from schemas.errors import ErrorCode, KleinEditError
+from schemas.provenance import AdapterInfo as AdapterInfo  # re-exported: defined beside provenance
+from schemas.provenance import Provenance
 from schemas.requests import WHITE, OutputFormat
 
 DEFAULT_USD_PER_MEGAPIXEL = 0.002
@@ -110,15 +112,6 @@ class ErrorInfo(WireModel):
         return cls(code=error.code, message=error.message, retryable=error.retryable)
 
 
-class AdapterInfo(WireModel):
-    """One LoRA adapter an edit used, traceable to its exact bytes."""
-
-    uri: str
-    scale: float
-    sha256: str = Field(description="Hex SHA-256 of the adapter file.")
-    bytes: int = Field(description="Size of the adapter file in bytes.")
-
-
 class EditParams(WireModel):
     """The parameters actually used, after defaults, seed choice and size resolution."""
 
@@ -170,4 +163,9 @@ class EditCompleted(WireModel):
         default_factory=list,
         description="What the worker accepted but did not use, e.g. 'unknown field ignored: priority' "
         "(a producer newer than this worker). Added in edit-completed v1 without a version bump.",
+    )
+    provenance: Provenance | None = Field(
+        default=None,
+        description="Where the output came from (model, revision, settings, versions, input hashes, seed); "
+        "set when succeeded. Added in edit-completed v1 without a version bump.",
     )

@@ -29,7 +29,7 @@ from consumer.app import build_worker
 from consumer.client import EditClient
 from consumer.services import MotoServer, TansuBroker, on_local_services
 from consumer.settings import Settings
-from pipeline import AdapterWeights, EditJob, EditOutput, StandInEditor
+from pipeline import AdapterWeights, EditJob, EditOutput, ModelIdentity, StandInEditor
 from schemas.requests import EditRequest
 from storage import ImageStore, S3Location
 
@@ -50,6 +50,10 @@ class _TimedEditor:
     @property
     def model_name(self) -> str:
         return self._inner.model_name
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return self._inner.identity
 
     def edit(self, job: EditJob) -> EditOutput:
         start = time.perf_counter()

@@ -540,6 +540,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from consumer.app import build_worker, install_signal_handlers, serve
     from consumer.worker import KafkaAccessDenied
     from pipeline import ModelLoadError
+    from pipeline.signing import SigningSetupError
 
     settings = configured(args)
 
@@ -552,6 +553,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         code = asyncio.run(run())
     except ModelLoadError as exc:
         raise CommandFailed(f"cannot load the model: {exc}", EXIT_MODEL) from exc
+    except SigningSetupError as exc:
+        raise CommandFailed(f"cannot sign outputs: {exc}", EXIT_USAGE) from exc
     except KafkaAccessDenied as exc:
         raise CommandFailed(str(exc), EXIT_UNREACHABLE) from exc
     return _exit_promptly(code)

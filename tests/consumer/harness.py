@@ -31,13 +31,15 @@ from pydantic import SecretStr
 from consumer import kafka as kafka_io
 from consumer.app import build_worker
 from consumer.codec import encode_event
+from consumer.provenance import OutputSigner
 from consumer.services import free_port
 from consumer.settings import KafkaSettings, Settings, WorkerSettings
+from consumer.worker import EditWorker
 from pipeline import Editor
 from pipeline.config import TINY_RANDOM, PipelineSettings
 from schemas.requests import EditRequest
 from schemas.results import EditCompleted
-from storage import ImageStore, S3Location, S3Settings
+from storage import AttemptLedger, ImageStore, S3Location, S3Settings
 from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -293,10 +295,25 @@ def output_objects(store: ImageStore, settings: Settings) -> dict[str, bytes]:
 
 @asynccontextmanager
 async def running_worker(
-    settings: Settings, editor_factory: Callable[[], Editor], *, join_timeout_s: float = 60.0
+    settings: Settings,
+    editor_factory: Callable[[], Editor],
+    *,
+    join_timeout_s: float = 60.0,
+    signer: OutputSigner | None = None,
 ) -> AsyncIterator[Any]:
-    """An in-process `EditWorker` that has joined its group; drained and stopped on exit."""
-    worker = build_worker(settings, editor_factory=editor_factory)
+    """An in-process `EditWorker` that has joined its group; drained and stopped on exit. `signer`
+    replaces the C2PA signer the settings configure (to inject signing faults)."""
+    if signer is None:
+        worker = build_worker(settings, editor_factory=editor_factory)
+    else:
+        store = ImageStore(settings.s3)
+        worker = EditWorker(
+            settings,
+            editor_factory=editor_factory,
+            store=store,
+            ledger=AttemptLedger(store, settings.s3),
+            signer=signer,
+        )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     deadline = time.monotonic() + join_timeout_s

@@ -99,7 +99,9 @@ async def test_not_ready_while_loading_ready_in_group_and_counters_move(
         assert "klein_edit_gpu_memory_peak_bytes" in metrics
         assert "klein_edit_end_to_end_seconds_count 1.0" in metrics
         assert 'stage="total"' not in metrics  # the end-to-end time is not one of its own parts
-        assert 'klein_edit_build_info{model="tiny-random",revision="unpinned",version="' in metrics
+        # After loading: the loaded model's identity (the stand-in editor's here), not the settings'.
+        info = 'attention="native",dtype="none",model="stand-in",quantization="none",revision="stand-in"'
+        assert f"klein_edit_build_info{{{info}," in metrics
         assert "process_resident_memory_bytes" in metrics
         assert "python_info{" in metrics
         assert (await fetch(port, "/nope"))[0] == 404

@@ -1,0 +1,162 @@
+"""Provenance of outputs: the result event's `provenance`, the marks in the file, the stored record.
+
+`ProvenanceRecorder` assembles what the editor knows about its model (`Editor.identity`), the runtime
+versions, the inputs' SHA-256 and the edit's parameters; marks the encoded output (XMP, and a signed C2PA
+manifest when a signer is configured) unless the request said `output.metadata: "strip"`; and keeps the
+provenance in the output object's metadata, so a redelivered request is answered with the provenance of
+the worker that made the object, not of the one answering.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from PIL import Image
+from pydantic import ValidationError
+
+from pipeline import Editor, ModelIdentity, encode_image, runtime_versions
+from pipeline.marking import OutputMarking, xmp_packet
+from pipeline.signing import Ingredient, ManifestFacts
+from schemas.provenance import AdapterInfo, InputDigest, ModelRef, Provenance
+from schemas.requests import OutputFormat
+from schemas.results import EditParams
+
+# The object metadata key holding the provenance (JSON, ASCII; the inputs' URIs and the adapters left out:
+# a redelivered request names the same inputs, and its params.loras are replayed already). S3 allows 2 KB
+# of user metadata in all.
+META_PROVENANCE = "provenance"
+_META_BUDGET = 1800
+
+
+class OutputSigner(Protocol):
+    """Embeds a signed C2PA manifest (`pipeline.signing.ManifestSigner` is the real one); raises
+    `SigningFailed` (INTERNAL, retryable) on any failure."""
+
+    def sign(self, data: bytes, fmt: OutputFormat, facts: ManifestFacts) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class FetchedInput:
+    """One input as fetched: `name` as in the request ("image", "references[0]"), its URI, the hex
+    SHA-256 of its bytes and its MIME type (None when Pillow has none for the format)."""
+
+    name: str
+    uri: str
+    sha256: str
+    mime_type: str | None = None
+
+
+@dataclass(frozen=True)
+class MarkedOutput:
+    data: bytes
+    xmp: bool
+    c2pa: bool
+
+
+def adapters_of(params: EditParams) -> list[AdapterInfo] | None:
+    """The adapters (LoRAs) an edit used, as `params.loras` reports them; None when there are none."""
+    return list(params.loras) or None
+
+
+class ProvenanceRecorder:
+    def __init__(self, editor: Editor, *, signer: OutputSigner | None = None) -> None:
+        self._editor = editor
+        self._signer = signer
+        self._versions = runtime_versions()
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return self._editor.identity
+
+    @property
+    def signing(self) -> bool:
+        return self._signer is not None
+
+    def encode(
+        self,
+        image: Image.Image,
+        fmt: OutputFormat,
+        *,
+        alpha: Image.Image | None,
+        request_id: str,
+        inputs: Sequence[FetchedInput],
+        marked: bool,
+    ) -> MarkedOutput:
+        """Encode `image`; when `marked`, with XMP and (given a signer) a signed C2PA manifest.
+        Blocking: call on an I/O thread. Raises `SigningFailed` rather than return an unsigned output."""
+        identity = self.identity
+        xmp = None
+        if marked:
+            xmp = xmp_packet(
+                OutputMarking(
+                    request_id=request_id,
+                    model=identity.model,
+                    revision=identity.revision,
+                    software=f"klein-edit {self._versions.get('klein-edit', 'unknown')}",
+                )
+            )
+        data = encode_image(image, fmt, alpha=alpha, xmp=xmp)
+        if not marked or self._signer is None:
+            return MarkedOutput(data=data, xmp=marked, c2pa=False)
+        facts = ManifestFacts(
+            request_id=request_id,
+            identity=identity,
+            ingredients=[Ingredient(item.name, item.sha256, item.mime_type) for item in inputs],
+            software_version=self._versions.get("klein-edit", "unknown"),
+        )
+        return MarkedOutput(data=self._signer.sign(data, fmt, facts), xmp=True, c2pa=True)
+
+    def provenance(
+        self, params: EditParams, inputs: Sequence[FetchedInput], *, xmp: bool, c2pa: bool
+    ) -> Provenance:
+        identity = self.identity
+        return Provenance(
+            model=ModelRef(
+                id=identity.model, revision=identity.revision, revision_source=identity.revision_source
+            ),
+            dtype=identity.dtype,
+            quantization=identity.quantization,
+            compiled=identity.compiled,
+            attention=identity.attention,
+            versions=dict(self._versions),
+            inputs=[InputDigest(uri=item.uri, sha256=item.sha256) for item in inputs],
+            seed=params.seed,
+            scheduler=identity.scheduler,
+            adapters=adapters_of(params),
+            xmp=xmp,
+            c2pa=c2pa,
+        )
+
+
+def to_metadata(provenance: Provenance, *, used: int = 0) -> dict[str, str]:
+    """Object metadata keeping `provenance` for a redelivered request; empty (the replay then reports no
+    provenance) if it would not fit S3's 2 KB of user metadata beside the `used` bytes."""
+    data = provenance.model_dump(mode="json", exclude_defaults=True, exclude={"adapters"})
+    data["inputs"] = [item["sha256"] for item in data["inputs"]]
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=True, sort_keys=True)
+    if used + len(META_PROVENANCE) + len(text) > _META_BUDGET:
+        return {}
+    return {META_PROVENANCE: text}
+
+
+def from_metadata(
+    metadata: dict[str, str], input_uris: Sequence[str], params: EditParams
+) -> Provenance | None:
+    """The provenance `to_metadata` stored, completed with the inputs' URIs of the request being answered
+    and the adapters of its (replayed) `params`; None for objects stored without one (older workers, or
+    too large)."""
+    text = metadata.get(META_PROVENANCE)
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        hashes = data["inputs"]
+        if len(hashes) != len(input_uris):
+            return None
+        data["inputs"] = [{"uri": uri, "sha256": sha} for uri, sha in zip(input_uris, hashes, strict=True)]
+        return Provenance.model_validate(data).model_copy(update={"adapters": adapters_of(params)})
+    except (ValueError, KeyError, TypeError, ValidationError):
+        return None
