@@ -28,6 +28,19 @@ async def test_group_instance_id_reaches_only_the_workers_group_consumer() -> No
             await consumer.stop()
 
 
+async def test_every_consumer_reads_committed_unless_told_otherwise() -> None:
+    """Records of aborted transactions are never edited, nor cancels in them applied."""
+    default = kafka_io.make_consumer(KafkaSettings(), group_id="klein-edit")
+    reader = kafka_io.make_consumer(KafkaSettings(), group_id=None)
+    loose = kafka_io.make_consumer(KafkaSettings(isolation_level="read_uncommitted"), group_id="klein-edit")
+    try:
+        assert default._isolation_level == reader._isolation_level == "read_committed"
+        assert loose._isolation_level == "read_uncommitted"
+    finally:
+        for consumer in (default, reader, loose):
+            await consumer.stop()
+
+
 async def test_without_a_group_instance_id_members_are_dynamic() -> None:
     kafka = KafkaSettings()
     consumer = kafka_io.make_consumer(kafka, group_id=kafka.group_id)
