@@ -740,3 +740,26 @@ def test_a_statefulset_keeps_pod_names_across_rollouts(chart: helm.Chart) -> Non
         "name": keda.one("StatefulSet")["metadata"]["name"],
     }
     assert "/workload/kind" in render_error(chart, {"workload": {"kind": "DaemonSet"}})
+
+
+def test_c2pa_signing_mounts_the_secret_and_points_the_worker_at_its_files(chart: helm.Chart) -> None:
+    rendered = render(chart, {"signing": {"secretName": "c2pa-signer"}})
+    values = rendered.env_values()
+    assert values["KLEIN_EDIT_PROVENANCE__SIGNING_KEY_FILE"] == "/etc/klein-edit/c2pa/tls.key"
+    assert values["KLEIN_EDIT_PROVENANCE__CERTIFICATE_CHAIN_FILE"] == "/etc/klein-edit/c2pa/tls.crt"
+    (volume,) = [v for v in rendered.pod["volumes"] if v["name"] == "c2pa-signing"]
+    assert volume["secret"]["secretName"] == "c2pa-signer"
+    assert {item["key"] for item in volume["secret"]["items"]} == {"tls.key", "tls.crt"}
+    (mount,) = [m for m in rendered.container()["volumeMounts"] if m["name"] == "c2pa-signing"]
+    assert mount == {"name": "c2pa-signing", "mountPath": "/etc/klein-edit/c2pa", "readOnly": True}
+    # Off by default: no volume, no variable.
+    plain = render(chart, {})
+    assert not [v for v in plain.pod["volumes"] if v["name"] == "c2pa-signing"]
+    assert not [n for n in plain.env_values() if n.startswith("KLEIN_EDIT_PROVENANCE__")]
+
+
+def test_c2pa_key_is_never_a_value(chart: helm.Chart) -> None:
+    inline = {"config": {"provenance": {"signing_key": "-----BEGIN PRIVATE KEY-----"}}}
+    assert "signing_key" in render_error(chart, inline)
+    both = {"signing": {"secretName": "s"}, "config": {"provenance": {"signing_key_file": "/k.pem"}}}
+    assert "set by the chart" in render_error(chart, both)

@@ -99,10 +99,10 @@ cache_dir outside the model volume.
 */}}
 {{- define "klein-edit.effectiveConfig" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) }}
-{{- range $section := list "kafka" "s3" "pipeline" "cost" "worker" "log" }}
+{{- range $section := list "kafka" "s3" "pipeline" "provenance" "cost" "worker" "log" }}
 {{- if not (hasKey $cfg $section) }}{{- $_ := set $cfg $section dict }}{{- end }}
 {{- end }}
-{{- range $path := list "kafka.sasl_password" "kafka.oauth_client_secret" "s3.access_key_id" "s3.secret_access_key" "pipeline.hf_token" }}
+{{- range $path := list "kafka.sasl_password" "kafka.oauth_client_secret" "s3.access_key_id" "s3.secret_access_key" "pipeline.hf_token" "provenance.signing_key" }}
 {{- $parts := splitList "." $path }}
 {{- if hasKey (index $cfg (first $parts)) (last $parts) }}
 {{- fail (printf "config.%s is a secret: put it in the Secret named by secrets.existingSecret, not in values" $path) }}
@@ -116,6 +116,16 @@ cache_dir outside the model volume.
 {{- end }}
 {{- else }}
 {{- $_ := set $cfg.pipeline "cache_dir" (printf "%s/hub" $mount) }}
+{{- end }}
+{{- if .Values.signing.secretName }}
+{{- range $field := list "signing_key_file" "certificate_chain_file" "certificate_chain" }}
+{{- if hasKey $cfg.provenance $field }}
+{{- fail (printf "config.provenance.%s is set by the chart from signing.secretName: leave it out" $field) }}
+{{- end }}
+{{- end }}
+{{- $dir := .Values.signing.mountPath | trimSuffix "/" }}
+{{- $_ := set $cfg.provenance "signing_key_file" (printf "%s/%s" $dir .Values.signing.key) }}
+{{- $_ := set $cfg.provenance "certificate_chain_file" (printf "%s/%s" $dir .Values.signing.certificateChain) }}
 {{- end }}
 {{- if or (not (hasKey $cfg.worker "drain_grace_s")) (kindIs "invalid" (get $cfg.worker "drain_grace_s")) }}
 {{- fail "config.worker.drain_grace_s is required: terminationGracePeriodSeconds is derived from it" }}
@@ -225,7 +235,7 @@ Secret env of the worker container (Kafka SASL, S3 keys).
 Names of environment variables that carry secrets: never set with a plain value.
 */}}
 {{- define "klein-edit.secretEnvNames" -}}
-{{- list "KLEIN_EDIT_KAFKA__SASL_PASSWORD" "KLEIN_EDIT_KAFKA__OAUTH_CLIENT_SECRET" "KLEIN_EDIT_S3__ACCESS_KEY_ID" "KLEIN_EDIT_S3__SECRET_ACCESS_KEY" "KLEIN_EDIT_PIPELINE__HF_TOKEN" "HF_TOKEN" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" | toJson }}
+{{- list "KLEIN_EDIT_KAFKA__SASL_PASSWORD" "KLEIN_EDIT_KAFKA__OAUTH_CLIENT_SECRET" "KLEIN_EDIT_S3__ACCESS_KEY_ID" "KLEIN_EDIT_S3__SECRET_ACCESS_KEY" "KLEIN_EDIT_PIPELINE__HF_TOKEN" "KLEIN_EDIT_PROVENANCE__SIGNING_KEY" "HF_TOKEN" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" | toJson }}
 {{- end }}
 
 {{/*
