@@ -89,6 +89,19 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.attention_backend = Gauge(
+            "klein_edit_attention_backend_info",
+            "Always 1, labelled with the attention kernel edits run with (pipeline.attention): native, "
+            "cudnn, flash3, sage; none for the stand-in editor.",
+            ["backend"],
+            registry=r,
+        )
+        self.recompiles_after_ready = Gauge(
+            "klein_edit_recompiles_after_ready",
+            "torch.compile recompilations of the transformer since warm-up finished (goal: 0; a rise "
+            "means a request shape outside the warmed range).",
+            registry=r,
+        )
         self.model_load_seconds = Gauge(
             "klein_edit_model_load_seconds", "Model load and warm-up time.", registry=r
         )
@@ -198,6 +211,12 @@ class WorkerMetrics:
         """`stats` as `Editor.memory_stats()` gives it: allocated_bytes and peak_bytes."""
         self.gpu_memory_allocated.set(stats.get("allocated_bytes", 0.0))
         self.gpu_memory_peak.set(stats.get("peak_bytes", 0.0))
+
+    def observe_engine(self, *, attention_backend: str, recompiles_after_ready: int) -> None:
+        """The editor's attention kernel (an info gauge, 1 for the one in use) and its recompiles."""
+        self.attention_backend.clear()
+        self.attention_backend.labels(backend=attention_backend).set(1)
+        self.recompiles_after_ready.set(recompiles_after_ready)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -65,6 +65,17 @@ class PipelineSettings(BaseModel):
     text_encoder_placement: Literal["gpu", "cpu_offload", "float8"] = "gpu"
     quantize_float8: bool = Field(default=False, description="torchao float8 (dynamic, per-row) transformer.")
     compile: bool = Field(default=False, description="Regional torch.compile of the transformer blocks.")
+    attention: Literal["native", "auto", "cudnn", "flash3", "sage"] = Field(
+        default="native",
+        description="Attention kernel (diffusers' dispatcher): native (torch SDPA, the reference), cudnn, "
+        "flash3 (FlashAttention-3), sage (SageAttention), each where installed and passing a numerical "
+        "check against SDPA at start-up; auto picks the fastest that passes (pipeline/attention.py).",
+    )
+    attention_tolerance: float = Field(
+        default=0.02,
+        gt=0,
+        description="Attention check bound: max |block output - SDPA's| <= this x max(1, max |SDPA's|).",
+    )
     warmup_sizes: list[tuple[int, int]] = Field(
         default_factory=lambda: [(1024, 1024)], description="(width, height) buckets warmed before ready."
     )

@@ -17,15 +17,19 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Protocol
 
+import structlog
 import torch
 from PIL import Image
 
 from pipeline.adapters import ActiveAdapter, AdapterApplier, AdapterWeights, linear_shapes, parse_adapter
+from pipeline.attention import select_attention
 from pipeline.config import MAX_SEQUENCE_LENGTH, PipelineSettings, adapters_refusal
 from pipeline.errors import DeviceFailure, GpuOutOfMemory, ModelLoadError, PromptTooLong
 from pipeline.identity import ModelIdentity, describe_pipeline
 from pipeline.images import conform_to_pipeline
 from pipeline.optimize import CompileCounter
+
+log = structlog.get_logger(__name__)
 
 WARMUP_STEPS = 2
 WARMUP_GUIDANCE = 4.0  # > 1 so warm-up runs both the conditional and the unconditional pass
@@ -85,6 +89,16 @@ class Editor(Protocol):
 
     def memory_stats(self) -> dict[str, float]: ...
 
+    @property
+    def attention_backend(self) -> str:
+        """The attention kernel edits run with (for results and /metrics); "none" without a model."""
+        ...
+
+    @property
+    def recompiles_after_ready(self) -> int:
+        """torch.compile recompilations since warm-up finished; serving should never cause one."""
+        ...
+
 
 _OOM_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError, torch.cuda.OutOfMemoryError)
 _ACCELERATOR_ERROR: type[BaseException] | None = getattr(torch, "AcceleratorError", None)
@@ -100,8 +114,10 @@ class KleinEditor:
         model_name: str,
         *,
         compile_counter: CompileCounter | None = None,
+        attention_backend: str = "native",
     ) -> None:
         self._pipe = pipe
+        self._attention_backend = attention_backend
         self._compile_counter = compile_counter
         self._compilations_at_ready: int | None = None
         self._settings = settings
@@ -126,8 +142,18 @@ class KleinEditor:
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
         pipe, model_name = load_pipeline(settings)
+        # Before compile: the numerical check runs one eager block per candidate backend.
+        attention, trials = select_attention(
+            pipe.transformer, settings.attention, tolerance=settings.attention_tolerance
+        )
+        log.info(
+            "attention.selected",
+            setting=settings.attention,
+            backend=attention,
+            trials=[trial.describe() for trial in trials],
+        )
         counter = compile_if_enabled(pipe, settings)
-        return cls(pipe, settings, model_name, compile_counter=counter)
+        return cls(pipe, settings, model_name, compile_counter=counter, attention_backend=attention)
 
     @property
     def model_name(self) -> str:
@@ -140,6 +166,11 @@ class KleinEditor:
     @property
     def device(self) -> torch.device:
         return self._device
+
+    @property
+    def attention_backend(self) -> str:
+        """The attention kernel in use: native, cudnn, flash3 or sage (`pipeline.attention`)."""
+        return self._attention_backend
 
     @property
     def compilations(self) -> int:

@@ -120,6 +120,14 @@ class StandInEditor:
     def memory_stats(self) -> dict[str, float]:
         return {"allocated_bytes": 0.0, "peak_bytes": 0.0}
 
+    @property
+    def attention_backend(self) -> str:
+        return "none"
+
+    @property
+    def recompiles_after_ready(self) -> int:
+        return 0
+
 
 def render(job: EditJob) -> Image.Image:
     """The base image resized to the output size and tinted by a colour derived from the seed."""

@@ -78,6 +78,14 @@ class _TimedEditor:
     def memory_stats(self) -> dict[str, float]:
         return self._inner.memory_stats()
 
+    @property
+    def attention_backend(self) -> str:
+        return self._inner.attention_backend
+
+    @property
+    def recompiles_after_ready(self) -> int:
+        return self._inner.recompiles_after_ready
+
 
 def noise_png(target_bytes: int, seed: int) -> bytes:
     """A PNG of about `target_bytes` (noise does not compress, so side ~ sqrt(bytes / 3))."""
