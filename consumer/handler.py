@@ -289,9 +289,7 @@ class RecordHandler:
 
 def observe_gpu_memory(metrics: WorkerMetrics, editor: Editor) -> None:
     metrics.observe_gpu_memory(editor.memory_stats())
-    metrics.observe_engine(
-        attention_backend=editor.attention_backend, recompiles_after_ready=editor.recompiles_after_ready
-    )
+    metrics.observe_recompiles(editor.recompiles_after_ready)
 
 
 def _log_summary(result: EditCompleted) -> None:

@@ -89,13 +89,6 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=r,
         )
-        self.attention_backend = Gauge(
-            "klein_edit_attention_backend_info",
-            "Always 1, labelled with the attention kernel edits run with (pipeline.attention): native, "
-            "cudnn, flash3, sage; none for the stand-in editor.",
-            ["backend"],
-            registry=r,
-        )
         self.recompiles_after_ready = Gauge(
             "klein_edit_recompiles_after_ready",
             "torch.compile recompilations of the transformer since warm-up finished (goal: 0; a rise "
@@ -212,10 +205,9 @@ class WorkerMetrics:
         self.gpu_memory_allocated.set(stats.get("allocated_bytes", 0.0))
         self.gpu_memory_peak.set(stats.get("peak_bytes", 0.0))
 
-    def observe_engine(self, *, attention_backend: str, recompiles_after_ready: int) -> None:
-        """The editor's attention kernel (an info gauge, 1 for the one in use) and its recompiles."""
-        self.attention_backend.clear()
-        self.attention_backend.labels(backend=attention_backend).set(1)
+    def observe_recompiles(self, recompiles_after_ready: int) -> None:
+        """`Editor.recompiles_after_ready`: compilations since warm-up (the attention backend in use is
+        `klein_edit_build_info`'s `attention` label)."""
         self.recompiles_after_ready.set(recompiles_after_ready)
 
     def render(self) -> bytes:

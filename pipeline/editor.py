@@ -90,11 +90,6 @@ class Editor(Protocol):
     def memory_stats(self) -> dict[str, float]: ...
 
     @property
-    def attention_backend(self) -> str:
-        """The attention kernel edits run with (for results and /metrics); "none" without a model."""
-        ...
-
-    @property
     def recompiles_after_ready(self) -> int:
         """torch.compile recompilations since warm-up finished; serving should never cause one."""
         ...
@@ -169,7 +164,10 @@ class KleinEditor:
 
     @property
     def attention_backend(self) -> str:
-        """The attention kernel in use: native, cudnn, flash3 or sage (`pipeline.attention`)."""
+        """The attention kernel in use, by setting name: native, cudnn, flash3 or sage (`pipeline.attention`).
+
+        The result's provenance and `klein_edit_build_info` report it by diffusers' name (`_native_cudnn`,
+        `_flash_3`, `sage`), read from the transformer's processors (`pipeline.identity`)."""
         return self._attention_backend
 
     @property

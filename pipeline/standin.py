@@ -121,10 +121,6 @@ class StandInEditor:
         return {"allocated_bytes": 0.0, "peak_bytes": 0.0}
 
     @property
-    def attention_backend(self) -> str:
-        return "none"
-
-    @property
     def recompiles_after_ready(self) -> int:
         return 0
 

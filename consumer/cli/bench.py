@@ -79,10 +79,6 @@ class _TimedEditor:
         return self._inner.memory_stats()
 
     @property
-    def attention_backend(self) -> str:
-        return self._inner.attention_backend
-
-    @property
     def recompiles_after_ready(self) -> int:
         return self._inner.recompiles_after_ready
 
