@@ -51,7 +51,7 @@ def unwrap(raw: bytes, headers: Iterable[tuple[str, bytes | None]] | None = None
     body = strip_framing(raw)
     echoed = {key: found[key] for key in ECHOED if found.get(key)}
     structured = found.get("content-type", "").lower().startswith(CLOUDEVENTS_JSON)
-    if not structured and not (body[:1] == b"{" and b'"specversion"' in body):
+    if not structured and not (body.lstrip()[:1] == b"{" and b'"specversion"' in body):
         return Unwrapped(body, echoed)
     try:
         event = json.loads(body)

@@ -44,6 +44,7 @@ def test_structured_cloudevent_by_content_type_unwraps_data_and_echoes_its_attri
 def test_structured_cloudevent_is_recognised_without_the_header() -> None:
     event = json.dumps({**CE, "data": REQUEST}).encode()
     assert json.loads(unwrap(event).body) == REQUEST
+    assert json.loads(unwrap(b"\n  " + event).body) == REQUEST
 
 
 def test_dapr_default_envelope() -> None:

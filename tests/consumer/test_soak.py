@@ -63,7 +63,7 @@ class CommittedMonitor:
                         self.regressions.append(f"p{tp.partition}: {before} -> {committed}")
                     self.latest[tp.partition] = committed
                 self.samples += 1
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.05)
         finally:
             await consumer.stop()
 
