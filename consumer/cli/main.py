@@ -517,6 +517,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.set_defaults(handler=_cmd_bench_orchestration)
     b = bench.add_parser(
+        "adapters",
+        help="LoRA adapter costs: host cache miss and hit, GPU load and switch (tiny model by default)",
+        description="LoRA adapter costs on the production code paths: cache miss and hit against a local "
+        "S3 server, cold load, resident switch and switch to none on the GPU thread (docs/benchmarks.md).",
+        formatter_class=_HelpFormatter,
+    )
+    b.add_argument(
+        "--rank", type=_positive_int, default=16, metavar="N", help="LoRA rank, 1 or more (default: 16)"
+    )
+    b.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="runs per figure, 1 or more (default: 10)",
+    )
+    b.set_defaults(handler=_cmd_bench_adapters)
+    b = bench.add_parser(
         "pipeline",
         help="the real Flux2KleinPipeline code path with random weights (its options: bench pipeline --help)",
         add_help=False,
@@ -770,6 +788,20 @@ def _cmd_bench_orchestration(args: argparse.Namespace) -> int:
     except KleinEditError as exc:
         raise storage_failed(settings, exc) from exc
     print_orchestration_summary(summary)
+    return 0
+
+
+def _cmd_bench_adapters(args: argparse.Namespace) -> int:
+    from consumer.cli.adapter_bench import print_adapter_summary, run_adapter_benchmark
+    from consumer.services import ServiceError
+    from pipeline import ModelLoadError
+
+    settings = configured(args, **LOCAL_S3)
+    try:
+        summary = run_adapter_benchmark(settings.pipeline, rank=args.rank, repeats=args.repeats)
+    except (ServiceError, ModelLoadError) as exc:
+        raise CommandFailed(str(exc)) from exc
+    print_adapter_summary(summary)
     return 0
 
 
