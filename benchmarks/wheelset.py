@@ -72,8 +72,8 @@ DEVICE_BASELINE = frozenset(
     )
 )
 # Not in pyproject's dependencies but used on the device: float8 needs torchao (0.18 pairs with the
-# device's torch 2.11).
-DEVICE_EXTRAS = ("torchao==0.18.0",)
+# device's torch 2.11), the step cache cache-dit.
+DEVICE_EXTRAS = ("torchao==0.18.0", "cache-dit==1.5.3")
 MARKER_ENV = {
     "python_version": PYTHON_VERSION,
     "python_full_version": f"{PYTHON_VERSION}.3",

@@ -108,6 +108,7 @@ class EditContext:
     upload_ms: float = 0.0
     gpu_ms: float = 0.0
     adapter_load_ms: float = 0.0
+    transformer_passes: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     provenance: Provenance | None = None
 
@@ -370,6 +371,7 @@ class EditProcessor:
                 ctx.gpu_ms = (time.perf_counter() - gpu_started[0]) * 1000.0
         ctx.inference_ms = result.inference_ms
         ctx.adapter_load_ms += result.adapter_load_ms
+        ctx.transformer_passes = result.transformer_passes
         return FinishedEdit(image=result.image)
 
     # -- stage 3: encode, upload, result ---------------------------------------------------------------
@@ -555,4 +557,5 @@ class EditProcessor:
             if ctx.request is not None
             else [],
             provenance=ctx.provenance if status is EditStatus.SUCCEEDED else None,
+            transformer_passes=ctx.transformer_passes if status is EditStatus.SUCCEEDED else None,
         )

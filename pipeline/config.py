@@ -76,6 +76,28 @@ class PipelineSettings(BaseModel):
         gt=0,
         description="Attention check bound: max |block output - SDPA's| <= this x max(1, max |SDPA's|).",
     )
+    step_cache: Literal["off", "dbcache"] = Field(
+        default="off",
+        description="Skip transformer blocks on steps whose residual barely changes: cache-dit DBCache, one "
+        "cache per CFG branch (pipeline/passes.py). Changes the output; judge it with `klein-edit bench "
+        "quality` first. Requests cannot turn it on.",
+    )
+    step_cache_threshold: float = Field(
+        default=0.08, gt=0, description="DBCache residual_diff_threshold: higher skips more (and costs more)."
+    )
+    step_cache_front_blocks: int = Field(default=8, ge=1, description="DBCache Fn: first blocks always run.")
+    step_cache_back_blocks: int = Field(default=0, ge=0, description="DBCache Bn: last blocks always run.")
+    step_cache_warmup_steps: int = Field(
+        default=8, ge=0, description="DBCache: steps never cached at the start."
+    )
+    step_cache_max_continuous: int = Field(
+        default=-1, ge=-1, description="DBCache: most consecutive cached steps per branch (-1: no limit)."
+    )
+    guidance_interval: tuple[float, float] = Field(
+        default=(0.0, 1.0),
+        description="[start, end) fractions of the schedule on which the unconditional pass runs (step i of "
+        "n when start <= i/n < end); elsewhere the step uses the conditional prediction alone. Default: all.",
+    )
     warmup_sizes: list[tuple[int, int]] = Field(
         default_factory=lambda: [(1024, 1024)], description="(width, height) buckets warmed before ready."
     )
@@ -102,6 +124,14 @@ class PipelineSettings(BaseModel):
         description="Adapters kept loaded in the transformer between edits (least recently used unloaded "
         "first); each costs GPU memory (about rank x 2 x hidden x adapted layers x 2 bytes).",
     )
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _interval_within_schedule(cls, value: tuple[float, float]) -> tuple[float, float]:
+        start, end = value
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"guidance_interval must satisfy 0 <= start < end <= 1, got {value}")
+        return value
 
     @field_validator("dtype")
     @classmethod

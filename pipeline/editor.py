@@ -28,6 +28,7 @@ from pipeline.errors import DeviceFailure, GpuOutOfMemory, ModelLoadError, Promp
 from pipeline.identity import ModelIdentity, describe_pipeline
 from pipeline.images import conform_to_pipeline
 from pipeline.optimize import CompileCounter
+from pipeline.passes import PassGate, enable_step_cache, step_cache_refusal
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,9 @@ class EditOutput:
     image: Image.Image
     inference_ms: float
     adapter_load_ms: float = 0.0  # loading adapters into the transformer (0 when all were resident)
+    # Transformer passes whose blocks ran (a pass the step cache or the guidance interval skipped is not
+    # counted); None when the editor cannot tell.
+    transformer_passes: int | None = None
 
 
 class Editor(Protocol):
@@ -124,6 +128,7 @@ class KleinEditor:
         # Read-only after this point, so `parse_adapter` may use it from any thread.
         self._adapter_targets = linear_shapes(pipe.transformer)
         self._adapters = AdapterApplier(pipe, resident=settings.resident_adapters)
+        self._gate = PassGate(pipe.transformer, settings.guidance_interval)
 
     @classmethod
     def load(cls, settings: PipelineSettings) -> KleinEditor:
@@ -131,7 +136,7 @@ class KleinEditor:
         from pipeline.loader import load_pipeline
         from pipeline.optimize import compile_if_enabled
 
-        refusal = adapters_refusal(settings)
+        refusal = adapters_refusal(settings) or step_cache_refusal(settings)
         if refusal is not None:
             raise ModelLoadError(refusal)
         if settings.threads is not None:
@@ -147,6 +152,7 @@ class KleinEditor:
             backend=attention,
             trials=[trial.describe() for trial in trials],
         )
+        enable_step_cache(pipe, settings)
         counter = compile_if_enabled(pipe, settings)
         return cls(pipe, settings, model_name, compile_counter=counter, attention_backend=attention)
 
@@ -254,7 +260,10 @@ class KleinEditor:
                 f"{str(out_of_memory).splitlines()[0] if str(out_of_memory) else 'no detail'}"
             ) from out_of_memory
         return EditOutput(
-            image=image, inference_ms=(time.perf_counter() - start) * 1e3, adapter_load_ms=adapter_load_ms
+            image=image,
+            inference_ms=(time.perf_counter() - start) * 1e3,
+            adapter_load_ms=adapter_load_ms,
+            transformer_passes=self._gate.passes,
         )
 
     def _probe_device(self, cause: BaseException) -> None:
@@ -278,7 +287,6 @@ class KleinEditor:
             ) from exc
 
     def _generate(self, job: EditJob) -> Image.Image:
-        pipe = self._pipe
         # A CPU generator: the same seed gives the same noise on any GPU model (CUDA's random kernels depend
         # on the SM count) and on the CPU; the pipeline moves the noise to the device.
         generator = torch.Generator(device="cpu").manual_seed(job.seed)
@@ -296,12 +304,18 @@ class KleinEditor:
                 on_step(step + 1, total)
             return callback_kwargs
 
-        result = pipe(
+        with self._gate.edit(steps=total, guided=self.uses_guidance(job.guidance_scale)):
+            result = self._call_pipeline(job, generator, step_end, extra)
+        image: Image.Image = result.images[0]
+        return image
+
+    def _call_pipeline(self, job: EditJob, generator: torch.Generator, step_end: Any, extra: Any) -> Any:
+        return self._pipe(
             image=list(job.images),
             prompt_embeds=self._prompt_embeds(job.prompt),
             height=job.height,
             width=job.width,
-            num_inference_steps=total,
+            num_inference_steps=job.num_inference_steps,
             guidance_scale=job.guidance_scale,
             generator=generator,
             max_sequence_length=MAX_SEQUENCE_LENGTH,
@@ -309,8 +323,6 @@ class KleinEditor:
             output_type="pil",
             **extra,
         )
-        image: Image.Image = result.images[0]
-        return image
 
     def _set_vae_tiling(self, pixels: int) -> None:
         """Tile the VAE decode above `vae_tiling_megapixels`: large outputs then fit in memory."""

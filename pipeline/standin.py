@@ -85,7 +85,10 @@ class StandInEditor:
             elapsed = time.perf_counter() - start
             with self._lock:
                 self._busy += elapsed
-        return EditOutput(image=image, inference_ms=(time.perf_counter() - start) * 1e3)
+        passes = job.num_inference_steps * (2 if self.uses_guidance(job.guidance_scale) else 1)
+        return EditOutput(
+            image=image, inference_ms=(time.perf_counter() - start) * 1e3, transformer_passes=passes
+        )
 
     def _hold(self, job: EditJob) -> None:
         steps = max(1, job.num_inference_steps)

@@ -169,3 +169,10 @@ class EditCompleted(WireModel):
         description="Where the output came from (model, revision, settings, versions, input hashes, seed); "
         "set when succeeded. Added in edit-completed v1 without a version bump.",
     )
+    transformer_passes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Transformer passes actually run for this edit: steps x 2 with guidance, fewer when the "
+        "operator's step cache or guidance interval skipped some; set when succeeded. Added in "
+        "edit-completed v1 without a version bump.",
+    )
