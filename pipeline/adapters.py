@@ -27,6 +27,8 @@ TRANSFORMER_PREFIX = "transformer."
 # What diffusers' safetensors header metadata key for LoRA settings (alpha, rank pattern) is called.
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 _WEIGHT_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_B.bias")
+# Key prefixes of the layouts diffusers knows (its own, peft's PeftModel, ai-toolkit, text encoders).
+_KNOWN_PREFIXES = (TRANSFORMER_PREFIX, "text_encoder", "base_model.model.", "diffusion_model.", "unet.")
 _HEADER_LENGTH_BYTES = 8
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 _PICKLE_PROTOCOL_OPCODE = 0x80  # PROTO opcode that starts every pickle of protocol 2 and later
@@ -166,6 +168,10 @@ def _to_diffusers_layout(raw: dict[str, torch.Tensor], name: str) -> dict[str, t
 
     if not raw:
         raise InvalidAdapter(f"{name}: the file holds no tensors")
+    if all(key.endswith(_WEIGHT_SUFFIXES) and not key.startswith(_KNOWN_PREFIXES) for key in raw):
+        # Bare diffusers module paths (peft's `get_peft_model_state_dict` of the transformer itself):
+        # diffusers would silently load nothing from these, so they are read as the transformer's.
+        raw = {TRANSFORMER_PREFIX + key: tensor for key, tensor in raw.items()}
     try:
         converted = Flux2KleinPipeline.lora_state_dict(dict(raw))
     except Exception as exc:
