@@ -83,6 +83,7 @@ async def test_submit_wait_uploads_a_local_file_and_prints_the_result(
     assert result.params is not None
     assert result.params.seed == 5
     assert "#00AA00" in result.params.prompt
+    assert result.transformer_passes == 2 * 25  # conditional + unconditional per step, nothing skipped
     assert result.output is not None
     assert (result.output.width, result.output.height) == (96, 64)
     outputs = output_objects(store, settings)
