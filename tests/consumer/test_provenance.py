@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import uuid
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from consumer.settings import Settings
-from pipeline import Editor, StandInEditor
+from pipeline import Editor, KleinEditor, StandInEditor
 from pipeline.config import TINY_RANDOM, PipelineSettings
 from pipeline.loader import locate_model
 from pipeline.signing import ManifestFacts, ManifestSigner, SigningFailed
@@ -27,6 +28,7 @@ from schemas.provenance import DIGITAL_SOURCE_TYPE_EDIT
 from schemas.requests import OutputFormat
 from schemas.results import EditCompleted, EditStatus
 from storage import ImageStore, S3Location
+from tests.adapters import adapter_file
 from tests.c2pa_chain import SigningChain, make_chain, read_manifest
 from tests.consumer.harness import (
     by_request,
@@ -255,3 +257,38 @@ async def test_a_signing_failure_is_retried_and_never_stores_an_unsigned_output(
     keys = list(output_objects(store, settings))
     assert not any("broken-1" in key for key in keys), keys
     assert any("flaky-1" in key for key in keys)
+
+
+@pytest.fixture(scope="module")
+def adapter_editor() -> KleinEditor:
+    """An editor of this module's own: adapters are loaded into it."""
+    return KleinEditor.load(PipelineSettings(model=TINY_RANDOM, device="cpu", warmup=False))
+
+
+async def test_adapters_are_part_of_the_provenance_also_when_redelivered(
+    make_settings: Callable[..., Settings], adapter_editor: KleinEditor
+) -> None:
+    bucket = f"adapters-{uuid.uuid4().hex[:10]}"
+    settings = make_settings(s3={"adapter_buckets": [bucket]})
+    store = await prepare(settings)
+    store.ensure_bucket(bucket)
+    lora = adapter_file(seed=5)
+    lora_uri = S3Location(bucket, "brand.safetensors").uri
+    store.put_object(S3Location(bucket, "brand.safetensors"), lora, content_type="application/octet-stream")
+    image = stage_image(store, settings, "a.png", png_bytes(64, 64))
+    req = request(settings, image, loras=[{"uri": lora_uri, "scale": 0.5}])
+
+    async with running_worker(settings, lambda: adapter_editor):
+        await publish(settings, req)
+        await results(settings, count=1, timeout_s=90)
+        await publish(settings, req)  # answered from the stored object
+        first, again = await results(settings, count=2, timeout_s=90)
+
+    assert first.status is EditStatus.SUCCEEDED, first.error
+    assert first.params is not None
+    assert first.provenance is not None
+    assert first.provenance.adapters == first.params.loras
+    (adapter,) = first.provenance.adapters
+    assert (adapter.uri, adapter.scale) == (lora_uri, 0.5)
+    assert adapter.sha256 == hashlib.sha256(lora).hexdigest()
+    assert again.provenance == first.provenance

@@ -111,11 +111,12 @@ async def test_p3_jpeg_is_edited_as_its_srgb_twin(
 
     events = await run(settings, tiny_editor, [p3, srgb_twin, unmanaged, as_jpeg])
 
-    p3_data, p3_image = stored(store, settings, events[p3.request_id])
-    twin_data, _ = stored(store, settings, events[srgb_twin.request_id])
-    raw_data, _ = stored(store, settings, events[unmanaged.request_id])
-    assert p3_data == twin_data  # the model received the converted pixels ...
-    assert p3_data != raw_data  # ... and not the file's values read as sRGB
+    # Pixels, not files: each file's XMP names its own request.
+    _, p3_image = stored(store, settings, events[p3.request_id])
+    _, twin_image = stored(store, settings, events[srgb_twin.request_id])
+    _, raw_image = stored(store, settings, events[unmanaged.request_id])
+    assert p3_image.tobytes() == twin_image.tobytes()  # the model received the converted pixels ...
+    assert p3_image.tobytes() != raw_image.tobytes()  # ... and not the file's values read as sRGB
     assert p3_image.mode == "RGB"
     event = events[p3.request_id]
     assert event.output is not None
@@ -178,9 +179,11 @@ async def test_rgba_cut_out_recolour_stays_a_cut_out(
         _, flat = stored(store, settings, events[opaque.request_id])
         assert flat.mode == "RGB"
         assert events[opaque.request_id].params.alpha == "flatten"  # type: ignore[union-attr]
-    black_data, _ = stored(store, settings, events[on_black.request_id])
+    _, black = stored(store, settings, events[on_black.request_id])
     assert events[on_black.request_id].params.background == "#000000"  # type: ignore[union-attr]
-    assert black_data != data  # another background is another input
+    assert (
+        black.convert("RGB").tobytes() != image.convert("RGB").tobytes()
+    )  # another background, another input
 
 
 async def test_heic_phone_photo_comes_out_upright_and_tiff_is_refused_by_name(
@@ -214,10 +217,11 @@ async def test_heic_phone_photo_comes_out_upright_and_tiff_is_refused_by_name(
     assert refused.error.code is ErrorCode.INVALID_IMAGE
     assert "format TIFF is not allowed" in refused.error.message
 
-    data, image = stored(store, settings, events[phone.request_id])
+    # Pixels, not files: each file's XMP names its own request.
+    _, image = stored(store, settings, events[phone.request_id])
     assert image.height > image.width  # portrait, as the phone showed it
-    twin_data, _ = stored(store, settings, events[twin.request_id])
-    assert data == twin_data
-    sixteen_data, _ = stored(store, settings, events[sixteen.request_id])
-    eight_data, _ = stored(store, settings, events[eight.request_id])
-    assert sixteen_data == eight_data  # 16-bit samples scaled to their 8-bit values, not clipped
+    _, twin_image = stored(store, settings, events[twin.request_id])
+    assert image.tobytes() == twin_image.tobytes()
+    _, sixteen_image = stored(store, settings, events[sixteen.request_id])
+    _, eight_image = stored(store, settings, events[eight.request_id])
+    assert sixteen_image.tobytes() == eight_image.tobytes()  # 16-bit scaled to 8 bits, not clipped
