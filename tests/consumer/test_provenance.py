@@ -252,7 +252,8 @@ async def test_a_signing_failure_is_retried_and_never_stores_an_unsigned_output(
     assert "C2PA signing failed" in failed.error.message
     assert failed.output is None
     assert failed.provenance is None
-    assert signer.calls["broken-1"] >= 2
+    assert failed.attempt == settings.worker.max_attempts  # retried with backoff, then dead-lettered
+    assert signer.calls["broken-1"] == settings.worker.max_attempts
     assert dead.key == b"broken-1"
     keys = list(output_objects(store, settings))
     assert not any("broken-1" in key for key in keys), keys
