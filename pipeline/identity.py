@@ -98,9 +98,13 @@ def _backend_name(backend: object) -> str:
 
 def describe_pipeline(pipe: Any, settings: PipelineSettings, model: str) -> ModelIdentity:
     """The identity of a pipeline loaded by `load_pipeline` (its directory is `pipe.name_or_path`)."""
+    from pipeline.loader import resolve_dtype
+
     revision, source = model_revision(Path(pipe.name_or_path))
-    dtype = getattr(pipe.transformer, "dtype", None)
-    dtype_name = str(pipe.dtype if not isinstance(dtype, torch.dtype) else dtype).removeprefix("torch.")
+    # The dtype the loader placed the components in (a float8 transformer's parameters report other
+    # dtypes: the compute dtype is what is meant).
+    dtype = resolve_dtype(settings, torch.device(pipe._execution_device))
+    dtype_name = str(dtype).removeprefix("torch.")
     return ModelIdentity(
         model=model,
         revision=revision,
