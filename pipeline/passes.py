@@ -51,8 +51,7 @@ def enable_step_cache(pipe: Any, settings: PipelineSettings) -> None:
             "KLEIN_EDIT_PIPELINE__STEP_CACHE=dbcache needs cache-dit, which is not installed: "
             "`pip install cache-dit` (tested with 1.5.3), or set it to off"
         ) from exc
-    # cache-dit logs every option at INFO through its own handler: noise in a worker's JSON logs.
-    logging.getLogger("CACHE_DIT").setLevel(logging.WARNING)
+    _quiet_cache_dit()
     config = cache_dit.DBCacheConfig(
         Fn_compute_blocks=settings.step_cache_front_blocks,
         Bn_compute_blocks=settings.step_cache_back_blocks,
@@ -65,6 +64,15 @@ def enable_step_cache(pipe: Any, settings: PipelineSettings) -> None:
         cache_dit.enable_cache(pipe, cache_config=config)
     except Exception as exc:
         raise ModelLoadError(f"cache-dit could not install DBCache: {type(exc).__name__}: {exc}") from exc
+    _quiet_cache_dit()
+
+
+def _quiet_cache_dit() -> None:
+    """cache-dit logs every option at INFO, each module logger with its own level and handler: noise in
+    a worker's JSON logs. Warnings stay."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("cache_dit", "CACHE_DIT")):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class PassGate:

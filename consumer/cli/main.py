@@ -535,6 +535,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.set_defaults(handler=_cmd_bench_adapters)
     b = bench.add_parser(
+        "quality",
+        help="PSNR, SSIM, LPIPS, passes and speed-up of option sets against bf16 with everything off",
+        description="Runs each option set on the same images, prompts and seeds as the reference (bf16, "
+        "everything off) with the configured model and compares the outputs (docs/benchmarks.md: the "
+        "protocol; random weights cannot show the quality cost).",
+        formatter_class=_HelpFormatter,
+    )
+    b.add_argument(
+        "--option-sets",
+        required=True,
+        metavar="A,B",
+        help="comma-separated, e.g. float8+compile,dbcache@0.12,interval@0.1-0.9,attn@sage",
+    )
+    b.add_argument("--images", required=True, type=Path, metavar="DIR", help="PNG/JPEG/WebP inputs")
+    b.add_argument("--prompts", required=True, type=Path, metavar="FILE", help="one prompt per line")
+    b.add_argument("--seeds", default="0", metavar="0,1", help="comma-separated seeds (default: 0)")
+    b.add_argument("--steps", type=_positive_int, default=50, metavar="N", help="default: 50")
+    b.add_argument("--guidance", type=float, default=4.0, metavar="X", help="default: 4.0")
+    b.add_argument(
+        "--size", type=_positive_int, default=1024, metavar="PX", help="square side (default 1024)"
+    )
+    b.add_argument("--max-lpips", type=float, default=0.05, metavar="X", help="gate (default: 0.05)")
+    b.set_defaults(handler=_cmd_bench_quality)
+    b = bench.add_parser(
         "pipeline",
         help="the real Flux2KleinPipeline code path with random weights (its options: bench pipeline --help)",
         add_help=False,
@@ -802,6 +826,32 @@ def _cmd_bench_adapters(args: argparse.Namespace) -> int:
     except (ServiceError, ModelLoadError) as exc:
         raise CommandFailed(str(exc)) from exc
     print_adapter_summary(summary)
+    return 0
+
+
+def _cmd_bench_quality(args: argparse.Namespace) -> int:
+    from pipeline import ModelLoadError
+    from pipeline.quality import load_cases, print_quality_summary, run_quality_benchmark
+
+    settings = configured(args, **NO_S3)
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        cases = load_cases(args.images, args.prompts, seeds, args.size)
+        summary = run_quality_benchmark(
+            settings.pipeline,
+            [name for name in args.option_sets.split(",") if name.strip()],
+            cases,
+            steps=args.steps,
+            guidance=args.guidance,
+            max_lpips=args.max_lpips,
+        )
+    except ImportError as exc:
+        raise CommandFailed(
+            f"needs scikit-image for PSNR and SSIM: pip install 'klein-edit[quality]' ({exc})"
+        ) from exc
+    except (ValueError, OSError, ModelLoadError) as exc:
+        raise CommandFailed(str(exc)) from exc
+    print_quality_summary(summary)
     return 0
 
 
