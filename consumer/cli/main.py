@@ -546,17 +546,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--option-sets",
         required=True,
         metavar="A,B",
-        help="comma-separated, e.g. float8+compile,dbcache@0.12,interval@0.1-0.9,attn@sage",
+        help="comma-separated, e.g. float8+compile,dbcache@0.12,interval@0.1-0.9,attn@sage (required)",
     )
-    b.add_argument("--images", required=True, type=Path, metavar="DIR", help="PNG/JPEG/WebP inputs")
-    b.add_argument("--prompts", required=True, type=Path, metavar="FILE", help="one prompt per line")
+    b.add_argument("--images", required=True, metavar="DIR", help="PNG/JPEG/WebP inputs (required)")
+    b.add_argument("--prompts", required=True, metavar="FILE", help="one prompt per line (required)")
     b.add_argument("--seeds", default="0", metavar="0,1", help="comma-separated seeds (default: 0)")
-    b.add_argument("--steps", type=_positive_int, default=50, metavar="N", help="default: 50")
-    b.add_argument("--guidance", type=float, default=4.0, metavar="X", help="default: 4.0")
     b.add_argument(
-        "--size", type=_positive_int, default=1024, metavar="PX", help="square side (default 1024)"
+        "--steps",
+        type=_positive_int,
+        default=50,
+        metavar="N",
+        help="denoising steps, 1 or more (default: 50)",
     )
-    b.add_argument("--max-lpips", type=float, default=0.05, metavar="X", help="gate (default: 0.05)")
+    b.add_argument(
+        "--guidance", type=float, default=4.0, metavar="SCALE", help="guidance scale, 0 to 30 (default: 4.0)"
+    )
+    b.add_argument(
+        "--size",
+        type=_positive_int,
+        default=1024,
+        metavar="PIXELS",
+        help="side of the square each input is fitted to, 1 or more (default: 1024)",
+    )
+    b.add_argument(
+        "--max-lpips",
+        type=float,
+        default=0.05,
+        metavar="SCALE",
+        help="gate on mean LPIPS, 0 to 1 (default: 0.05)",
+    )
     b.set_defaults(handler=_cmd_bench_quality)
     b = bench.add_parser(
         "pipeline",
@@ -836,7 +854,7 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
     settings = configured(args, **NO_S3)
     try:
         seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
-        cases = load_cases(args.images, args.prompts, seeds, args.size)
+        cases = load_cases(Path(args.images), Path(args.prompts), seeds, args.size)
         summary = run_quality_benchmark(
             settings.pipeline,
             [name for name in args.option_sets.split(",") if name.strip()],
