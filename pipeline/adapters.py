@@ -329,3 +329,134 @@ class AdapterApplier:
             raise InvalidAdapter(
                 f"adapter {weights.sha256[:12]}: diffusers could not load it ({_first_line(exc)})"
             ) from exc
+
+
+BLOCK_PREFIXES = ("transformer_blocks.", "single_transformer_blocks.")
+
+
+def slot_modules(transformer: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """The layers compiled adapter slots cover: every Linear layer of the transformer blocks."""
+    return {
+        name: shape for name, shape in linear_shapes(transformer).items() if name.startswith(BLOCK_PREFIXES)
+    }
+
+
+class AdapterSlots:
+    """Adapters for a compiled transformer: fixed slots, written in place, so nothing ever recompiles.
+
+    Installed before `torch.compile`: `slots` LoRA adapters of rank `rank` on every layer of `modules`,
+    all active at scale 1 and all zero (a zero `lora_B` adds exactly 0). An edit copies its adapters'
+    weights into the slots (rank zero-padded to `rank`, the request's scale and the adapter's alpha / rank
+    folded into `lora_B`) and zeroes the slots it does not use. Module structure, active set and scalings
+    never change, so the compiled graphs stay valid; this is what peft's hot-swap does, for several
+    adapters at once and per-request scales. Every edit pays for the slots' matmuls, used or not.
+    GPU thread only.
+    """
+
+    def __init__(self, pipe: Any, *, slots: int, rank: int, modules: Mapping[str, tuple[int, int]]) -> None:
+        if slots < 1 or not modules:
+            raise ValueError("adapter slots need at least one slot and one module")
+        self._rank = rank
+        self._names = [f"klein_slot_{index}" for index in range(slots)]
+        self._modules = dict(modules)
+        zero: dict[str, torch.Tensor] = {}
+        for module, (in_features, out_features) in self._modules.items():
+            zero[f"{TRANSFORMER_PREFIX}{module}.lora_A.weight"] = torch.zeros(rank, in_features)
+            zero[f"{TRANSFORMER_PREFIX}{module}.lora_B.weight"] = torch.zeros(out_features, rank)
+        for name in self._names:
+            pipe.load_lora_into_transformer(
+                dict(zero),
+                transformer=pipe.transformer,
+                adapter_name=name,
+                _pipeline=pipe,
+                low_cpu_mem_usage=False,
+            )
+        pipe.set_adapters(self._names, adapter_weights=[1.0] * slots)
+        self._layers = {module: pipe.transformer.get_submodule(module) for module in self._modules}
+        self._held: list[tuple[str, float] | None] = [None] * slots
+
+    @property
+    def modules(self) -> dict[str, tuple[int, int]]:
+        return dict(self._modules)
+
+    @property
+    def loaded(self) -> list[str]:
+        """Names of the adapters in the slots now (content names, as `AdapterApplier.loaded`)."""
+        return [f"lora_{held[0][:16]}" for held in self._held if held is not None]
+
+    def apply(self, adapters: Sequence[ActiveAdapter]) -> float:
+        """Write exactly `adapters` into the slots; returns the milliseconds spent copying weights."""
+        merged: dict[str, tuple[AdapterWeights, float]] = {}
+        for adapter in adapters:
+            previous = merged.get(adapter.weights.sha256)
+            merged[adapter.weights.sha256] = (
+                adapter.weights,
+                adapter.scale + (previous[1] if previous else 0.0),
+            )
+        wanted = [(weights, scale) for weights, scale in merged.values() if scale != 0.0]
+        if len(wanted) > len(self._names):
+            raise InvalidAdapter(f"{len(wanted)} adapters, this worker has {len(self._names)} adapter slots")
+        # An adapter already held at this scale stays in its slot; the others take the free slots.
+        plan: list[tuple[AdapterWeights, float] | None] = [None] * len(self._names)
+        pending = []
+        for weights, scale in wanted:
+            key = (weights.sha256, scale)
+            if key in self._held:
+                plan[self._held.index(key)] = (weights, scale)
+            else:
+                pending.append((weights, scale))
+        free = [index for index, entry in enumerate(plan) if entry is None]
+        for index, waiting in zip(free, pending, strict=False):
+            plan[index] = waiting
+        started = time.perf_counter()
+        copied = False
+        with torch.no_grad():
+            for index, planned in enumerate(plan):
+                held = (planned[0].sha256, planned[1]) if planned is not None else None
+                if held == self._held[index]:
+                    continue
+                self._fill(self._names[index], planned)
+                self._held[index] = held
+                copied = copied or planned is not None
+        return (time.perf_counter() - started) * 1000.0 if copied else 0.0
+
+    def _fill(self, slot: str, entry: tuple[AdapterWeights, float] | None) -> None:
+        weights, scale = entry if entry is not None else (None, 0.0)
+        for module, layer in self._layers.items():
+            down, up = layer.lora_A[slot].weight, layer.lora_B[slot].weight
+            a = weights.state_dict.get(f"{TRANSFORMER_PREFIX}{module}.lora_A.weight") if weights else None
+            if weights is None or a is None:
+                down.zero_()
+                up.zero_()
+                continue
+            b = weights.state_dict[f"{TRANSFORMER_PREFIX}{module}.lora_B.weight"]
+            rank = int(a.shape[0])
+            factor = scale * _module_scaling(weights, rank)
+            down[:rank].copy_(a)
+            down[rank:].zero_()
+            up[:, :rank].copy_(b.to(torch.float32) * factor)
+            up[:, rank:].zero_()
+
+
+def _module_scaling(weights: AdapterWeights, rank: int) -> float:
+    """peft's LoRA scaling (alpha / rank, or alpha / sqrt(rank) with rsLoRA) from diffusers' metadata."""
+    metadata = {
+        key.removeprefix(TRANSFORMER_PREFIX): value for key, value in (weights.metadata or {}).items()
+    }
+    alpha = float(metadata.get("lora_alpha", rank))
+    return alpha / (rank**0.5) if metadata.get("use_rslora") else alpha / rank
+
+
+def check_slot_compatible(weights: AdapterWeights, *, name: str) -> None:
+    """What adapter slots cannot express: a LoRA bias, or per-module alphas/ranks in the metadata."""
+    if any(key.endswith(".lora_B.bias") for key in weights.state_dict):
+        raise InvalidAdapter(f"{name}: LoRA biases are not supported with compile (adapter slots)")
+    metadata = {
+        key.removeprefix(TRANSFORMER_PREFIX): value for key, value in (weights.metadata or {}).items()
+    }
+    if metadata.get("alpha_pattern"):
+        raise InvalidAdapter(f"{name}: per-module alphas (alpha_pattern) are not supported with compile")
+
+
+def _unprefixed(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {key.removeprefix(TRANSFORMER_PREFIX): value for key, value in (metadata or {}).items()}

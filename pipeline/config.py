@@ -108,10 +108,14 @@ class PipelineSettings(BaseModel):
         ge=0,
         le=MAX_ADAPTERS_HARD,
         description="LoRA adapters one request may list (`loras`); 0 turns adapters off. Must be 0 with "
-        "quantize_float8 or compile (refused at start-up).",
+        "quantize_float8 (refused at start-up). With compile, this many fixed adapter slots are compiled in.",
     )
     max_adapter_rank: int = Field(
-        default=128, ge=1, description="Highest LoRA rank accepted; a higher one fails with INVALID_ADAPTER."
+        default=128,
+        ge=1,
+        description="Highest LoRA rank accepted; a higher one fails with INVALID_ADAPTER. With compile, the "
+        "rank of every adapter slot: each edit computes max_adapters slots of this rank on every block "
+        "layer, so keep it low (32-64) there.",
     )
     adapter_cache_bytes: int = Field(
         default=4 * 1024**3,
@@ -158,16 +162,14 @@ def adapters_refusal(settings: PipelineSettings) -> str | None:
 
     float8: peft's LoRA layers would wrap torchao's quantized Linear layers; whether that is numerically
     right (and fast) has not been measured on a GPU, so the combination is refused rather than guessed.
-    compile: a new adapter or scale would recompile the blocks (minutes per new adapter); hot-swapping into
-    fixed compiled slots is not implemented yet.
+    (compile is served with fixed adapter slots, `pipeline.adapters.AdapterSlots`.)
     """
-    if settings.max_adapters == 0 or not (settings.quantize_float8 or settings.compile):
+    if settings.max_adapters == 0 or not settings.quantize_float8:
         return None
-    option = "quantize_float8" if settings.quantize_float8 else "compile"
     return (
-        f"LoRA adapters (max_adapters={settings.max_adapters}) cannot be combined with {option}: set "
+        f"LoRA adapters (max_adapters={settings.max_adapters}) cannot be combined with quantize_float8: set "
         "KLEIN_EDIT_PIPELINE__MAX_ADAPTERS=0 to run without adapters, or turn "
-        f"KLEIN_EDIT_PIPELINE__{option.upper()} off to serve requests with `loras`"
+        "KLEIN_EDIT_PIPELINE__QUANTIZE_FLOAT8 off to serve requests with `loras`"
     )
 
 

@@ -21,7 +21,16 @@ import structlog
 import torch
 from PIL import Image
 
-from pipeline.adapters import ActiveAdapter, AdapterApplier, AdapterWeights, linear_shapes, parse_adapter
+from pipeline.adapters import (
+    ActiveAdapter,
+    AdapterApplier,
+    AdapterSlots,
+    AdapterWeights,
+    check_slot_compatible,
+    linear_shapes,
+    parse_adapter,
+    slot_modules,
+)
 from pipeline.attention import select_attention
 from pipeline.config import MAX_SEQUENCE_LENGTH, PipelineSettings, adapters_refusal
 from pipeline.errors import DeviceFailure, GpuOutOfMemory, ModelLoadError, PromptTooLong
@@ -114,6 +123,7 @@ class KleinEditor:
         *,
         compile_counter: CompileCounter | None = None,
         attention_backend: str = "native",
+        adapter_slots: AdapterSlots | None = None,
     ) -> None:
         self._pipe = pipe
         self._attention_backend = attention_backend
@@ -126,8 +136,14 @@ class KleinEditor:
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._negative_embeds: torch.Tensor | None = None
         # Read-only after this point, so `parse_adapter` may use it from any thread.
-        self._adapter_targets = linear_shapes(pipe.transformer)
-        self._adapters = AdapterApplier(pipe, resident=settings.resident_adapters)
+        self._adapter_slots = adapter_slots
+        self._adapters: AdapterApplier | AdapterSlots
+        if adapter_slots is not None:
+            self._adapter_targets = adapter_slots.modules
+            self._adapters = adapter_slots
+        else:
+            self._adapter_targets = linear_shapes(pipe.transformer)
+            self._adapters = AdapterApplier(pipe, resident=settings.resident_adapters)
         self._gate = PassGate(pipe.transformer, settings.guidance_interval)
 
     @classmethod
@@ -153,8 +169,22 @@ class KleinEditor:
             trials=[trial.describe() for trial in trials],
         )
         enable_step_cache(pipe, settings)
+        slots = None
+        if settings.compile and settings.max_adapters > 0:
+            # Before compile: the slots are part of what gets traced (see AdapterSlots).
+            modules = slot_modules(pipe.transformer)
+            slots = AdapterSlots(
+                pipe, slots=settings.max_adapters, rank=settings.max_adapter_rank, modules=modules
+            )
         counter = compile_if_enabled(pipe, settings)
-        return cls(pipe, settings, model_name, compile_counter=counter, attention_backend=attention)
+        return cls(
+            pipe,
+            settings,
+            model_name,
+            compile_counter=counter,
+            attention_backend=attention,
+            adapter_slots=slots,
+        )
 
     @property
     def model_name(self) -> str:
@@ -218,9 +248,12 @@ class KleinEditor:
             )
 
     def parse_adapter(self, data: bytes, *, name: str) -> AdapterWeights:
-        return parse_adapter(
+        weights = parse_adapter(
             data, name=name, targets=self._adapter_targets, max_rank=self._settings.max_adapter_rank
         )
+        if self._adapter_slots is not None:
+            check_slot_compatible(weights, name=name)
+        return weights
 
     def loaded_adapters(self) -> list[str]:
         """Names of the adapters loaded in the transformer now, least recently used first."""
