@@ -65,7 +65,7 @@ install_wheels() {
         return 0
     fi
     rm -rf "$site"
-    step install-wheels 60 "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
+    step install-wheels 45 "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
     export PYTHONPATH="$site:$PWD"
 }
 
@@ -123,11 +123,11 @@ case "$command" in
         ;;
     call1)
         install_wheels
-        step device 30 "$py" -c "$device_info"
+        step device 20 "$py" -c "$device_info"
         tail -n 1 "$out/device.log" >>"$results"
-        step import-smoke 45 "$py" -m benchmarks.import_check --target "$site" --strict
+        step import-smoke 40 "$py" -m benchmarks.import_check --target "$site" --strict
         tail -n 1 "$out/import-smoke.log" >>"$results"
-        step pytest-gpu 90 "$py" -m pytest -m gpu tests/pipeline -q -p no:cacheprovider
+        step pytest-gpu 75 "$py" -m pytest -m gpu tests/pipeline -q -p no:cacheprovider
         option_set bf16 55
         option_set float8 55
         option_set 24gb 55
@@ -135,12 +135,12 @@ case "$command" in
         ;;
     call2)
         install_wheels
-        step device 30 "$py" -c "$device_info"
+        step device 20 "$py" -c "$device_info"
         tail -n 1 "$out/device.log" >>"$results"
         option_set bf16 75
         option_set float8 75
         option_set 24gb 75
-        option_set float8+compile 210
+        option_set float8+compile 190
         ;;
     *)
         usage

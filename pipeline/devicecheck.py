@@ -5,8 +5,9 @@ crash, a hang or a long compile loses only that option set, and every figure mea
 already on disk. Lines go to `--out` (appended, flushed and fsynced as each result exists) and stdout.
 
 Option sets (`OPTION_SETS`): `bf16`; `float8` (torchao float8 transformer); `float8+compile` (plus the
-regional compile); `24gb` (float8 transformer and text encoder, under a 22 GB per-process memory
-fraction set after placement, the budget of a 24 GB card).
+regional compile and `attention=auto`: every installed backend checked against SDPA on one block, the
+fastest that passes used; the build line lists the trials); `24gb` (float8 transformer and text
+encoder, under a 22 GB per-process memory fraction set after placement, the budget of a 24 GB card).
 
 Call 1 (correctness): memory growth over 20 distinct prompts (`memory_allocated` after each edit must
 stay flat), OOM recovery (a forced out-of-memory error is `GpuOutOfMemory`; the next edit gives the same
@@ -40,11 +41,12 @@ from typing import Any, TextIO
 import torch
 from PIL import Image
 
+from pipeline.attention import select_attention
 from pipeline.bench import PassTimer, build_random_pipeline, parse_option_set
 from pipeline.config import TINY_RANDOM, PipelineSettings
 from pipeline.editor import EditJob, KleinEditor
 from pipeline.errors import GpuOutOfMemory
-from pipeline.optimize import CompileCounter, apply_options
+from pipeline.optimize import CompileCounter, apply_options, compile_transformer
 
 OPTION_SETS: dict[str, str] = {
     "bf16": "bf16",
@@ -53,6 +55,8 @@ OPTION_SETS: dict[str, str] = {
     "24gb": "float8+te-float8",
 }
 MEMORY_FRACTION_BYTES = {"24gb": 22 * 10**9}
+# The fastest exact set: the attention backend is chosen at start-up (`pipeline.attention`, auto).
+AUTO_ATTENTION = {"float8+compile"}
 GROWTH_PROMPTS = 20
 GROWTH_TOLERANCE_BYTES = 64 * 2**20  # allocator rounding; a leak of one 9B embedding per edit is 12.6 MB x 20
 REFERENCE_COUNTS = (0, 1, 4)
@@ -125,6 +129,8 @@ class Case:
             warmup_sizes=[(self.size, self.size)],
         )
         settings = parse_option_set(OPTION_SETS[option_set], base)
+        if option_set in AUTO_ATTENTION:
+            settings = settings.model_copy(update={"attention": "auto"})
         if dry_run and (settings.quantize_float8 or settings.text_encoder_placement == "float8"):
             self.skipped.append("float8 needs CUDA (compute capability 8.9+)")
             settings = settings.model_copy(update={"quantize_float8": False, "text_encoder_placement": "gpu"})
@@ -135,9 +141,19 @@ class Case:
         dtype = torch.float32 if dry_run else torch.bfloat16
         start = time.perf_counter()
         pipe = build_random_pipeline(real_dims=not dry_run, device=self.device, dtype=dtype)
-        applied = apply_options(pipe, settings, self.counter)
+        # As KleinEditor.load orders it: weights quantized, then the attention check, then compile.
+        applied = apply_options(pipe, settings.model_copy(update={"compile": False}))
+        attention, trials = select_attention(
+            pipe.transformer, settings.attention, tolerance=settings.attention_tolerance
+        )
+        if settings.compile:
+            compile_transformer(pipe.transformer, self.counter)
+            applied.append("compile")
         self.pipe = pipe
-        self.editor = KleinEditor(pipe, settings, base.model, compile_counter=self.counter)
+        self.editor = KleinEditor(
+            pipe, settings, base.model, compile_counter=self.counter, attention_backend=attention
+        )
+        self.attention_trials = [trial.describe() for trial in trials]
         fraction = None
         if self.device.type == "cuda":
             gc.collect()
@@ -151,6 +167,8 @@ class Case:
             "build",
             ok=True,
             options_applied=applied,
+            attention=attention,
+            attention_trials=self.attention_trials,
             skipped=self.skipped,
             build_s=round(time.perf_counter() - start, 3),
             memory_fraction=fraction,
