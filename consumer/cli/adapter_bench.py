@@ -4,7 +4,8 @@ Host side (the prepare stage, an I/O thread): `AdapterResolver.resolve` against 
 a cache miss (HEAD + GET + SHA-256 + safetensors parse + module/shape check) and a hit (HEAD + lookup).
 GPU thread: `AdapterApplier.apply` on the loaded model for a cold load (peft layers injected and
 filled), a switch between two resident adapters (`set_adapters`), a switch to no adapter
-(`disable_lora`) and back; and one edit with and without an active adapter.
+(`disable_lora`) and back; compile's `AdapterSlots.apply` (weights copied into a fixed slot of rank
+`pipeline.max_adapter_rank`, and zeroed then refilled); and one edit with and without an active adapter.
 
 Adapters are random LoRA weights of the requested rank on every attention projection of the model
 (`to_q`, `to_k`, `to_v`, `to_out.0`, `add_*_proj`, `to_add_out`, the single blocks' fused projections).
@@ -27,7 +28,7 @@ from safetensors.torch import save
 from consumer.adapters import AdapterCache, AdapterResolver
 from consumer.services import MotoServer
 from pipeline import ActiveAdapter, EditJob, KleinEditor
-from pipeline.adapters import AdapterApplier, linear_shapes
+from pipeline.adapters import AdapterApplier, AdapterSlots, linear_shapes, slot_modules
 from pipeline.config import PipelineSettings
 from pipeline.loader import load_pipeline
 from schemas.requests import AdapterRef
@@ -128,6 +129,14 @@ def run_adapter_benchmark(pipeline: PipelineSettings, *, rank: int, repeats: int
         summary["gpu_to_none_and_back_ms"] = _median_ms(
             lambda: (applier.apply([]), applier.apply([a])), repeats
         )
+
+    # compile's fixed slots (the copy is what a compiled worker pays per new adapter; no compile needed).
+    slot_pipe, _name = load_pipeline(pipeline)
+    slot_rank = max(rank, pipeline.max_adapter_rank)
+    slots = AdapterSlots(slot_pipe, slots=1, rank=slot_rank, modules=slot_modules(slot_pipe.transformer))
+    swaps = iter([a, b] * repeats)
+    summary["slot_swap_ms"] = _median_ms(lambda: slots.apply([next(swaps)]), repeats)
+    summary["slot_to_none_ms"] = _median_ms(lambda: (slots.apply([]), slots.apply([a])), repeats)
 
     image = Image.new("RGB", (256, 256), (120, 90, 60))
 

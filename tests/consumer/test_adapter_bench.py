@@ -20,6 +20,8 @@ def test_the_adapter_benchmark_measures_every_path() -> None:
         "gpu_cold_load_ms",
         "gpu_switch_resident_ms",
         "gpu_to_none_and_back_ms",
+        "slot_swap_ms",
+        "slot_to_none_ms",
         "edit_without_adapter_ms",
         "edit_with_adapter_ms",
     ):
