@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_worker,
         description="Consume edit requests from Kafka, edit on the GPU, write outputs to S3 and publish "
         "results, until SIGTERM (the edit in flight is finished first, up to "
-        "KLEIN_EDIT_WORKER__DRAIN_GRACE_S, default 120 s).",
+        "KLEIN_EDIT_WORKER__DRAIN_GRACE_S, default 300 s).",
         epilog=WORKER_EPILOG,
     )
 
