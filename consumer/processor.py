@@ -369,6 +369,9 @@ class EditProcessor:
         finally:
             if gpu_started:
                 ctx.gpu_ms = (time.perf_counter() - gpu_started[0]) * 1000.0
+                # Canceled or failed mid-edit: the editor reported nothing, so the result's
+                # timing_ms.inference is the GPU time actually spent (as gpu_ms), not 0.
+                ctx.inference_ms = ctx.gpu_ms
         ctx.inference_ms = result.inference_ms
         ctx.adapter_load_ms += result.adapter_load_ms
         ctx.transformer_passes = result.transformer_passes

@@ -129,6 +129,8 @@ async def test_cancel_mid_edit_stops_within_a_step_and_stores_nothing(
     steps_done = int(match.group(1))
     assert steps_done * step_ms <= result.gpu_ms < (steps_done + 1) * step_ms
     assert 1000 <= result.gpu_ms < 25 * step_ms / 2
+    # The GPU time spent before the cancel is the inference time, not 0 (it ran no other stage).
+    assert result.timing_ms.inference == pytest.approx(result.gpu_ms, abs=1.0)
     assert output_objects(store, settings) == {}
     assert set(lags.values()) == {0}
 
