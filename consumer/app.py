@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 import signal
+import time
 from collections.abc import Callable
 
 import structlog
@@ -21,6 +22,8 @@ from storage import AttemptLedger, ImageStore, StorageError
 
 # How often a worker whose output bucket is missing looks again (seconds, jittered by +-20 %).
 OUTPUT_BUCKET_RETRY_S = 5.0
+# While it stays missing or unreachable, the problem is logged again this often (seconds, +-20 %).
+OUTPUT_BUCKET_LOG_S = 30.0
 OUTPUT_BUCKET_PROBLEM = "output_bucket"
 
 log = structlog.get_logger("klein_edit.app")
@@ -40,8 +43,9 @@ def build_worker(settings: Settings, *, editor_factory: Callable[[], Editor] | N
 async def serve(worker: EditWorker, stop: asyncio.Event) -> int:
     """Run the worker with its health endpoint until `stop` is set; returns the exit code.
 
-    Before the model is loaded, the output bucket must exist: until it does the worker stays not
-    ready (/readyz 503) and says so in one log line, rather than edit every request and dead-letter it.
+    Before the worker consumes, the output bucket must exist: until it does the worker stays not
+    ready (/readyz 503) and says so in the log, rather than edit every request and dead-letter it. The
+    model loads meanwhile (`EditWorker.run`), so an S3 outage at deploy time does not delay it.
     """
     settings = worker.settings
     log.info(
@@ -60,9 +64,11 @@ async def serve(worker: EditWorker, stop: asyncio.Event) -> int:
         log.info("http.listening", port=health.port)
     try:
         store = ImageStore(settings.s3)
-        if not await wait_for_output_bucket(store, settings.s3.output_bucket, stop, worker.state):
-            return 0
-        return await worker.run(stop)
+
+        async def output_bucket(stop: asyncio.Event) -> bool:
+            return await wait_for_output_bucket(store, settings.s3.output_bucket, stop, worker.state)
+
+        return await worker.run(stop, before_consuming=output_bucket)
     finally:
         if health is not None:
             await health.stop()
@@ -72,9 +78,12 @@ async def wait_for_output_bucket(
     store: ImageStore, bucket: str, stop: asyncio.Event, state: WorkerState
 ) -> bool:
     """Return True once `bucket` exists, False if `stop` is set first. Meanwhile the problem is on
-    /readyz (`state.problems["output_bucket"]`) and in one log line (one more when it changes, and one
-    when the bucket appears); looks again every `OUTPUT_BUCKET_RETRY_S` seconds."""
+    /readyz (`state.problems["output_bucket"]`) and in the log: one line when it starts or changes,
+    again every `OUTPUT_BUCKET_LOG_S` (jittered) while it lasts, and one when the bucket appears;
+    looks again every `OUTPUT_BUCKET_RETRY_S` seconds."""
     reported: str | None = None
+    started = time.monotonic()
+    log_again_at = 0.0
     while not stop.is_set():
         try:
             if await asyncio.to_thread(store.bucket_exists, bucket):
@@ -89,9 +98,11 @@ async def wait_for_output_bucket(
         except StorageError as exc:
             problem = f"cannot check the output bucket s3://{bucket}: {exc}; not ready until it answers"
         state.problems[OUTPUT_BUCKET_PROBLEM] = problem
-        if problem != reported:
-            log.error("storage.output_bucket_unusable", bucket=bucket, error=problem)
+        if problem != reported or time.monotonic() >= log_again_at:
+            waited = round(time.monotonic() - started, 1)
+            log.error("storage.output_bucket_unusable", bucket=bucket, error=problem, waited_s=waited)
             reported = problem
+            log_again_at = time.monotonic() + OUTPUT_BUCKET_LOG_S * random.uniform(0.8, 1.2)
         delay = OUTPUT_BUCKET_RETRY_S * random.uniform(0.8, 1.2)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -32,9 +32,11 @@ class WorkerState:
 
     @property
     def not_ready_reason(self) -> str:
-        """Why /readyz answers 503 (empty when ready); a named problem first, it says what to fix."""
+        """Why /readyz answers 503 (empty when ready); named problems first, they say what to fix,
+        then "model loading" while it lasts (the model loads while the problems are waited out)."""
         if self.problems:
-            return "; ".join(f"{name}: {problem}" for name, problem in sorted(self.problems.items()))
+            named = "; ".join(f"{name}: {problem}" for name, problem in sorted(self.problems.items()))
+            return named if self.model_ready else f"{named}; model loading"
         if not self.model_ready:
             return "model loading"
         if self.draining:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -63,6 +65,8 @@ log = structlog.get_logger("klein_edit.worker")
 
 EXIT_OK = 0
 EXIT_FATAL = 70  # EX_SOFTWARE: the device is unusable; the orchestrator should replace the process
+# While the model loads, one more line every this many seconds (jittered by +-20 %).
+MODEL_LOADING_LOG_S = 30.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -119,13 +123,34 @@ class EditWorker:
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> int:
-        """Load the model, join the group, consume until `stop` is set; returns the exit code."""
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        before_consuming: Callable[[asyncio.Event], Coroutine[Any, Any, bool]] | None = None,
+    ) -> int:
+        """Load the model, join the group, consume until `stop` is set; returns the exit code.
+
+        The model loads (minutes on a GPU node) while, at the same time, `before_consuming(stop)` (e.g.
+        the output-bucket check: True once fine, False when `stop` came first) and the brokers are
+        waited for, so an S3 or Kafka outage at deploy time neither delays nor repeats the load.
+        Raises what the load raises, and `KafkaAccessDenied` when the brokers refuse the worker.
+        """
         self.state.consume_task = asyncio.current_task()
         kafka_io.require_codecs()
-        editor = await self._load_editor()
         kafka = self.settings.kafka
         producer = kafka_io.make_producer(kafka)
+        try:
+            editor = await self._start_up(producer, stop, before_consuming)
+        except BaseException:
+            await producer.stop()
+            self._io.shutdown(wait=False, cancel_futures=True)
+            raise
+        if editor is None:
+            await producer.stop()
+            self._io.shutdown(wait=False, cancel_futures=True)
+            log.info("worker.stopped", before="starting up")
+            return EXIT_OK
         processor = EditProcessor(
             self.settings,
             store=self._store,
@@ -146,10 +171,6 @@ class EditWorker:
             io=self._io,
             abandon=self._abandon,
         )
-        if not await self._start_client(producer, stop):
-            self._io.shutdown(wait=False, cancel_futures=True)
-            log.info("worker.stopped", before="reaching Kafka")
-            return EXIT_OK
         consumer = self._consumer = kafka_io.make_consumer(kafka, group_id=kafka.group_id)
         self._admission = Admission(
             consumer,
@@ -188,11 +209,49 @@ class EditWorker:
         log.info("worker.stopped")
         return EXIT_OK
 
+    async def _start_up(
+        self,
+        producer: AIOKafkaProducer,
+        stop: asyncio.Event,
+        before_consuming: Callable[[asyncio.Event], Coroutine[Any, Any, bool]] | None,
+    ) -> Editor | None:
+        """Load the model, start `producer` and run `before_consuming`, all at once: the editor once
+        all are done, None when `stop` came first. The first failure (a failed load, refused
+        credentials) is raised at once, and the rest is cancelled."""
+        load = asyncio.create_task(self._load_editor(), name="model-load")
+        waits: list[asyncio.Task[Any]] = [
+            load,
+            asyncio.create_task(self._start_client(producer, stop), name="kafka-start"),
+        ]
+        if before_consuming is not None:
+            waits.append(asyncio.create_task(before_consuming(stop), name="before-consuming"))
+        stopped = asyncio.create_task(stop.wait(), name="stop-wait")
+        pending: set[asyncio.Task[Any]] = set(waits)
+        try:
+            while pending and not stop.is_set():
+                done, still = await asyncio.wait({*pending, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                pending = still - {stopped}
+                for task in done - {stopped}:
+                    task.result()  # raises a failed load or refused credentials now, not after the rest
+            if stop.is_set():
+                return None
+            editor: Editor = load.result()
+            return editor
+        finally:
+            for task in [*waits, stopped]:
+                task.cancel()
+            await asyncio.gather(*waits, stopped, return_exceptions=True)
+
     async def _load_editor(self) -> Editor:
         started = time.perf_counter()
-        editor = await self.gpu.run(self._editor_factory)
-        if self.settings.pipeline.warmup:
-            await self.gpu.run(editor.warm_up)
+        log.info("model.loading", model=self.settings.pipeline.model)
+        heartbeat = asyncio.create_task(_log_while_loading(started), name="model-loading-log")
+        try:
+            editor = await self.gpu.run(self._editor_factory)
+            if self.settings.pipeline.warmup:
+                await self.gpu.run(editor.warm_up)
+        finally:
+            heartbeat.cancel()
         seconds = time.perf_counter() - started
         self.metrics.model_load_seconds.set(seconds)
         observe_gpu_memory(self.metrics, editor)
@@ -340,6 +399,13 @@ class EditWorker:
         self._admission.on_assigned(assigned, draining=self.state.draining)
         await self._commits.on_assigned(self._consumer, assigned)
         log.info("partitions.assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+
+
+async def _log_while_loading(started: float) -> None:
+    """One `model.still_loading` line every `MODEL_LOADING_LOG_S` (jittered) until cancelled."""
+    while True:
+        await asyncio.sleep(MODEL_LOADING_LOG_S * random.uniform(0.8, 1.2))
+        log.info("model.still_loading", waited_s=round(time.perf_counter() - started, 1))
 
 
 class KafkaAccessDenied(Exception):

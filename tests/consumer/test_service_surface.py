@@ -179,7 +179,7 @@ async def test_a_missing_output_bucket_keeps_the_worker_not_ready_with_one_line(
                     "not exist: create it, or set KLEIN_EDIT_S3__OUTPUT_BUCKET; not ready until then\n",
                 )
                 await asyncio.sleep(0.5)
-            assert not worker.state.model_ready  # nothing was loaded or consumed meanwhile
+            assert worker.state.model_ready  # the model loaded meanwhile; nothing was consumed
             unusable = [e for e in logs if e["event"] == "storage.output_bucket_unusable"]
             assert len(unusable) == 1
             assert unusable[0]["error"] == (

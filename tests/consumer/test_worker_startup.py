@@ -1,8 +1,9 @@
-"""Start-up against brokers that are not there yet, or that refuse the worker.
+"""Start-up against brokers or S3 that are not there yet, or brokers that refuse the worker.
 
-A Kafka outage at deploy time must not become a crash loop that reloads the model on every restart:
-the worker keeps the loaded model, retries the brokers (not ready meanwhile) and joins when they come
-up. Only refused credentials stop it, with one clear line.
+A Kafka or S3 outage at deploy time must not become a crash loop that reloads the model on every
+restart, nor hold the load back: the model loads while the worker retries the brokers and the output
+bucket (not ready meanwhile), and it joins when they come up. Only refused credentials stop it, with
+one clear line.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import aiohttp
 import pytest
+import structlog
 from pydantic import SecretStr
 
 from consumer.app import build_worker, serve
-from consumer.services import TansuBroker, free_port
+from consumer.services import MotoServer, TansuBroker, free_port
 from consumer.settings import KafkaSettings, Settings, WorkerSettings
 from consumer.worker import EXIT_OK, EditWorker, KafkaAccessDenied
 from pipeline import StandInEditor
@@ -57,7 +60,7 @@ async def test_unreachable_brokers_keep_the_model_and_are_retried_not_ready() ->
     task = asyncio.create_task(worker.run(stop))
     try:
         await until(lambda: "kafka" in worker.state.problems, 20, "the outage was never reported")
-        assert worker.state.model_ready
+        await until(lambda: worker.state.model_ready, 20, "the model never loaded")
         assert not worker.state.ready
         assert closed in worker.state.not_ready_reason  # /readyz names the brokers
         await asyncio.sleep(3.0)  # past startup_timeout_s: still retrying, not exiting
@@ -91,7 +94,7 @@ async def test_a_broker_that_comes_up_after_the_model_loaded_is_joined_without_a
     broker = TansuBroker(port=port)  # nothing listens on the port yet
     try:
         await until(lambda: "kafka" in worker.state.problems, 30, "the outage was never reported")
-        assert worker.state.model_ready
+        await until(lambda: worker.state.model_ready, 30, "the model never loaded")
         assert not worker.state.ready
 
         broker.start()  # the cluster comes up after the model loaded
@@ -125,4 +128,67 @@ async def test_refused_credentials_stop_start_up_with_one_clear_error(kafka_boot
         await asyncio.wait_for(worker.run(asyncio.Event()), timeout=30)
     assert "SASL" in str(info.value)
     assert "wrong" not in str(info.value)  # never the secret
-    assert worker.state.model_ready  # the model loads first, then the group is joined
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(total=5)) as response,
+    ):
+        return response.status, await response.text()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+async def test_the_model_loads_while_s3_is_down_and_the_worker_edits_once_it_comes_up(
+    make_settings: Callable[..., Settings],
+) -> None:
+    s3_port, http_port = free_port(), free_port()
+    settings = make_settings(
+        s3={"endpoint_url": f"http://127.0.0.1:{s3_port}"},
+        worker={"http_port": http_port, "http_host": "127.0.0.1"},
+    )
+    loads = 0
+
+    def load() -> StandInEditor:
+        nonlocal loads
+        loads += 1
+        time.sleep(2.0)  # a load that takes a while, on the GPU thread
+        return StandInEditor(edit_ms=10)
+
+    worker = build_worker(settings, editor_factory=load)
+    stop = asyncio.Event()
+    moto = MotoServer(port=s3_port)  # nothing listens on the port yet
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(serve(worker, stop))
+        try:
+            await until(lambda: "output_bucket" in worker.state.problems, 30, "the outage was never reported")
+            status, body = await http_get(http_port, "/readyz")
+            assert status == 503
+            assert "model loading" in body  # what is being waited for, all of it, while it lasts
+            await until(lambda: worker.state.model_ready, 30, "the model did not load while S3 was down")
+            assert await http_get(http_port, "/startupz") == (200, "started\n")
+            status, body = await http_get(http_port, "/readyz")
+            assert status == 503
+            assert f"cannot check the output bucket s3://{settings.s3.output_bucket}" in body
+            assert "cannot connect to the S3 endpoint" in body
+            assert "model loading" not in body
+
+            moto.start()  # S3 comes up after the model loaded
+            store = await prepare(settings)
+            image = stage_image(store, settings, "late-s3.png", png_bytes(64, 64))
+            await until(lambda: worker.state.ready, 60, "the worker never became ready")
+            await publish(settings, request(settings, image))
+            (result,) = await results(settings, count=1)
+            assert result.status.value == "succeeded"
+            assert loads == 1  # the load was neither held back nor repeated
+            assert not task.done()
+        finally:
+            stop.set()
+            try:
+                assert await asyncio.wait_for(task, timeout=60) == EXIT_OK
+            finally:
+                moto.stop()
+    events = [e["event"] for e in logs]
+    assert events.index("model.loading") < events.index("storage.output_bucket_unusable")
+    assert events.index("model.ready") < events.index("storage.output_bucket_found")
