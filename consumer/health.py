@@ -17,6 +17,7 @@ nothing a client does may hold the server or flood the log:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -36,8 +37,18 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _ALLOWED = ("GET", "HEAD")
 
 
+class PortUnavailable(OSError):
+    """The health endpoint's `host:port` cannot be bound (in use, or not allowed); `port` is the port."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+        self.host = host
+        self.port = port
+
+
 class HealthServer:
-    """The worker's HTTP endpoint. `start()` binds `host:port` (port 0 picks a free one)."""
+    """The worker's HTTP endpoint. `start()` binds `host:port` (port 0 picks a free one) and raises
+    `PortUnavailable` when it cannot."""
 
     def __init__(
         self,
@@ -80,7 +91,12 @@ class HealthServer:
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self._host, self._port, backlog=self._max_connections)
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError as exc:
+            await self.stop()
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise PortUnavailable(self._host, self._port, reason) from exc
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -302,7 +302,18 @@ def load_settings(
             **overrides,
         )
     except ValidationError as exc:
-        raise ConfigurationError("\n".join(_describe(error) for error in exc.errors())) from exc
+        errors = exc.errors()
+        buckets = [_variable(e) for e in errors if e["type"] == "missing" and _variable(e) in _BUCKETS]
+        lines = [_describe(e) for e in errors if e["type"] != "missing" or _variable(e) not in _BUCKETS]
+        if buckets:
+            # Usually a new terminal without `dev up`'s exports: one line that says so, not one per bucket.
+            lines.insert(
+                0,
+                f"{' and '.join(buckets)} {'is' if len(buckets) == 1 else 'are'} not set (required without "
+                "KLEIN_EDIT_S3__ENDPOINT_URL, i.e. on AWS): for local services, paste the `export` lines "
+                "that `klein-edit dev up` prints into this terminal; on AWS, set them to your buckets",
+            )
+        raise ConfigurationError("\n".join(lines)) from exc
     except SettingsError as exc:
         cause = f": {exc.__cause__}" if exc.__cause__ else ""
         raise ConfigurationError(f"{exc}{cause}") from exc
@@ -361,9 +372,16 @@ class _CheckedSource(PydanticBaseSettingsSource):
         return self._source()
 
 
-def _describe(error: Any) -> str:
+_BUCKETS = (f"{ENV_PREFIX}S3__INPUT_BUCKET", f"{ENV_PREFIX}S3__OUTPUT_BUCKET")
+
+
+def _variable(error: Any) -> str:
     loc = [str(part) for part in error["loc"] if isinstance(part, str)][:2]
-    name = (ENV_PREFIX + "__".join(loc)).upper()
+    return (ENV_PREFIX + "__".join(loc)).upper()
+
+
+def _describe(error: Any) -> str:
+    name = _variable(error)
     field = known_variables().get(name)
     if error["type"] == "missing":
         description = f" ({field.description})" if field is not None and field.description else ""

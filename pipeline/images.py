@@ -306,6 +306,26 @@ def _unidentified_message(data: bytes, allowed: list[str], name: str) -> str:
     return f"{name}: not an image in an allowed format ({', '.join(allowed)})"
 
 
+def identify_image(data: bytes, *, formats: Sequence[str], name: str) -> str:
+    """The Pillow format id (e.g. "PNG") of `data`, read from its header only (no pixels are decoded).
+
+    Raises `InvalidImage` (empty, not an image, or a format not in `formats`), with the same words
+    as `decode_image`, so a client can check a file before sending it to the worker.
+    """
+    allowed = allowed_formats(formats)
+    if not data:
+        raise InvalidImage(f"{name}: empty input, expected an image ({'/'.join(allowed)})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a bomb is the worker's to refuse; only the format matters
+            with Image.open(BytesIO(data), formats=allowed) as image:
+                return str(image.format)
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(_unidentified_message(data, allowed, name)) from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidImage(f"{name}: cannot read image header: {exc}") from exc
+
+
 def check_edit_input(image: Image.Image, name: str) -> None:
     """Raise `InvalidImage` for sizes the model rejects (sides under 64 px, aspect ratio over 8)."""
     width, height = image.size

@@ -2,7 +2,8 @@
 
 Starts the same embedded services as the demo (`consumer.services`), creates the buckets and topics
 of the configured settings, prints the `export` lines a worker and `submit` need in other terminals,
-and stays in the foreground until Ctrl-C or SIGTERM, then stops both. Everything lives in memory.
+and stays in the foreground until Ctrl-C, SIGTERM or SIGHUP (the terminal closed), then stops both.
+Everything lives in memory.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class DevServicesFailed(RuntimeError):
 def run_dev_services(
     configure: Callable[..., Settings], *, kafka_port: int, s3_port: int, out: TextIO = sys.stdout
 ) -> int:
-    """Run the services until SIGINT/SIGTERM. `configure(**overrides)` builds the settings once the
+    """Run the services until SIGINT, SIGTERM or SIGHUP. `configure(**overrides)` builds the settings once the
     services' addresses are known. A port of 0 picks a free one. Returns the exit code (0)."""
     for flag, port in (("--kafka-port", kafka_port), ("--s3-port", s3_port)):
         if port and not _port_free(port):
@@ -53,7 +54,9 @@ def run_dev_services(
                 "(0 picks a free one)"
             )
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, _setter(stop)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: closing the terminal must stop the services, not orphan them on their ports.
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _setter(stop)) for sig in signals}
     try:
         with contextlib.ExitStack() as services:
             try:

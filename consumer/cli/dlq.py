@@ -108,9 +108,17 @@ async def replay_dead_letters(
     """
     reader = kafka_io.make_consumer(kafka, group_id=None)
     producer = None if dry_run else kafka_io.make_producer(kafka)
-    await reader.start()
-    if producer is not None:
-        await producer.start()
+    try:
+        await reader.start()
+        if producer is not None:
+            await producer.start()
+    except BaseException:
+        # A client whose start() failed still holds its connections: close both, or asyncio reports
+        # "Unclosed AIOKafkaConsumer" on stderr after the one line that says what to do.
+        await reader.stop()
+        if producer is not None:
+            await producer.stop()
+        raise
     summary: dict[str, Any] = {
         "replayed": {},
         "already_replayed": 0,

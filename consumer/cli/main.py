@@ -36,8 +36,8 @@ from storage.config import LOCAL_INPUT_BUCKET, LOCAL_OUTPUT_BUCKET
 
 # Overrides for commands that start S3 servers of their own: fresh, so the local bucket names fit.
 LOCAL_S3: dict[str, Any] = {"s3": {"input_bucket": LOCAL_INPUT_BUCKET, "output_bucket": LOCAL_OUTPUT_BUCKET}}
-# Overrides for commands that never touch S3 (fetch-model, dlq): the bucket names the worker must be given
-# are not asked for. "(unused)" is no valid bucket name, so it can never reach a real bucket.
+# Overrides for commands that never touch S3 (fetch-model, dlq, cancel): the bucket names the worker
+# must be given are not asked for. "(unused)" is no valid bucket name, so it can never reach a real bucket.
 NO_S3: dict[str, Any] = {"s3": {"input_bucket": "(unused)", "output_bucket": "(unused)"}}
 
 EXIT_FAILED = 1
@@ -67,7 +67,8 @@ variables that matter (all KLEIN_EDIT_* are listed in README.md, "Configuration"
   KLEIN_EDIT_PIPELINE__MODEL            a Hub id in the local cache, a directory, or {TINY_RANDOM}
                                         (default {DEFAULT_MODEL})
   KLEIN_EDIT_PIPELINE__DEVICE           auto, cpu or cuda (default auto)
-  KLEIN_EDIT_WORKER__HTTP_PORT          /livez, /readyz, /metrics; 0-65535 or off (default 8080)
+  KLEIN_EDIT_WORKER__HTTP_PORT          /livez, /readyz, /metrics; 1-65535, 0 picks a free one (logged
+                                        as http.listening), off serves none (default 8080)
 The worker never downloads weights: run `klein-edit fetch-model` first (it needs HF_TOKEN), or use
 KLEIN_EDIT_PIPELINE__MODEL={TINY_RANDOM} for random weights on the CPU. SIGTERM drains the edit in flight."""
 
@@ -98,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.passthrough = extra
     name = " ".join(part for part in ("klein-edit", args.command, _subcommand(args)) if part)
     try:
+        _check_configuration_paths(args)
         code: int = args.handler(args)
     except ConfigurationError as exc:
         for line in str(exc).splitlines():
@@ -114,6 +116,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _subcommand(args: argparse.Namespace) -> str | None:
     names = ("dlq_command", "bench_mode", "dev_command")
     return next((getattr(args, n) for n in names if getattr(args, n, None)), None)
+
+
+def _check_configuration_paths(args: argparse.Namespace) -> None:
+    """An explicitly given --env-file or --secrets-dir must exist (only the defaults are optional): a
+    mistyped path would otherwise be read as an empty one and its settings silently left out."""
+    if args.env_file is not None and not Path(args.env_file).is_file():
+        raise CommandFailed(
+            f"--env-file {args.env_file}: no such file (leave the flag out to read {DEFAULT_ENV_FILE} "
+            "if present)",
+            EXIT_USAGE,
+        )
+    if args.secrets_dir is not None and not Path(args.secrets_dir).is_dir():
+        raise CommandFailed(
+            f"--secrets-dir {args.secrets_dir}: no such directory (leave the flag out to read "
+            f"{DEFAULT_SECRETS_DIR} if present)",
+            EXIT_USAGE,
+        )
 
 
 def configured(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -261,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
         "variables to export; Ctrl-C stops them",
         description="Start a Kafka broker (Tansu) and an S3 server (moto) on this machine, create the "
         "buckets and topics, print the `export` lines for a worker and submit in other terminals, and "
-        "stay in the foreground until Ctrl-C (or SIGTERM), which stops both. State lives in memory.",
+        "stay in the foreground until Ctrl-C (or SIGTERM, or SIGHUP when the terminal closes), which stops "
+        "both. State lives in memory.",
         formatter_class=_HelpFormatter,
     )
     up.add_argument(
@@ -351,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="PIXELS",
-        help="output height in pixels, a multiple of 16, 64-4096, with --width (default: as --width)",
+        help="output height in pixels, a multiple of 16, 64-4096, with --width (default: like --width, the "
+        "input's size scaled to at most KLEIN_EDIT_PIPELINE__MAX_MEGAPIXELS)",
     )
     p.add_argument(
         "--format",
@@ -447,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="instead of downloading: write the offline tiny random-weight model (the same classes as the "
         "real one; for demos and tests) to directory DIR as a diffusers model directory; "
-        "KLEIN_EDIT_PIPELINE__MODEL=DIR then loads it like any local model (default: not used)",
+        "KLEIN_EDIT_PIPELINE__MODEL=DIR then loads it like any local model; a directory is treated as a "
+        "real model and needs CUDA, so without a GPU also set KLEIN_EDIT_PIPELINE__DEVICE=cpu (default: "
+        "not used)",
     )
 
     p = command("dlq", "dead-letter topic tools", _cmd_help_of("dlq"))
@@ -482,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "bench",
-        "benchmarks: orchestration (stand-in editor) or pipeline (random weights)",
+        "benchmarks: orchestration (stand-in editor), adapters (LoRA costs), pipeline (random weights) or "
+        "quality (option sets against bf16)",
         _cmd_help_of("bench"),
     )
     bench = p.add_subparsers(dest="bench_mode", required=True, metavar="MODE")
@@ -598,6 +622,7 @@ def _cmd_help_of(name: str) -> Callable[[argparse.Namespace], int]:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from consumer.app import build_worker, install_signal_handlers, serve
+    from consumer.health import PortUnavailable
     from consumer.worker import KafkaAccessDenied
     from pipeline import ModelLoadError
     from pipeline.signing import SigningSetupError
@@ -617,6 +642,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise CommandFailed(f"cannot sign outputs: {exc}", EXIT_USAGE) from exc
     except KafkaAccessDenied as exc:
         raise CommandFailed(str(exc), EXIT_UNREACHABLE) from exc
+    except PortUnavailable as exc:
+        raise CommandFailed(
+            f"the health endpoint {exc} (another `klein-edit worker` on this machine?); set "
+            "KLEIN_EDIT_WORKER__HTTP_PORT to a free port, 0 to pick a free one, or off to serve no "
+            "/livez, /readyz, /metrics",
+            EXIT_USAGE,
+        ) from exc
     return _exit_promptly(code)
 
 
@@ -698,7 +730,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             return 0
         print(result.model_dump_json(indent=2))
         if result.output is None:
-            return EXIT_FAILED
+            error = f" with {result.error.code}: {result.error.message}" if result.error else ""
+            raise CommandFailed(
+                f"edit {result.request_id} {result.status}{error} (the result event is on stdout)"
+            )
         if submission.out is not None:
             try:
                 await download(settings, result, submission.out)
@@ -715,8 +750,8 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
+    from consumer.cli.submit import describe_flag_errors
     from consumer.client import EditClient
-    from consumer.codec import describe_validation_error
     from schemas.control import CancelRequested
 
     try:
@@ -724,8 +759,9 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
             request_id=args.request_id, requested_at=datetime.now(UTC), reason=args.reason
         )
     except ValidationError as exc:
-        raise CommandFailed(describe_validation_error(exc), EXIT_USAGE) from exc
-    settings = configured(args)
+        flags = {"request_id": "REQUEST_ID", "reason": "--reason"}
+        raise CommandFailed(describe_flag_errors(exc, flags), EXIT_USAGE) from exc
+    settings = configured(args, **NO_S3)  # a cancel goes to Kafka only
 
     async def send() -> None:
         async with EditClient(settings.kafka) as client:

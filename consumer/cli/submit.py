@@ -13,6 +13,7 @@ import asyncio
 import mimetypes
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,41 @@ from typing import Any
 from pydantic import ValidationError
 
 from consumer.client import EditClient
-from consumer.codec import describe_validation_error
 from consumer.settings import Settings
+from pipeline.errors import InvalidImage
+from pipeline.images import identify_image
 from schemas.errors import KleinEditError
-from schemas.requests import EditRequest, OutputFormat
+from schemas.requests import HEX_COLOR_PATTERN, REQUEST_ID_PATTERN, EditRequest, OutputFormat
 from schemas.results import EditCompleted
 from storage import ImageStore, S3Location, parse_input_location, resolve_output_location
 
 _RECOLOR_FLAG = re.compile(r"^(?P<target>.+)=(?P<color>#[0-9A-Fa-f]{3}(?:[0-9A-Fa-f]{3})?)$")
+
+
+# The request's wire fields and the flags that set them, so a rejection names what the user typed.
+SUBMIT_FLAGS: dict[str, str] = {
+    "request_id": "--request-id",
+    "image": "--image",
+    "references": "--reference",
+    "prompt": "--prompt",
+    "recolor": "--recolor",
+    "num_inference_steps": "--steps",
+    "guidance_scale": "--guidance",
+    "seed": "--seed",
+    "width": "--width",
+    "height": "--height",
+    "output.uri": "--output-uri",
+    "output.format": "--format",
+}
+# Model-level rules, said in flags.
+_RULES_IN_FLAGS = {
+    "either prompt or recolor is required": "give --prompt or --recolor",
+    "width and height must be given together": "give --width and --height together",
+}
+_ALLOWED_CHARACTERS = {
+    REQUEST_ID_PATTERN: "1-128 characters, each a letter, a digit or one of . _ : -",
+    HEX_COLOR_PATTERN: "#RRGGBB or #RGB",
+}
 
 
 class SubmitRejected(ValueError):
@@ -72,6 +100,11 @@ def prepare_submission(settings: Settings, args: argparse.Namespace) -> Submissi
                 f"{flag} {ref}: {size} bytes, more than the {settings.s3.max_image_bytes} the worker reads "
                 "(KLEIN_EDIT_S3__MAX_IMAGE_BYTES)"
             )
+        try:
+            # The worker would fail it with INVALID_IMAGE after the upload: say so before anything leaves.
+            identify_image(path.read_bytes(), formats=settings.pipeline.allowed_formats, name=f"{flag} {ref}")
+        except InvalidImage as exc:
+            raise SubmitRejected(exc.message) from exc
         location = S3Location(settings.s3.input_bucket, f"uploads/{request_id}/{name}{path.suffix.lower()}")
         uploads.append(Upload(path, location))
         return location.uri
@@ -104,7 +137,7 @@ def prepare_submission(settings: Settings, args: argparse.Namespace) -> Submissi
     try:
         request = EditRequest.model_validate(body)
     except ValidationError as exc:
-        raise SubmitRejected(describe_validation_error(exc)) from exc
+        raise SubmitRejected(describe_flag_errors(exc, SUBMIT_FLAGS)) from exc
     if len(request.references) > settings.pipeline.max_references:
         raise SubmitRejected(
             f"--reference: {len(request.references)} given, the worker takes at most "
@@ -175,5 +208,47 @@ def new_request_id() -> str:
 def parse_recolor_flag(value: str) -> dict[str, str]:
     match = _RECOLOR_FLAG.match(value)
     if not match:
-        raise ValueError(f"--recolor {value!r}: expected TARGET=#RRGGBB, e.g. 'the sneakers=#1E90FF'")
+        raise ValueError(f"--recolor {value!r}: expected TARGET=#RRGGBB or #RGB, e.g. 'the sneakers=#1E90FF'")
     return {"target": match["target"].strip(), "color": match["color"]}
+
+
+def describe_flag_errors(exc: ValidationError, flags: Mapping[str, str]) -> str:
+    """The problems of a model built from flags, one per `; `, each naming the flag (`flags` maps a
+    field path such as `output.uri` to it) in plain words, e.g. `--steps: at least 25 (got 7)`."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        fields = [str(part) for part in error["loc"] if isinstance(part, str)]
+        flag = next(
+            (flags[".".join(fields[:n])] for n in range(len(fields), 0, -1) if ".".join(fields[:n]) in flags),
+            ".".join(fields),
+        )
+        message = _plain(error)
+        if not flag:
+            problems.append(_RULES_IN_FLAGS.get(message, message))
+            continue
+        shown = error.get("input")
+        got = f" (got {shown!r})" if isinstance(shown, int | float | str) and len(str(shown)) <= 200 else ""
+        problems.append(f"{flag}: {message}{got}")
+    return "; ".join(problems)
+
+
+def _plain(error: Any) -> str:
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    if kind == "greater_than_equal":
+        return f"at least {ctx['ge']}"
+    if kind == "less_than_equal":
+        return f"at most {ctx['le']}"
+    if kind == "greater_than":
+        return f"more than {ctx['gt']}"
+    if kind == "less_than":
+        return f"less than {ctx['lt']}"
+    if kind == "multiple_of":
+        return f"a multiple of {ctx['multiple_of']}"
+    if kind == "string_too_long":
+        return f"at most {ctx['max_length']} characters"
+    if kind == "string_pattern_mismatch":
+        return _ALLOWED_CHARACTERS.get(ctx.get("pattern", ""), str(error["msg"]))
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"])

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import structlog
+from PIL import Image
 
 from consumer.cli import main
 from consumer.cli.main import build_parser
@@ -261,14 +262,20 @@ def test_a_list_that_is_not_json_stops_the_worker_but_not_schema(tmp_path: Path)
     assert json.loads(schema.stdout) == json_schemas()
 
 
-def test_bucket_names_are_required_on_aws(tmp_path: Path) -> None:
-    proc = run_cli("worker", cwd=tmp_path)
+@pytest.mark.parametrize("command", [["worker"], ["submit", "--image", "s3://in/shot.png", "--prompt", "x"]])
+def test_bucket_names_are_required_on_aws_and_the_line_says_to_paste_dev_ups_exports(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A new terminal without `dev up`'s exports: one line naming both variables and where they come from."""
+    proc = run_cli(*command, cwd=tmp_path)
     assert proc.returncode == 2
-    lines = proc.stderr.splitlines()
-    assert [line.split(" is required")[0] for line in lines] == [
-        "klein-edit worker: invalid configuration: KLEIN_EDIT_S3__INPUT_BUCKET",
-        "klein-edit worker: invalid configuration: KLEIN_EDIT_S3__OUTPUT_BUCKET",
-    ]
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        f"klein-edit {command[0]}: invalid configuration: KLEIN_EDIT_S3__INPUT_BUCKET and "
+        "KLEIN_EDIT_S3__OUTPUT_BUCKET are not set (required without KLEIN_EDIT_S3__ENDPOINT_URL, i.e. on "
+        "AWS): for local services, paste the `export` lines that `klein-edit dev up` prints into this "
+        "terminal; on AWS, set them to your buckets\n"
+    )
 
 
 def test_submit_rejects_a_missing_file_before_reading_any_configuration_of_kafka(tmp_path: Path) -> None:
@@ -285,10 +292,8 @@ def test_submit_rejects_a_missing_file_before_reading_any_configuration_of_kafka
 
 
 def test_cancel_with_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:
-    env = {
-        "KLEIN_EDIT_S3__ENDPOINT_URL": "http://127.0.0.1:1",
-        "KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
-    }
+    # No S3 settings at all: a cancel goes to Kafka only, so it asks for no bucket names.
+    env = {"KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
     proc = run_cli("cancel", "req-1", env=env, cwd=tmp_path)
     assert proc.returncode == 4
     assert proc.stdout == ""
@@ -351,3 +356,168 @@ def test_dev_up_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
         f"klein-edit dev up: 127.0.0.1:{port} is in use (another `klein-edit dev up`?); pass --kafka-port "
         "PORT (0 picks a free one)\n"
     )
+
+
+def test_dlq_replay_dry_run_without_a_broker_is_one_line(tmp_path: Path) -> None:
+    """The consumer whose start failed is closed: no `Unclosed AIOKafkaConsumer` after the line."""
+    env = {"KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    proc = run_cli("dlq", "replay", "--dry-run", env=env, cwd=tmp_path)
+    assert proc.returncode == 4
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("klein-edit dlq replay: cannot reach Kafka at 127.0.0.1:1 (")
+
+
+def test_a_second_worker_on_a_taken_health_port_is_one_line(tmp_path: Path) -> None:
+    env = {
+        "KLEIN_EDIT_S3__ENDPOINT_URL": "http://127.0.0.1:1",
+        "KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "KLEIN_EDIT_WORKER__HTTP_HOST": "127.0.0.1",
+        "KLEIN_EDIT_LOG__LEVEL": "WARNING",
+    }
+    with socket.socket() as taken:  # the first worker's health endpoint
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("worker", env={**env, "KLEIN_EDIT_WORKER__HTTP_PORT": str(port)}, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        f"klein-edit worker: the health endpoint cannot listen on 127.0.0.1:{port}: address already in use "
+        "(another `klein-edit worker` on this machine?); set KLEIN_EDIT_WORKER__HTTP_PORT to a free port, 0 "
+        "to pick a free one, or off to serve no /livez, /readyz, /metrics\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--env-file", "/nonexistent/x.env"],
+            "--env-file /nonexistent/x.env: no such file (leave the flag out to read .env if present)",
+        ),
+        (
+            ["--secrets-dir", "/nonexistent"],
+            "--secrets-dir /nonexistent: no such directory (leave the flag out to read "
+            "/run/secrets/klein-edit if present)",
+        ),
+    ],
+    ids=["env-file", "secrets-dir"],
+)
+def test_an_explicit_configuration_path_that_does_not_exist_is_a_usage_error(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    proc = run_cli(*flags, "cancel", "req-1", env={"KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"klein-edit cancel: {message}\n"
+
+
+def test_an_explicit_env_file_that_exists_is_read(tmp_path: Path) -> None:
+    env_file = tmp_path / "local.env"
+    env_file.write_text("KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:1\n")
+    proc = run_cli(
+        "--env-file", str(env_file), "--secrets-dir", str(tmp_path), "cancel", "req-1", cwd=tmp_path
+    )
+    assert proc.returncode == 4
+    assert proc.stderr.startswith("klein-edit cancel: cannot reach Kafka at 127.0.0.1:1 (")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt", "make it blue", "--steps", "7"], "--steps: at least 25 (got 7)"),
+        (["--prompt", "make it blue", "--guidance", "31"], "--guidance: at most 30.0 (got 31.0)"),
+        (
+            ["--prompt", "make it blue", "--width", "100", "--height", "64"],
+            "--width: a multiple of 16 (got 100)",
+        ),
+        (["--prompt", "make it blue", "--width", "64"], "give --width and --height together"),
+        ([], "give --prompt or --recolor"),
+        (
+            ["--prompt", "make it blue", "--request-id", "bad id!"],
+            "--request-id: 1-128 characters, each a letter, a digit or one of . _ : - (got 'bad id!')",
+        ),
+        (
+            ["--recolor", "the shirt=blue"],
+            "--recolor 'the shirt=blue': expected TARGET=#RRGGBB or #RGB, e.g. 'the sneakers=#1E90FF'",
+        ),
+    ],
+    ids=["steps", "guidance", "width", "width-alone", "no-prompt", "request-id", "recolor"],
+)
+def test_submit_names_the_flags_the_user_typed(tmp_path: Path, args: list[str], message: str) -> None:
+    shot = tmp_path / "shot.png"
+    Image.new("RGB", (64, 64)).save(shot)
+    env = {
+        "KLEIN_EDIT_S3__ENDPOINT_URL": "http://127.0.0.1:1",
+        "KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    }
+    proc = run_cli("submit", "--image", str(shot), *args, env=env, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"klein-edit submit: {message}\n"
+
+
+def test_cancel_of_an_id_with_other_characters_says_which_are_allowed(tmp_path: Path) -> None:
+    proc = run_cli("cancel", "bad id!", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (
+        "klein-edit cancel: REQUEST_ID: 1-128 characters, each a letter, a digit or one of . _ : - "
+        "(got 'bad id!')\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"# klein-edit\n", "not an image in an allowed format (PNG, JPEG, WEBP, HEIF, AVIF)"),
+        (b"", "empty input, expected an image (PNG/JPEG/WEBP/HEIF/AVIF)"),
+        ("gif", "image format GIF is not allowed (allowed: PNG, JPEG, WEBP, HEIF, AVIF)"),
+    ],
+    ids=["text", "empty", "gif"],
+)
+def test_submit_checks_that_a_local_file_is_an_allowed_image_before_uploading(
+    tmp_path: Path, content: bytes | str, message: str
+) -> None:
+    path = tmp_path / "input.bin"
+    if content == "gif":
+        Image.new("RGB", (64, 64)).save(path, format="GIF")
+    else:
+        assert isinstance(content, bytes)
+        path.write_bytes(content)
+    # The broker and S3 are closed ports: the check runs before either is touched.
+    env = {
+        "KLEIN_EDIT_S3__ENDPOINT_URL": "http://127.0.0.1:1",
+        "KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    }
+    for flags in (
+        ["--image", str(path)],
+        ["--image", "s3://klein-edit-inputs/a.png", "--reference", str(path)],
+    ):
+        proc = run_cli("submit", *flags, "--prompt", "x", env=env, cwd=tmp_path)
+        assert (proc.returncode, proc.stdout) == (2, "")
+        assert proc.stderr == f"klein-edit submit: {flags[-2]} {path}: {message}\n"
+
+
+def help_of(*command: str) -> str:
+    parser = build_parser()
+    for name in command:
+        parser = next(
+            action.choices[name]
+            for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction)
+        )
+    return parser.format_help()
+
+
+def test_help_texts_say_what_the_values_mean() -> None:
+    flat = " ".join(help_of("submit").split())
+    assert "recolour TARGET to #RRGGBB or #RGB" in flat
+    assert "(default: as --width)" not in flat
+    assert "with --width (default: like --width, the input's size scaled to at most" in flat
+    bench = " ".join(help_of().split())
+    for mode in ("orchestration", "adapters", "pipeline", "quality"):
+        assert mode in bench.split("benchmarks:", 1)[1].split("dlq", 1)[0]
+    worker = " ".join(help_of("worker").split())
+    assert "KLEIN_EDIT_WORKER__HTTP_PORT /livez, /readyz, /metrics; 1-65535, 0 picks a free one" in worker
+    assert "off serves none" in worker
+    fetch = " ".join(help_of("fetch-model").split())
+    assert "without a GPU also set KLEIN_EDIT_PIPELINE__DEVICE=cpu" in fetch

@@ -92,6 +92,42 @@ async def test_submit_wait_uploads_a_local_file_and_prints_the_result(
     assert err.decode().endswith(f"saved {result.output.uri} to {tmp_path / 'edited.png'}\n")
 
 
+async def test_submit_wait_on_a_failed_edit_exits_1_with_one_line_and_the_result_on_stdout(
+    make_settings: Callable[..., Settings], tiny_editor: Editor, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    await prepare(settings)
+    missing = f"s3://{settings.s3.input_bucket}/no-such-shot.png"
+    async with running_worker(settings, lambda: tiny_editor):
+        proc = await asyncio.create_subprocess_exec(
+            KLEIN_EDIT,
+            "submit",
+            "--image",
+            missing,
+            "--prompt",
+            "make it blue",
+            "--request-id",
+            "cli-failed",
+            "--wait",
+            "--timeout",
+            "120",
+            env=command_env(settings),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=180)
+    assert proc.returncode == 1
+    result = EditCompleted.model_validate_json(out)
+    assert result.status is EditStatus.FAILED
+    assert result.error is not None
+    lines = [line for line in err.decode().splitlines() if not line.startswith("{")]  # JSON logs aside
+    assert lines == [
+        f"klein-edit submit: edit cli-failed failed with {result.error.code}: {result.error.message} "
+        "(the result event is on stdout)"
+    ]
+    assert result.error.code == "INPUT_NOT_FOUND"
+
+
 def input_keys(settings: Settings) -> list[str]:
     listing = ImageStore(settings.s3).client.list_objects_v2(Bucket=settings.s3.input_bucket)
     return [item["Key"] for item in listing.get("Contents", [])]
@@ -108,12 +144,12 @@ def input_keys(settings: Settings) -> list[str]:
         (
             ["--image", "{shot}", "--recolor", "the shirt=blue"],
             2,
-            "--recolor 'the shirt=blue': expected TARGET=#RRGGBB, e.g. 'the sneakers=#1E90FF'",
+            "--recolor 'the shirt=blue': expected TARGET=#RRGGBB or #RGB, e.g. 'the sneakers=#1E90FF'",
         ),
         (
             ["--image", "{shot}", "--prompt", "make it blue", "--steps", "7"],
             2,
-            "num_inference_steps: Input should be greater than or equal to 25",
+            "--steps: at least 25 (got 7)",
         ),
         (
             ["--image", "{shot}", "--prompt", "make it blue", "--output-uri", "s3://elsewhere/x.png"],
@@ -307,3 +343,32 @@ async def test_a_librdkafka_client_submits_and_reads_the_result(
     with Image.open(io.BytesIO(data)) as img:
         assert img.size == (result.output.width, result.output.height) == (96, 64)
     assert result.cost.usd == round(96 * 64 / 1e6 * 0.002, USD_DECIMALS)
+
+
+def test_dev_up_stops_its_services_on_sighup(tmp_path: Path) -> None:
+    """Closing the terminal (SIGHUP) stops Tansu and moto like Ctrl-C does, instead of orphaning them."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KLEIN_EDIT_")}
+    with subprocess.Popen(
+        [KLEIN_EDIT, "dev", "up", "--kafka-port", "0", "--s3-port", "0"],
+        env=base,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    ) as dev:
+        assert dev.stdout is not None
+        exports: dict[str, str] = {}
+        for line in dev.stdout:
+            if line.startswith("export "):
+                name, _, value = line.removeprefix("export ").strip().partition("=")
+                exports[name] = shlex.split(value)[0]
+            if line.startswith("Ctrl-C"):
+                break
+        dev.send_signal(signal.SIGHUP)
+        rest, _ = dev.communicate(timeout=60)
+        assert dev.returncode == 0
+        assert "stopping the local Kafka broker and S3 server" in rest
+    kafka, s3 = exports["KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS"], exports["KLEIN_EDIT_S3__ENDPOINT_URL"]
+    for port in (int(kafka.rsplit(":", 1)[1]), int(s3.rsplit(":", 1)[1])):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0

@@ -174,11 +174,25 @@ def test_bucket_names_are_required_on_aws(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("KLEIN_EDIT_S3__OUTPUT_BUCKET")
     with pytest.raises(ConfigurationError) as info:
         load_settings()
+    # One line for both, saying what a user who forgot `dev up`'s exports in a new terminal should do.
+    assert str(info.value) == (
+        "KLEIN_EDIT_S3__INPUT_BUCKET and KLEIN_EDIT_S3__OUTPUT_BUCKET are not set (required without "
+        "KLEIN_EDIT_S3__ENDPOINT_URL, i.e. on AWS): for local services, paste the `export` lines that "
+        "`klein-edit dev up` prints into this terminal; on AWS, set them to your buckets"
+    )
+
+
+def test_one_missing_bucket_name_comes_first_and_other_problems_follow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KLEIN_EDIT_S3__OUTPUT_BUCKET")
+    monkeypatch.setenv("KLEIN_EDIT_WORKER__MAX_ATTEMPTS", "0")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
     lines = str(info.value).splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("KLEIN_EDIT_S3__INPUT_BUCKET is required")
-    assert lines[1].startswith("KLEIN_EDIT_S3__OUTPUT_BUCKET is required")
-    assert "Required on AWS" in lines[1]
+    assert lines[0].startswith("KLEIN_EDIT_S3__OUTPUT_BUCKET is not set (required without ")
+    assert lines[1].startswith("KLEIN_EDIT_WORKER__MAX_ATTEMPTS: ")
 
 
 def test_an_endpoint_of_your_own_gets_local_bucket_names(monkeypatch: pytest.MonkeyPatch) -> None:
