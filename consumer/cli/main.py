@@ -121,13 +121,14 @@ def _subcommand(args: argparse.Namespace) -> str | None:
 def _check_configuration_paths(args: argparse.Namespace) -> None:
     """An explicitly given --env-file or --secrets-dir must exist (only the defaults are optional): a
     mistyped path would otherwise be read as an empty one and its settings silently left out."""
-    if args.env_file is not None and not Path(args.env_file).is_file():
+    # exists(), not is_file(): `--env-file <(...)` (a pipe) is read too, and must not be consumed here.
+    if args.env_file is not None and not Path(args.env_file).expanduser().exists():
         raise CommandFailed(
             f"--env-file {args.env_file}: no such file (leave the flag out to read {DEFAULT_ENV_FILE} "
             "if present)",
             EXIT_USAGE,
         )
-    if args.secrets_dir is not None and not Path(args.secrets_dir).is_dir():
+    if args.secrets_dir is not None and not Path(args.secrets_dir).expanduser().is_dir():
         raise CommandFailed(
             f"--secrets-dir {args.secrets_dir}: no such directory (leave the flag out to read "
             f"{DEFAULT_SECRETS_DIR} if present)",

@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -410,6 +411,29 @@ def test_an_explicit_configuration_path_that_does_not_exist_is_a_usage_error(
     proc = run_cli(*flags, "cancel", "req-1", env={"KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == f"klein-edit cancel: {message}\n"
+
+
+def test_an_env_file_given_as_a_pipe_is_read(tmp_path: Path) -> None:
+    """`--env-file <(...)` in a shell: a pipe, not a regular file, and still no usage error."""
+    fifo = tmp_path / "env.fifo"
+    os.mkfifo(fifo)
+    with subprocess.Popen(
+        [KLEIN_EDIT, "--env-file", str(fifo), "cancel", "req-1"],
+        env={k: v for k, v in os.environ.items() if not k.upper().startswith("KLEIN_EDIT_")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    ) as proc:
+        # Opening a pipe for writing blocks until it is opened for reading: in a thread, so a command
+        # that never reads it fails the test instead of hanging it.
+        writer = threading.Thread(
+            target=fifo.write_text, args=("KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:1\n",), daemon=True
+        )
+        writer.start()
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 4, err
+    assert err.startswith("klein-edit cancel: cannot reach Kafka at 127.0.0.1:1 (")
 
 
 def test_an_explicit_env_file_that_exists_is_read(tmp_path: Path) -> None:
