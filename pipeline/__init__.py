@@ -31,7 +31,6 @@ from pipeline.images import (
     keeps_alpha,
     megapixels,
     plan_geometry,
-    resolve_output_size,
     to_conditioning_size,
 )
 from pipeline.standin import StandInEditor
@@ -64,7 +63,6 @@ __all__ = [
     "keeps_alpha",
     "megapixels",
     "plan_geometry",
-    "resolve_output_size",
     "runtime_versions",
     "to_conditioning_size",
 ]

@@ -459,13 +459,6 @@ def plan_geometry(
     return Geometry(output=output, inputs=tuple(inputs))
 
 
-def resolve_output_size(
-    base_size: tuple[int, int], requested: tuple[int, int] | None, max_megapixels: float
-) -> tuple[int, int]:
-    """The (width, height) to generate (`plan_geometry`'s output for this base image)."""
-    return plan_geometry([base_size], requested, max_megapixels).output
-
-
 def to_conditioning_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """`image` resized and centre-cropped to exactly `size` (a no-op when it already has that size).
 

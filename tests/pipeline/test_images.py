@@ -16,7 +16,7 @@ from pipeline.images import (
     decode_image,
     encode_image,
     megapixels,
-    resolve_output_size,
+    plan_geometry,
 )
 from schemas.errors import ErrorCode
 from schemas.requests import OutputFormat
@@ -193,10 +193,10 @@ def test_encode_converts_non_rgb() -> None:
         ((8000, 1000), None, 1.0, (2816, 352)),  # 2832x352 would break the 8:1 limit
     ],
 )
-def test_resolve_output_size(
+def test_planned_output_size(
     base: tuple[int, int], requested: tuple[int, int] | None, cap: float, expected: tuple[int, int]
 ) -> None:
-    width, height = resolve_output_size(base, requested, cap)
+    width, height = plan_geometry([base], requested, cap).output
     assert (width, height) == expected
     if requested is None and base[0] >= 64 and base[1] >= 64:
         assert width * height <= cap * 1e6
