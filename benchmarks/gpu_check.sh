@@ -87,7 +87,7 @@ print(json.dumps(info), flush=True)
 option_set() {
     local name=$1 limit=$2 args=(--option-set "$1" --call "${command#call}" --out "$results")
     [ "$dry_run" -eq 1 ] && args+=(--dry-run)
-    step "${command}-${name}" "$limit" "$py" -m pipeline.devicecheck "${args[@]}"
+    step "${command}-${name}" "$limit" "$py" -m pipeline.tools.devicecheck "${args[@]}"
 }
 
 case "$command" in

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import structlog
 
 from consumer import __version__
-from consumer.health import HealthServer
-from consumer.metrics import WorkerMetrics
+from consumer.http.health import HealthServer
+from consumer.http.metrics import WorkerMetrics
+from consumer.http.readiness import WorkerState
 from consumer.settings import Settings
-from consumer.state import WorkerState
 from consumer.worker import EditWorker
 from pipeline import Editor, KleinEditor
 from storage import AttemptLedger, ImageStore, StorageError

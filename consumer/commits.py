@@ -12,15 +12,58 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumer.offsets import PartitionOffsets
-
 log = structlog.get_logger("klein_edit.worker")
+
+
+@dataclass
+class PartitionOffsets:
+    in_flight: set[int] = field(default_factory=set)
+    highest_done: int | None = None
+    committed: int | None = None  # the next offset to consume, as last committed by us
+    abandoned_at: int | None = None  # lowest record given up on (shutdown past the grace period)
+
+    def start(self, offset: int) -> None:
+        self.in_flight.add(offset)
+
+    def finish(self, offset: int) -> None:
+        self.in_flight.discard(offset)
+        if self.highest_done is None or offset > self.highest_done:
+            self.highest_done = offset
+
+    def abandon(self, offset: int) -> None:
+        """The record will not finish here: it and everything after it stay uncommitted."""
+        self.in_flight.discard(offset)
+        self.abandoned_at = offset if self.abandoned_at is None else min(self.abandoned_at, offset)
+
+    def committable(self, position: int | None = None) -> int | None:
+        """The offset to commit now, or None when nothing new is safe to commit.
+
+        `position` is the consumer's position (the next offset it will return), read after every
+        record it returned was admitted or sought back; it counts only while nothing is in flight and
+        nothing was abandoned.
+        """
+        candidates = []
+        if self.in_flight:
+            candidates.append(min(self.in_flight))
+        elif self.highest_done is not None:
+            candidates.append(self.highest_done + 1)
+        if position is not None and not self.in_flight and self.abandoned_at is None:
+            candidates = [max([position, *candidates])]
+        if not candidates:
+            return None
+        if self.abandoned_at is not None:
+            candidates.append(self.abandoned_at)
+        candidate = min(candidates)
+        if self.committed is not None and candidate <= self.committed:
+            return None
+        return candidate
 
 
 class CommitClient(Protocol):

@@ -21,12 +21,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumer import kafka as kafka_io
 from consumer.backoff import Backoff, jittered
-from consumer.codec import decode_event
-from consumer.metrics import WorkerMetrics
-from consumer.settings import KafkaSettings
-from consumer.state import WorkerState
+from consumer.http.metrics import WorkerMetrics
+from consumer.http.readiness import WorkerState
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.codec import decode_event
+from consumer.kafka.settings import KafkaSettings
 from schemas.control import CancelRequested
 from schemas.errors import InvalidEvent
 

@@ -40,7 +40,7 @@ class _Job:
     started: bool = field(default=False)
 
 
-class GpuLane:
+class GpuThread:
     def __init__(self, *, low_lane_share: float = 0.0) -> None:
         self._lanes = LaneShare(low_lane_share)
         self._queue: list[_Job] = []

@@ -19,15 +19,15 @@ import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
 from consumer.backoff import jittered
-from consumer.codec import decode_record
 from consumer.control import CancelRegistry
-from consumer.fate import Action, InternalError, PoisonMessage, decide
-from consumer.metrics import WorkerMetrics
-from consumer.processor import EditContext, EditProcessor, PreparedEdit
+from consumer.http.metrics import WorkerMetrics
+from consumer.kafka.codec import decode_record
+from consumer.kafka.tracing import Headers, trace_headers
+from consumer.policy import Action, InternalError, PoisonMessage, decide
 from consumer.progress import ProgressReporter
 from consumer.publisher import Publisher, PublishRejected
 from consumer.settings import Settings
-from consumer.tracing import Headers, trace_headers
+from consumer.stages import EditContext, EditProcessor, PreparedEdit
 from pipeline import EditCanceled, Editor
 from schemas.errors import ErrorCode, KleinEditError
 from schemas.progress import EditStage

@@ -16,12 +16,12 @@ import structlog
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from consumer import kafka as kafka_io
 from consumer.backoff import Backoff
-from consumer.codec import encode_event
-from consumer.metrics import WorkerMetrics
-from consumer.settings import KafkaSettings
-from consumer.tracing import Headers
+from consumer.http.metrics import WorkerMetrics
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.codec import encode_event
+from consumer.kafka.settings import KafkaSettings
+from consumer.kafka.tracing import Headers
 from schemas.errors import ErrorCode, KleinEditError
 from schemas.progress import EditProgressed
 from schemas.results import EditCompleted
@@ -64,7 +64,7 @@ class Publisher:
     async def publish_result(self, result: EditCompleted, *, headers: Headers | None = None) -> None:
         """Send the result event (keyed by request id) and wait for the broker's ack.
 
-        `headers`: the request's trace context (`consumer.tracing.trace_headers`), carried unchanged.
+        `headers`: the request's trace context (`consumer.kafka.tracing.trace_headers`), carried unchanged.
         """
         await self.send(
             self._kafka.result_topic, encode_event(result), key=result.request_id.encode(), headers=headers

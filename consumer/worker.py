@@ -9,7 +9,7 @@ Delivery is at-least-once into an idempotent sink:
   answered from S3 without the GPU.
 
 Each record runs as one task (`handler.RecordHandler`): prepare (fetch + decode, I/O threads) -> GPU
-(one thread, chosen by the `GpuLane`) -> store (encode + upload, I/O threads) -> publish. Records
+(one thread, chosen by the `GpuThread`) -> store (encode + upload, I/O threads) -> publish. Records
 overlap, so the GPU works on one while the next is fetched and the previous is uploaded. Which records
 start, and which partitions are paused meanwhile, is `admission.Admission`'s job; this module runs the
 lifecycle (load, join, consume, drain) and wires those parts together.
@@ -40,21 +40,22 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
-from consumer import kafka as kafka_io
 from consumer.admission import Admission, Flight
 from consumer.backoff import Backoff
-from consumer.codec import salvage_request_id
 from consumer.commits import CommitTracker
 from consumer.control import CancelRegistry, ControlReader
-from consumer.gpu import GpuLane
+from consumer.gpu import GpuThread
 from consumer.handler import Ledger, RecordHandler, observe_gpu_memory
-from consumer.lag import LagReporter
-from consumer.metrics import WorkerMetrics
-from consumer.processor import EditProcessor, Store
+from consumer.http.metrics import WorkerMetrics
+from consumer.http.readiness import WorkerState
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.codec import salvage_request_id
+from consumer.kafka.lag import LagReporter
+from consumer.kafka.settings import KafkaSettings
 from consumer.provenance import OutputSigner
 from consumer.publisher import Publisher
-from consumer.settings import KafkaSettings, Settings
-from consumer.state import WorkerState
+from consumer.settings import Settings
+from consumer.stages import EditProcessor, Store
 from pipeline import Editor
 from pipeline.signing import ManifestSigner
 from schemas.errors import KleinEditError
@@ -91,7 +92,7 @@ class EditWorker:
         ledger: Ledger,
         metrics: WorkerMetrics | None = None,
         state: WorkerState | None = None,
-        gpu: GpuLane | None = None,
+        gpu: GpuThread | None = None,
         signer: OutputSigner | None = None,
     ) -> None:
         """`signer` (C2PA) defaults to the one `settings.provenance` configures, checked here, before the
@@ -99,7 +100,7 @@ class EditWorker:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self.state = state or WorkerState()
-        self.gpu = gpu or GpuLane(low_lane_share=settings.kafka.low_lane_share)
+        self.gpu = gpu or GpuThread(low_lane_share=settings.kafka.low_lane_share)
         self.state.gpu = self.gpu
         self.state.edit_timeout_s = settings.worker.edit_timeout_s
         self._editor_factory = editor_factory
@@ -333,14 +334,14 @@ class EditWorker:
             log.error("records.stuck", problem=problem)
         self.state.problems["stuck"] = problem
 
-    def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], gpu_lane: int) -> Flight:
+    def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], lane: int) -> Flight:
         assert self._admission is not None
         request_id = (
             salvage_request_id(record.value, record.key, record.headers)
             or f"invalid:{tp.topic}:{tp.partition}:{record.offset}"
         )
         self._commits.start(tp, record.offset)
-        task = asyncio.create_task(self._handle(tp, record, request_id, gpu_lane), name=f"edit-{request_id}")
+        task = asyncio.create_task(self._handle(tp, record, request_id, lane), name=f"edit-{request_id}")
         self.metrics.in_flight.set(len(self._admission.flights) + 1)
         return Flight(record, task, request_id, self._admission.lane_of(tp))
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 class WireModel(BaseModel):
     """Frozen and `extra="forbid"`: the model is exactly one version of the contract.
 
-    Readers that must tolerate fields a newer publisher added go through `consumer.codec`, which
+    Readers that must tolerate fields a newer publisher added go through `consumer.kafka.codec`, which
     ignores (and reports) unknown fields but rejects near-misses of known ones.
     """
 

@@ -198,7 +198,7 @@ class EditRequest(WireModel):
     )
     progress: StrictBool | None = Field(default=None, description="Publish progress events for this request.")
     # Not on the wire: fields of the record this worker does not know and ignored (see
-    # `consumer.codec.decode_request`); reported back in the result's `warnings`.
+    # `consumer.kafka.codec.decode_request`); reported back in the result's `warnings`.
     _ignored_fields: tuple[str, ...] = PrivateAttr(default=())
 
     @field_validator("deadline")

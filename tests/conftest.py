@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from consumer.services import ServiceError
+from consumer.cli.local_services import ServiceError
 from tests.services import (
     APACHE_KAFKA_REASON,
     KAFKA_ENV,

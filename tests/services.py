@@ -5,7 +5,7 @@ Order, for each service on its own:
    `KLEIN_EDIT_TEST_S3_ENDPOINT`; `.ci/run` sets them after starting Tansu and moto);
 2. testcontainers, when a Docker engine answers: Apache Kafka (`apache/kafka`, KRaft, one node) and
    MinIO. `KLEIN_EDIT_TEST_CONTAINERS=off` skips this step, `=on` makes a missing engine an error;
-3. local processes: the embedded Tansu broker and moto server (`consumer.services`).
+3. local processes: the embedded Tansu broker and moto server (`consumer.cli.local_services`).
 
 What only Apache Kafka can show (the idempotent producer, transactions, `read_committed` on aborted
 transactions) is marked `apache_kafka`; those tests are skipped, with the reason, on Tansu. A broker
@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import boto3
 
-from consumer.services import MotoServer, ServiceError, TansuBroker, free_port
+from consumer.cli.local_services import MotoServer, ServiceError, TansuBroker, free_port
 
 KAFKA_ENV = "KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP"
 S3_ENV = "KLEIN_EDIT_TEST_S3_ENDPOINT"

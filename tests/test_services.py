@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.services import MotoServer, ServiceError, TansuBroker
+from consumer.cli.local_services import MotoServer, ServiceError, TansuBroker
 from tests.services import (
     CONTAINERS_ENV,
     KAFKA_ENV,

@@ -25,8 +25,8 @@ from PIL import Image
 from pydantic import SecretStr
 from safetensors.torch import save
 
-from consumer.adapters import AdapterCache, AdapterResolver
-from consumer.services import MotoServer
+from consumer.cli.local_services import MotoServer
+from consumer.lora_cache import AdapterCache, AdapterResolver
 from pipeline import ActiveAdapter, EditJob, KleinEditor
 from pipeline.adapters import AdapterApplier, AdapterSlots, linear_shapes, slot_modules
 from pipeline.config import PipelineSettings

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from consumer import kafka as kafka_io
 from consumer.app import build_worker
-from consumer.client import EditClient
-from consumer.services import MotoServer, TansuBroker, on_local_services
+from consumer.cli.local_client import EditClient
+from consumer.cli.local_services import MotoServer, TansuBroker, on_local_services
+from consumer.kafka import clients as kafka_io
 from consumer.settings import Settings
 from pipeline import AdapterWeights, EditJob, EditOutput, ModelIdentity, StandInEditor
 from schemas.requests import EditRequest

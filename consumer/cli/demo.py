@@ -13,10 +13,10 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from consumer import kafka as kafka_io
 from consumer.app import build_worker
-from consumer.client import EditClient
-from consumer.services import MotoServer, TansuBroker, on_local_services
+from consumer.cli.local_client import EditClient
+from consumer.cli.local_services import MotoServer, TansuBroker, on_local_services
+from consumer.kafka import clients as kafka_io
 from consumer.settings import Settings
 from pipeline.config import TINY_RANDOM
 from schemas.requests import EditRequest, RecolorInstruction

@@ -1,6 +1,6 @@
 """`klein-edit dev up`: a local Kafka broker and S3 server that stay up for a manual round trip.
 
-Starts the same embedded services as the demo (`consumer.services`), creates the buckets and topics
+Starts the same embedded services as the demo (`consumer.cli.local_services`), creates the buckets and topics
 of the configured settings, prints the `export` lines a worker and `submit` need in other terminals,
 and stays in the foreground until Ctrl-C, SIGTERM or SIGHUP (the terminal closed), then stops both.
 Everything lives in memory.
@@ -19,8 +19,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TextIO, TypeVar
 
-from consumer import kafka as kafka_io
-from consumer.services import LocalService, MotoServer, ServiceError, TansuBroker
+from consumer.cli.local_services import LocalService, MotoServer, ServiceError, TansuBroker
+from consumer.kafka import clients as kafka_io
 from consumer.settings import Settings
 from pipeline.config import TINY_RANDOM
 from storage import ImageStore

@@ -29,8 +29,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from consumer import kafka as kafka_io
-from consumer.settings import KafkaSettings
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.settings import KafkaSettings
 
 REPLAYED_FROM_OFFSET = "klein-edit.replayed-from-offset"
 # The headers the worker adds when it dead-letters a record; a replayed request carries the rest of

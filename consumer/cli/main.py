@@ -92,7 +92,7 @@ class CommandFailed(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # `bench pipeline` passes its own options through to `python -m pipeline.bench`.
+    # `bench pipeline` passes its own options through to `python -m pipeline.tools.bench`.
     args, extra = parser.parse_known_args(argv)
     if extra and args.handler is not _cmd_bench_pipeline:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -623,7 +623,7 @@ def _cmd_help_of(name: str) -> Callable[[argparse.Namespace], int]:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from consumer.app import build_worker, install_signal_handlers, serve
-    from consumer.health import PortUnavailable
+    from consumer.http.health import PortUnavailable
     from consumer.worker import KafkaAccessDenied
     from pipeline import ModelLoadError
     from pipeline.signing import SigningSetupError
@@ -663,7 +663,7 @@ def _exit_promptly(code: int) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from consumer.cli.demo import run_demo
-    from consumer.services import ServiceError
+    from consumer.cli.local_services import ServiceError
     from consumer.worker import KafkaAccessDenied
     from pipeline import ModelLoadError
 
@@ -702,7 +702,7 @@ def _cmd_dev_up(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from consumer.cli.submit import SubmitRejected, download, prepare_submission, submit
-    from consumer.kafka import TopicsMissing
+    from consumer.kafka.clients import TopicsMissing
 
     settings = configured(args)
     try:
@@ -751,8 +751,8 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
+    from consumer.cli.local_client import EditClient
     from consumer.cli.submit import describe_flag_errors
-    from consumer.client import EditClient
     from schemas.control import CancelRequested
 
     try:
@@ -777,7 +777,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from consumer import asyncapi
+    from consumer.cli import asyncapi
     from schemas.export import json_schemas, write_published
 
     if args.asyncapi:
@@ -803,7 +803,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 def _cmd_fetch_model(args: argparse.Namespace) -> int:
     from pipeline import ModelLoadError
-    from pipeline.fetch import fetch_model
+    from pipeline.tools.fetch import fetch_model
 
     if args.tiny_random:
         from pipeline.tiny import write_tiny_model
@@ -844,7 +844,7 @@ def _cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 def _cmd_bench_orchestration(args: argparse.Namespace) -> int:
     from consumer.cli.bench import print_orchestration_summary, run_orchestration_benchmark
-    from consumer.services import ServiceError
+    from consumer.cli.local_services import ServiceError
     from consumer.worker import KafkaAccessDenied
 
     settings = configured(args, **({} if args.no_embedded else LOCAL_S3))
@@ -872,7 +872,7 @@ def _cmd_bench_orchestration(args: argparse.Namespace) -> int:
 
 def _cmd_bench_adapters(args: argparse.Namespace) -> int:
     from consumer.cli.adapter_bench import print_adapter_summary, run_adapter_benchmark
-    from consumer.services import ServiceError
+    from consumer.cli.local_services import ServiceError
     from pipeline import ModelLoadError
 
     settings = configured(args, **LOCAL_S3)
@@ -886,7 +886,7 @@ def _cmd_bench_adapters(args: argparse.Namespace) -> int:
 
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
     from pipeline import ModelLoadError
-    from pipeline.quality import load_cases, print_quality_summary, run_quality_benchmark
+    from pipeline.tools.quality import load_cases, print_quality_summary, run_quality_benchmark
 
     settings = configured(args, **NO_S3)
     try:
@@ -911,6 +911,6 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
-    from pipeline.bench import main as pipeline_bench
+    from pipeline.tools.bench import main as pipeline_bench
 
     return pipeline_bench(list(args.passthrough), prog="klein-edit bench pipeline")

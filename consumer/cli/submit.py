@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from consumer.client import EditClient
+from consumer.cli.local_client import EditClient
 from consumer.settings import Settings
 from pipeline.errors import InvalidImage
 from pipeline.images import identify_image

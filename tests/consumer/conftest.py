@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from consumer.services import MotoServer, TansuBroker
+from consumer.cli.local_services import MotoServer, TansuBroker
 from consumer.settings import Settings
 from pipeline import Editor, KleinEditor
 from pipeline.config import TINY_RANDOM, PipelineSettings

@@ -28,12 +28,13 @@ from confluent_kafka import KafkaException, Producer
 from PIL import Image
 from pydantic import SecretStr
 
-from consumer import kafka as kafka_io
 from consumer.app import build_worker
-from consumer.codec import encode_event
+from consumer.cli.local_services import free_port
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.codec import encode_event
+from consumer.kafka.settings import KafkaSettings
 from consumer.provenance import OutputSigner
-from consumer.services import free_port
-from consumer.settings import KafkaSettings, Settings, WorkerSettings
+from consumer.settings import Settings, WorkerSettings
 from consumer.worker import EditWorker
 from pipeline import Editor
 from pipeline.config import TINY_RANDOM, PipelineSettings

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from consumer.asyncapi import PUBLISHED_PATH, asyncapi_document, asyncapi_yaml
-from consumer.settings import KafkaSettings
+from consumer.cli.asyncapi import PUBLISHED_PATH, asyncapi_document, asyncapi_yaml
+from consumer.kafka.settings import KafkaSettings
 from schemas.export import WIRE_EVENTS
 
 ASYNCAPI_SCHEMA = Path(__file__).parent / "data" / "asyncapi-3.0.0.schema.json"
@@ -89,8 +89,8 @@ def test_the_cli_writes_the_document_beside_the_schemas_it_references(tmp_path: 
 
 
 def test_every_dead_letter_header_the_worker_writes_is_documented(document: dict[str, Any]) -> None:
-    """A new `klein-edit.*` DLQ header in consumer/kafka.py must be described in the document too."""
-    from consumer import kafka as kafka_io
+    """A new `klein-edit.*` DLQ header in consumer/kafka/clients.py must be described in the document too."""
+    from consumer.kafka import clients as kafka_io
 
     written = {
         value
@@ -98,5 +98,5 @@ def test_every_dead_letter_header_the_worker_writes_is_documented(document: dict
         if name.startswith("DLQ_") and isinstance(value, str) and value.startswith("klein-edit.")
     }
     documented = document["components"]["messages"]["deadLetter"]["headers"]["properties"]
-    assert written - set(documented) == set(), "describe them in consumer/asyncapi.py (_dlq_message)"
+    assert written - set(documented) == set(), "describe them in consumer/cli/asyncapi.py (_dlq_message)"
     assert {"traceparent", "tracestate"} <= set(documented)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from PIL import Image
 
-from consumer import kafka as kafka_io
+from consumer.kafka import clients as kafka_io
 from consumer.settings import Settings
 from pipeline import StandInEditor
 from schemas.errors import ErrorCode

@@ -333,7 +333,7 @@ def test_demo_on_unreachable_services_is_one_line(tmp_path: Path) -> None:
 
 
 def test_bench_pipeline_options_give_their_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    """`bench pipeline` passes its options to pipeline.bench, whose parser follows the same rule."""
+    """`bench pipeline` passes its options to pipeline.tools.bench, whose parser follows the same rule."""
     with pytest.raises(SystemExit) as info:
         main(["bench", "pipeline", "--help"])
     assert info.value.code == 0

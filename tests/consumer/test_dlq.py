@@ -9,9 +9,9 @@ import asyncio
 
 import pytest
 
-from consumer import kafka as kafka_io
 from consumer.cli.dlq import REPLAYED_FROM_OFFSET, replay_dead_letters
-from consumer.services import MotoServer
+from consumer.cli.local_services import MotoServer
+from consumer.kafka import clients as kafka_io
 from pipeline import StandInEditor
 from schemas.errors import ErrorCode
 from schemas.results import EditStatus

@@ -11,9 +11,9 @@ import uuid
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from consumer import kafka as kafka_io
 from consumer.cli.dlq import REPLAYED_FROM_OFFSET, progress_group, replay_dead_letters
-from consumer.settings import KafkaSettings
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.settings import KafkaSettings
 from tests.consumer.harness import integration_settings, read_topic
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from consumer import kafka as kafka_io
-from consumer.services import MotoServer, TansuBroker
+from consumer.cli.local_services import MotoServer, TansuBroker
+from consumer.kafka import clients as kafka_io
 from consumer.settings import Settings
 from pipeline import EditJob, GpuOutOfMemory, StandInEditor
 from schemas.errors import ErrorCode

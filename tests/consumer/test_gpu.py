@@ -1,4 +1,4 @@
-"""GpuLane: one dedicated thread, busy-time accounting, lane priority with a share, cancellation."""
+"""GpuThread: one dedicated thread, busy-time accounting, lane priority with a share, cancellation."""
 
 from __future__ import annotations
 
@@ -10,27 +10,27 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumer.gpu import GpuLane
+from consumer.gpu import GpuThread
 
 
 @pytest.fixture
-def lane() -> Iterator[GpuLane]:
-    gpu = GpuLane()
+def lane() -> Iterator[GpuThread]:
+    gpu = GpuThread()
     yield gpu
     gpu.shutdown(wait=True)
 
 
-# --- GpuLane ---------------------------------------------------------------------------------------
+# --- GpuThread ---------------------------------------------------------------------------------------
 
 
-async def test_lane_returns_the_result_and_passes_arguments(lane: GpuLane) -> None:
+async def test_lane_returns_the_result_and_passes_arguments(lane: GpuThread) -> None:
     def add(a: int, b: int, *, scale: int = 1) -> int:
         return (a + b) * scale
 
     assert await lane.run(add, 2, 3, scale=10) == 50
 
 
-async def test_lane_runs_everything_on_one_dedicated_thread(lane: GpuLane) -> None:
+async def test_lane_runs_everything_on_one_dedicated_thread(lane: GpuThread) -> None:
     def whoami() -> tuple[int, str]:
         current = threading.current_thread()
         return current.ident or 0, current.name
@@ -45,7 +45,7 @@ async def test_lane_runs_everything_on_one_dedicated_thread(lane: GpuLane) -> No
     assert name.startswith("klein-gpu")
 
 
-async def test_lane_runs_one_thing_at_a_time(lane: GpuLane) -> None:
+async def test_lane_runs_one_thing_at_a_time(lane: GpuThread) -> None:
     active = 0
     most = 0
     guard = threading.Lock()
@@ -63,7 +63,7 @@ async def test_lane_runs_one_thing_at_a_time(lane: GpuLane) -> None:
     assert most == 1
 
 
-async def test_lane_does_not_block_the_event_loop(lane: GpuLane) -> None:
+async def test_lane_does_not_block_the_event_loop(lane: GpuThread) -> None:
     ticks = 0
 
     async def ticker() -> None:
@@ -80,7 +80,7 @@ async def test_lane_does_not_block_the_event_loop(lane: GpuLane) -> None:
     assert ticks >= 5
 
 
-async def test_lane_counts_busy_time(lane: GpuLane) -> None:
+async def test_lane_counts_busy_time(lane: GpuThread) -> None:
     assert lane.busy_seconds == 0.0
     await lane.run(time.sleep, 0.05)
     await lane.run(time.sleep, 0.05)
@@ -88,7 +88,7 @@ async def test_lane_counts_busy_time(lane: GpuLane) -> None:
     assert 0.0 < lane.duty_cycle <= 1.0
 
 
-async def test_lane_counts_busy_time_of_failed_work(lane: GpuLane) -> None:
+async def test_lane_counts_busy_time_of_failed_work(lane: GpuThread) -> None:
     def boom() -> None:
         time.sleep(0.03)
         raise RuntimeError("CUDA error")
@@ -100,13 +100,13 @@ async def test_lane_counts_busy_time_of_failed_work(lane: GpuLane) -> None:
     assert await lane.run(lambda: "still usable") == "still usable"
 
 
-async def test_lane_reports_running_while_busy(lane: GpuLane) -> None:
+async def test_lane_reports_running_while_busy(lane: GpuThread) -> None:
     assert lane.running is False
     assert await lane.run(lambda: lane.running) is True
     assert lane.running is False
 
 
-async def test_reset_clock_zeroes_the_busy_time(lane: GpuLane) -> None:
+async def test_reset_clock_zeroes_the_busy_time(lane: GpuThread) -> None:
     await lane.run(time.sleep, 0.02)
     lane.reset_clock()
     assert lane.busy_seconds == 0.0
@@ -114,7 +114,7 @@ async def test_reset_clock_zeroes_the_busy_time(lane: GpuLane) -> None:
 
 
 async def test_shutdown_stops_the_lane() -> None:
-    gpu = GpuLane()
+    gpu = GpuThread()
     await gpu.run(lambda: None)
     gpu.shutdown(wait=True)
     with pytest.raises(RuntimeError):
@@ -124,7 +124,7 @@ async def test_shutdown_stops_the_lane() -> None:
 # --- lanes: which queued job runs next ----------------------------------------------------------------
 
 
-async def hold(lane: GpuLane) -> tuple[asyncio.Task[None], threading.Event]:
+async def hold(lane: GpuThread) -> tuple[asyncio.Task[None], threading.Event]:
     """Occupy the GPU thread until the returned event is set, so other jobs queue up behind."""
     release = threading.Event()
     entered = threading.Event()
@@ -140,7 +140,7 @@ async def hold(lane: GpuLane) -> tuple[asyncio.Task[None], threading.Event]:
 
 
 async def queue_jobs(
-    lane: GpuLane, jobs: list[tuple[int, str]], order: list[str]
+    lane: GpuThread, jobs: list[tuple[int, str]], order: list[str]
 ) -> list[asyncio.Task[None]]:
     tasks = []
     for lane_no, name in jobs:
@@ -150,7 +150,7 @@ async def queue_jobs(
     return tasks
 
 
-async def test_the_most_urgent_lane_goes_first_and_fifo_within_a_lane(lane: GpuLane) -> None:
+async def test_the_most_urgent_lane_goes_first_and_fifo_within_a_lane(lane: GpuThread) -> None:
     order: list[str] = []
     blocker, release = await hold(lane)
     jobs = [(2, "c1"), (1, "b1"), (2, "c2"), (0, "a1"), (1, "b2"), (0, "a2"), (2, "c3")]
@@ -163,7 +163,7 @@ async def test_the_most_urgent_lane_goes_first_and_fifo_within_a_lane(lane: GpuL
 
 
 async def test_lower_lanes_get_their_share_of_turns() -> None:
-    gpu = GpuLane(low_lane_share=0.25)
+    gpu = GpuThread(low_lane_share=0.25)
     try:
         order: list[str] = []
         blocker, release = await hold(gpu)
@@ -178,7 +178,7 @@ async def test_lower_lanes_get_their_share_of_turns() -> None:
         gpu.shutdown(wait=True)
 
 
-async def test_a_cancelled_job_that_has_not_started_never_runs(lane: GpuLane) -> None:
+async def test_a_cancelled_job_that_has_not_started_never_runs(lane: GpuThread) -> None:
     order: list[str] = []
     blocker, release = await hold(lane)
     doomed, later = await queue_jobs(lane, [(0, "doomed"), (1, "later")], order)
@@ -191,7 +191,7 @@ async def test_a_cancelled_job_that_has_not_started_never_runs(lane: GpuLane) ->
     assert order == ["later"]
 
 
-async def test_on_start_runs_on_the_event_loop_when_the_job_starts(lane: GpuLane) -> None:
+async def test_on_start_runs_on_the_event_loop_when_the_job_starts(lane: GpuThread) -> None:
     seen: list[str] = []
     loop_thread = threading.get_ident()
 
@@ -204,7 +204,7 @@ async def test_on_start_runs_on_the_event_loop_when_the_job_starts(lane: GpuLane
 
 
 async def test_shutdown_cancels_queued_jobs() -> None:
-    gpu = GpuLane()
+    gpu = GpuThread()
     blocker, release = await hold(gpu)
     queued = asyncio.create_task(gpu.submit(lambda: None, lane=0))
     while gpu.waiting() < 1:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from consumer.client import EditClient
+from consumer.cli.local_client import EditClient
 from consumer.settings import Settings
 from pipeline import StandInEditor
 from schemas.control import CancelRequested

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.offsets import PartitionOffsets
+from consumer.commits import PartitionOffsets
 
 
 def commit(offsets: PartitionOffsets) -> int | None:

@@ -14,13 +14,14 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Producer
 
-from consumer import kafka as kafka_io
 from consumer.cli.dlq import replay_dead_letters
-from consumer.codec import encode_event
 from consumer.control import CancelRegistry, ControlReader
-from consumer.metrics import WorkerMetrics
-from consumer.settings import KafkaSettings, Settings
-from consumer.state import WorkerState
+from consumer.http.metrics import WorkerMetrics
+from consumer.http.readiness import WorkerState
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.codec import encode_event
+from consumer.kafka.settings import KafkaSettings
+from consumer.settings import Settings
 from pipeline import EditJob, GpuOutOfMemory, StandInEditor
 from schemas.control import CancelRequested
 from schemas.results import EditStatus

@@ -9,10 +9,10 @@ import pytest
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 
-from consumer import kafka as kafka_io
-from consumer.metrics import WorkerMetrics
+from consumer.http.metrics import WorkerMetrics
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.settings import KafkaSettings
 from consumer.publisher import Publisher, PublishRejected
-from consumer.settings import KafkaSettings
 from schemas.errors import InvalidEvent
 
 

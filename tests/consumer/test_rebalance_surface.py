@@ -15,7 +15,7 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer import kafka as kafka_io
+from consumer.kafka import clients as kafka_io
 from consumer.settings import Settings
 from consumer.worker import EditWorker
 from pipeline import EditJob, StandInEditor

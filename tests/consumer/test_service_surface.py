@@ -13,9 +13,9 @@ import pytest
 import structlog
 
 import consumer
-from consumer import kafka as kafka_io
 from consumer.app import OUTPUT_BUCKET_RETRY_S, build_worker, serve
-from consumer.services import free_port
+from consumer.cli.local_services import free_port
+from consumer.kafka import clients as kafka_io
 from consumer.settings import Settings
 from consumer.worker import EditWorker
 from pipeline import Editor, StandInEditor

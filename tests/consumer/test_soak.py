@@ -14,8 +14,8 @@ from collections.abc import Callable
 import pytest
 from aiokafka import TopicPartition
 
-from consumer import kafka as kafka_io
-from consumer.codec import encode_event
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.codec import encode_event
 from consumer.settings import Settings
 from schemas.requests import EditRequest
 from schemas.results import EditStatus

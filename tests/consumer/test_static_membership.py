@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from consumer import kafka as kafka_io
+from consumer.kafka import clients as kafka_io
 from consumer.settings import Settings
 from schemas.results import EditStatus
 from tests.consumer.harness import (

@@ -9,11 +9,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from consumer import kafka as kafka_io
 from consumer.app import build_worker
 from consumer.control import CancelRegistry, ControlReader
-from consumer.settings import KafkaSettings
-from consumer.state import WorkerState
+from consumer.http.readiness import WorkerState
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.settings import KafkaSettings
 from pipeline import StandInEditor
 from schemas.control import CancelRequested
 from storage import ImageStore

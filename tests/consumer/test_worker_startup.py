@@ -18,8 +18,9 @@ import structlog
 from pydantic import SecretStr
 
 from consumer.app import build_worker, serve
-from consumer.services import MotoServer, TansuBroker, free_port
-from consumer.settings import KafkaSettings, Settings, WorkerSettings
+from consumer.cli.local_services import MotoServer, TansuBroker, free_port
+from consumer.kafka.settings import KafkaSettings
+from consumer.settings import Settings, WorkerSettings
 from consumer.worker import EXIT_OK, EditWorker, KafkaAccessDenied
 from pipeline import StandInEditor
 from storage import ImageStore, S3Settings

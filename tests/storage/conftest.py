@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from pydantic import SecretStr
 
-from consumer.services import MotoServer
+from consumer.cli.local_services import MotoServer
 from storage import ImageStore, S3Settings
 from tests.services import S3_ACCESS_KEY, S3_SECRET_KEY, reset_s3
 

@@ -6,10 +6,12 @@ import pytest
 
 from schemas.errors import ErrorCode
 from storage import (
+    AdapterRefused,
     InputForbidden,
     InvalidLocation,
     S3Location,
     S3Settings,
+    parse_adapter_location,
     parse_input_location,
     resolve_output_location,
 )
@@ -35,6 +37,25 @@ class TestS3Location:
 
     def test_is_hashable_and_compares_by_value(self) -> None:
         assert {S3Location("b-1", "k"), S3Location("b-1", "k")} == {S3Location("b-1", "k")}
+
+
+class TestParseAdapterLocation:
+    SETTINGS = SETTINGS.model_copy(update={"adapter_buckets": ["adapters"]})
+
+    @pytest.mark.parametrize("key", ["brand/v3.safetensors", "flux2-klein-lora.sft", "STYLE.SFT"])
+    def test_safetensors_names_are_read(self, key: str) -> None:
+        """`.sft` is how BFL names its own safetensors files; the bytes are checked by the pipeline."""
+        assert parse_adapter_location(key, self.SETTINGS, field="loras[0]") == S3Location("adapters", key)
+
+    @pytest.mark.parametrize(
+        "key", ["brand.bin", "brand.pt", "brand.ckpt", "brand.sft.bin", "brand.safetensors.pt"]
+    )
+    def test_other_names_are_refused_before_a_byte_is_read(self, key: str) -> None:
+        with pytest.raises(AdapterRefused) as info:
+            parse_adapter_location(key, self.SETTINGS, field="loras[0]")
+        assert info.value.code is ErrorCode.INVALID_ADAPTER
+        assert info.value.message.startswith("loras[0]: s3://adapters/")
+        assert "not a .safetensors or .sft file" in info.value.message
 
 
 class TestParseInputLocation:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.fate import (
+from consumer.policy import (
     Action,
     DeadlineExceeded,
     InternalError,

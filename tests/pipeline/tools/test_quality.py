@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import PipelineSettings
-from pipeline.quality import load_cases, quality_settings, run_quality_benchmark
+from pipeline.tools.quality import load_cases, quality_settings, run_quality_benchmark
 from tests.pipeline.conftest import synthetic_image
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 STEPS = 4
 
 

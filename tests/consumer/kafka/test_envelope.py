@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from consumer.codec import decode_record, salvage_request_id
-from consumer.envelope import unwrap
+from consumer.kafka.codec import decode_record, salvage_request_id
+from consumer.kafka.envelope import unwrap
 from schemas.errors import InvalidEvent
 
 REQUEST = {"request_id": "env-1", "image": "s3://in/a.png", "prompt": "make it blue"}

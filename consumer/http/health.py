@@ -25,8 +25,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from consumer.metrics import WorkerMetrics
-from consumer.state import WorkerState
+from consumer.http.metrics import WorkerMetrics
+from consumer.http.readiness import WorkerState
 
 REQUEST_DEADLINE_S = 5.0  # the probes' timeoutSeconds in the chart; a healthy request takes ~1 ms
 MAX_CONNECTIONS = 64  # kubelet's probes and one Prometheus scrape need a handful

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumer.gpu import GpuLane
-from consumer.health import MAX_CONNECTIONS, REQUEST_DEADLINE_S, HealthServer
-from consumer.metrics import WorkerMetrics
+from consumer.gpu import GpuThread
+from consumer.http.health import MAX_CONNECTIONS, REQUEST_DEADLINE_S, HealthServer
+from consumer.http.metrics import WorkerMetrics
 from consumer.worker import WorkerState
 from schemas.results import Cost, EditCompleted, EditStatus, Timing
 
@@ -58,7 +58,7 @@ def test_livez_ok_while_the_loop_turns(server: HealthServer, state: WorkerState)
 async def test_livez_fails_when_an_edit_runs_past_the_edit_timeout(
     server: HealthServer, state: WorkerState
 ) -> None:
-    gpu = GpuLane()
+    gpu = GpuThread()
     release = threading.Event()
     try:
         ready(state)

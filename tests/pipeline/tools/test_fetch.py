@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ModelLoadError
-from pipeline.fetch import fetch_model
+from pipeline.tools.fetch import fetch_model
 
 MODEL = "black-forest-labs/FLUX.2-klein-base-9B"
 

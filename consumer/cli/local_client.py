@@ -12,9 +12,9 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumer import kafka as kafka_io
-from consumer.codec import decode_event, encode_event
-from consumer.settings import KafkaSettings
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.codec import decode_event, encode_event
+from consumer.kafka.settings import KafkaSettings
 from schemas.control import CancelRequested
 from schemas.requests import EditRequest
 from schemas.results import EditCompleted

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from consumer.gpu import GpuLane
+from consumer.gpu import GpuThread
 
 
 class WorkerState:
@@ -22,7 +22,7 @@ class WorkerState:
         self.draining = False
         self.consume_task: asyncio.Task[Any] | None = None
         self.last_loop_at = time.monotonic()
-        self.gpu: GpuLane | None = None
+        self.gpu: GpuThread | None = None
         self.edit_timeout_s: float | None = None
         self.problems: dict[str, str] = {}
 

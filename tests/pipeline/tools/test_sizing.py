@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from pipeline.config import PipelineSettings
-from pipeline.sizing import PROFILES, ProfileBytes, meta_components, profile_weight_bytes
+from pipeline.tools.sizing import PROFILES, ProfileBytes, meta_components, profile_weight_bytes
 
 GB = 1e9
-OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+OPERATIONS = Path(__file__).resolve().parents[3] / "docs" / "operations.md"
 
 
 @pytest.fixture(scope="module")

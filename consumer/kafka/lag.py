@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumer.metrics import WorkerMetrics
+from consumer.http.metrics import WorkerMetrics
 
 
 class LagClient(Protocol):

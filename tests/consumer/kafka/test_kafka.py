@@ -1,4 +1,4 @@
-"""aiokafka client construction (`consumer.kafka`): static membership of the workers' group."""
+"""aiokafka client construction (`consumer.kafka.clients`): static membership of the workers' group."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from consumer import kafka as kafka_io
-from consumer.settings import KafkaSettings
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.settings import KafkaSettings
 
 
 async def test_group_instance_id_reaches_only_the_workers_group_consumer() -> None:

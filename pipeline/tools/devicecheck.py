@@ -42,11 +42,11 @@ import torch
 from PIL import Image
 
 from pipeline.attention import select_attention
-from pipeline.bench import PassTimer, build_random_pipeline, parse_option_set
 from pipeline.config import TINY_RANDOM, PipelineSettings
 from pipeline.editor import EditJob, KleinEditor
 from pipeline.errors import GpuOutOfMemory
 from pipeline.optimize import CompileCounter, apply_options, compile_transformer
+from pipeline.tools.bench import PassTimer, build_random_pipeline, parse_option_set
 
 OPTION_SETS: dict[str, str] = {
     "bf16": "bf16",

@@ -3,7 +3,7 @@
 aiokafka asks its `sasl_oauth_token_provider` for a token on every broker connection it
 authenticates (`AbstractTokenProvider.token()`), so both providers cache the token and fetch a new
 one only when the cached one is within `refresh_margin_s` of its expiry. Which provider a client gets
-is decided by `KafkaSettings` (`token_provider()`); `consumer.kafka.client_kwargs` passes it to every
+is decided by `KafkaSettings` (`token_provider()`); `consumer.kafka.clients.client_kwargs` passes it to every
 client the project makes.
 
 - `OidcTokenProvider`: RFC 6749 §4.4 client credentials against any token endpoint (Microsoft Entra
@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaConnectionError
 from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
 from pydantic import SecretStr
 
-from consumer.settings import KafkaSettings
+from consumer.kafka.settings import KafkaSettings
 
 DEFAULT_REFRESH_MARGIN_S = 60.0
 # A token endpoint that answers without expires_in: assume a short life rather than forever.

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
-from consumer.metrics import WorkerMetrics
+from consumer.http.metrics import WorkerMetrics
 from pipeline import ActiveAdapter, AdapterWeights, Editor
 from schemas.requests import AdapterRef
 from schemas.results import AdapterInfo

@@ -10,9 +10,9 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Producer
 
-from consumer import kafka as kafka_io
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.tracing import trace_headers
 from consumer.settings import Settings
-from consumer.tracing import trace_headers
 from pipeline import StandInEditor
 from schemas.results import EditStatus
 from tests.consumer.harness import (

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from consumer import kafka as kafka_io
-from consumer.codec import (
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.codec import (
     decode_event,
     decode_request,
     describe_validation_error,

@@ -16,9 +16,10 @@ from aiohttp import web
 from aiokafka.errors import KafkaConnectionError
 from pydantic import SecretStr, ValidationError
 
-from consumer import kafka as kafka_io
-from consumer.auth import MskIamTokenProvider, OidcTokenProvider, TokenUnavailableError
-from consumer.settings import KafkaSettings, Settings
+from consumer.kafka import clients as kafka_io
+from consumer.kafka.auth import MskIamTokenProvider, OidcTokenProvider, TokenUnavailableError
+from consumer.kafka.settings import KafkaSettings
+from consumer.settings import Settings
 
 SECRET = "client-secret-do-not-print"
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from consumer.envelope import strip_framing, unwrap
+from consumer.kafka.envelope import strip_framing, unwrap
 from schemas.errors import InvalidEvent
 from schemas.requests import REQUEST_ID_PATTERN, EditRequest
 
@@ -54,7 +54,7 @@ def decode_record(
     max_bytes: int,
     strict: bool = False,
 ) -> EditRequest:
-    """A request record as platforms send it: its envelope taken off (`consumer.envelope.unwrap`:
+    """A request record as platforms send it: its envelope taken off (`consumer.kafka.envelope.unwrap`:
     Schema Registry framing, BOM, CloudEvents structured or Dapr), then `decode_request`.
 
     The CloudEvents `id`, `source` and `type` are added to the request's `metadata` as `ce_id`,

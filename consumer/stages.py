@@ -1,7 +1,7 @@
 """The stages of one edit, free of Kafka: prepare (fetch + decode), edit (GPU), store (encode + upload).
 
 `EditWorker` calls these for each record and overlaps them across records; this module knows nothing
-about offsets or commits. Blocking work goes to the I/O thread pool, GPU work to the `GpuLane`, so the
+about offsets or commits. Blocking work goes to the I/O thread pool, GPU work to the `GpuThread`, so the
 event loop only ever waits.
 """
 
@@ -19,10 +19,10 @@ from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
-from consumer.adapters import AdapterCache, AdapterResolver, ResolvedAdapter
-from consumer.fate import DeadlineExceeded, RequestRejected
-from consumer.gpu import GpuLane
-from consumer.metrics import WorkerMetrics
+from consumer.gpu import GpuThread
+from consumer.http.metrics import WorkerMetrics
+from consumer.lora_cache import AdapterCache, AdapterResolver, ResolvedAdapter
+from consumer.policy import DeadlineExceeded, RequestRejected
 from consumer.provenance import FetchedInput, OutputSigner, ProvenanceRecorder, from_metadata, to_metadata
 from consumer.settings import Settings
 from pipeline import (
@@ -156,7 +156,7 @@ class EditProcessor:
         *,
         store: Store,
         editor: Editor,
-        gpu: GpuLane,
+        gpu: GpuThread,
         io: Executor,
         worker_name: str,
         metrics: WorkerMetrics | None = None,

@@ -15,7 +15,7 @@ H = mlp_ratio x D, L = double + single blocks, V = latent + reference tokens, T 
 Modulation, norms and RoPE are O(S D) or per-sample and ignored (under 0.1 % at the 9B dims).
 At 1024x1024 with one 1024x1024 image that is 161.3 TFLOP per pass (S = 512 + 4096 + 4096).
 
-Run: python -m pipeline.bench --real-dims --option-sets bf16,float8,compile,float8+compile
+Run: python -m pipeline.tools.bench --real-dims --option-sets bf16,float8,compile,float8+compile
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from pipeline.config import TINY_RANDOM, PipelineSettings
 from pipeline.editor import EditJob, KleinEditor
 from pipeline.loader import resolve_dtype
 from pipeline.optimize import apply_options
-from pipeline.sizing import QWEN3_8B, TRANSFORMER_9B
 from pipeline.tiny import (
     assemble_pipeline,
     build_tokenizer,
@@ -46,6 +45,7 @@ from pipeline.tiny import (
     tiny_transformer_config,
     tiny_vae_config,
 )
+from pipeline.tools.sizing import QWEN3_8B, TRANSFORMER_9B
 
 PROMPT = "Replace the background with a sunny beach and make the jacket red, keep the face unchanged."
 TOKEN_STRIDE = 16  # 8x VAE downsampling, then 2x2 patches
@@ -326,7 +326,7 @@ def run_pipeline_benchmark(
     return results
 
 
-def main(argv: list[str] | None = None, *, prog: str = "python -m pipeline.bench") -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m pipeline.tools.bench") -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

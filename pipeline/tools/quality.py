@@ -7,7 +7,7 @@ against the reference's outputs for the same image, prompt and seed: PSNR and SS
 8-bit RGB), LPIPS (the `lpips` package with AlexNet, only where the package and its backbone weights are
 already on disk: nothing is downloaded), transformer passes, seconds per edit and the speed-up.
 
-Option sets: the tokens of `pipeline.bench.parse_option_set` (bf16, float8, compile, te-float8,
+Option sets: the tokens of `pipeline.tools.bench.parse_option_set` (bf16, float8, compile, te-float8,
 te-offload) plus `dbcache` (the step cache; `dbcache@0.12` sets its threshold), `interval@0.1-0.9`
 (the guidance interval) and `attn@NAME` (the attention backend), joined with `+`.
 
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from pipeline.bench import parse_option_set
 from pipeline.config import PipelineSettings
 from pipeline.editor import EditJob, KleinEditor
+from pipeline.tools.bench import parse_option_set
 
 REFERENCE = "bf16"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}

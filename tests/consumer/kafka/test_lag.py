@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from consumer.lag import LagReporter
-from consumer.metrics import WorkerMetrics
+from consumer.http.metrics import WorkerMetrics
+from consumer.kafka.lag import LagReporter
 from tests.consumer.fakes import FakeConsumer
 
 P0 = TopicPartition("requests", 0)

@@ -10,8 +10,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
-from consumer.auth import token_provider
-from consumer.settings import KafkaSettings
+from consumer.kafka.auth import token_provider
+from consumer.kafka.settings import KafkaSettings
 
 # Headers of a dead-lettered record: where it came from and why it was given up on.
 DLQ_ORIGINAL_TOPIC = "klein-edit.original-topic"
@@ -63,7 +63,7 @@ def require_codecs() -> None:
 def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     """Connection and security options shared by every client we create.
 
-    With OAUTHBEARER each client gets its own token provider (`consumer.auth.token_provider`).
+    With OAUTHBEARER each client gets its own token provider (`consumer.kafka.auth.token_provider`).
     """
     kwargs: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,

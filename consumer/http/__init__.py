@@ -1,0 +1,1 @@
+"""The worker's HTTP surface for operations: health and readiness, and Prometheus metrics."""

@@ -1,0 +1,1 @@
+"""Kafka plumbing: client set-up, authentication, codecs and envelopes, trace headers, lag."""

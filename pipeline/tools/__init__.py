@@ -1,0 +1,1 @@
+"""Operator tools around the pipeline: benchmarks, the device check, quality, memory sizing, model fetch."""
