@@ -4,6 +4,9 @@ At most `max_in_flight` records run at once. With several request topics (priori
 first) the `LaneShare` says whose turn it is; the other lanes' partitions are paused so their records
 are not fetched ahead of the urgent ones, and a record fetched anyway is sought back and read again
 later. aiokafka forgets pauses on every rebalance, so they are restored on assignment.
+
+Admission decides and the worker acts: `admit` returns the records to start, and the worker starts them
+and registers them in the one in-flight registry (`commits.CommitTracker`), which admission reads.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from consumer.commits import Flight
 from consumer.lanes import LaneShare
 
 
@@ -33,25 +36,11 @@ class FetchControl(Protocol):
     async def position(self, partition: TopicPartition) -> int: ...
 
 
-@dataclass
-class Flight:
-    """One admitted record, until its task ends."""
-
-    record: ConsumerRecord[bytes, bytes]
-    task: asyncio.Task[None]
-    request_id: str
-    lane: int
-    admitted_at: float = field(default_factory=time.monotonic)
-
-
-# Starts the task of an admitted record: (partition, record, GPU lane) -> its flight.
-Starter = Callable[[TopicPartition, "ConsumerRecord[bytes, bytes]", int], Flight]
-
-
 class Admission:
     def __init__(
         self,
         consumer: FetchControl,
+        flights: Mapping[tuple[TopicPartition, int], Flight],
         *,
         request_topics: Sequence[str],
         max_in_flight: int,
@@ -63,12 +52,16 @@ class Admission:
         self._share = LaneShare(low_lane_share)
         self._next_offset: dict[TopicPartition, int] = {}  # one past the last record admitted
         self._paused: set[TopicPartition] = set()
-        self.flights: dict[tuple[TopicPartition, int], Flight] = {}
+        self._flights = flights  # the in-flight registry, read only (`CommitTracker.flights`)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
 
     @property
     def free(self) -> int:
         """Records that may still start now (0 or less when full)."""
-        return self._max_in_flight - len(self.flights)
+        return self._max_in_flight - len(self._flights)
 
     @property
     def several_lanes(self) -> bool:
@@ -79,39 +72,39 @@ class Admission:
         return self._lanes.get(tp.topic, len(self._lanes))
 
     def admit(
-        self, tp: TopicPartition, records: Iterable[ConsumerRecord[bytes, bytes]], start: Starter
-    ) -> None:
-        """Start the records whose turn it is, in offset order; seek back to the first that must wait."""
+        self, tp: TopicPartition, records: Iterable[ConsumerRecord[bytes, bytes]]
+    ) -> list[tuple[ConsumerRecord[bytes, bytes], int]]:
+        """The records whose turn it is, in offset order, each with the GPU lane it queues in; seeks back
+        to the first that must wait. The caller starts them all before admitting more."""
+        admitted: list[tuple[ConsumerRecord[bytes, bytes], int]] = []
         for record in records:
-            if (tp, record.offset) in self.flights:
+            if (tp, record.offset) in self._flights:
                 continue  # refetched after a rebalance while it still runs here
             lane = self.lane_of(tp)
             waiting = self._waiting_lanes() | {lane}
-            if len(self.flights) >= self._max_in_flight or self._share.due(waiting) != lane:
+            full = len(self._flights) + len(admitted) >= self._max_in_flight
+            if full or self._share.due(waiting) != lane:
                 # Full, or not this lane's turn (fetched despite a pause, or in the same batch): read it
                 # again later.
                 self._consumer.seek(tp, record.offset)
-                return
+                break
             self._share.take_turn(waiting)
             # A turn handed down by the share queues for the GPU in the lane it was taken from, so the
             # records admitted after it from that lane do not take it away again.
-            self.flights[(tp, record.offset)] = start(tp, record, min(waiting))
+            admitted.append((record, min(waiting)))
             self._next_offset[tp] = record.offset + 1
+        return admitted
 
     def older_than(self, seconds: float) -> list[Flight]:
         """The records in flight for longer than `seconds`, oldest first."""
         now = time.monotonic()
         return sorted(
-            (f for f in self.flights.values() if now - f.admitted_at > seconds), key=lambda f: f.admitted_at
+            (f for f in self._flights.values() if now - f.admitted_at > seconds), key=lambda f: f.admitted_at
         )
 
     def oldest_age(self) -> float:
         """Seconds the oldest record in flight has been in flight (0 when none)."""
-        return max((time.monotonic() - f.admitted_at for f in self.flights.values()), default=0.0)
-
-    def release(self, tp: TopicPartition, offset: int) -> None:
-        """The record's task ended (finished, failed or abandoned): its slot is free."""
-        self.flights.pop((tp, offset), None)
+        return max((time.monotonic() - f.admitted_at for f in self._flights.values()), default=0.0)
 
     def apply_pauses(self, *, full: bool) -> None:
         """Pause everything when full; otherwise pause the lanes `_held_lanes` holds back."""
@@ -154,7 +147,7 @@ class Admission:
         return set() if due is None else {lane for lane in self._lanes.values() if lane != due}
 
     def _waiting_lanes(self) -> set[int]:
-        lanes = {flight.lane for flight in self.flights.values()}
+        lanes = {flight.lane for flight in self._flights.values()}
         lanes.update(self.lane_of(tp) for tp in self._consumer.assignment() if self._unread(tp) > 0)
         return lanes
 

@@ -1,4 +1,8 @@
-"""Commit tracking: what this worker may commit per partition, and where it resumes after a rebalance.
+"""Commit tracking and the records in flight: what this worker may commit per partition, which records
+run now, and where each partition resumes after a rebalance.
+
+`CommitTracker` is the one registry of records in flight (`Flight`): admission counts its slots from it,
+the drain waits on it, and the commit arithmetic reads it.
 
 `PartitionOffsets` keeps the arithmetic of one partition (records finishing out of order); this module
 owns one of them per partition, commits what is safe, and restores positions when partitions come
@@ -11,15 +15,27 @@ and the idempotent output makes that harmless.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 log = structlog.get_logger("klein_edit.worker")
+
+
+@dataclass
+class Flight:
+    """One admitted record, until its task ends. `lane` is its topic's priority lane (0 most urgent)."""
+
+    record: ConsumerRecord[bytes, bytes]
+    task: asyncio.Future[None]
+    request_id: str
+    lane: int
+    admitted_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -81,25 +97,40 @@ class CommitClient(Protocol):
 class CommitTracker:
     def __init__(self) -> None:
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._flights: dict[tuple[TopicPartition, int], Flight] = {}
         self._lock = asyncio.Lock()
+
+    @property
+    def flights(self) -> Mapping[tuple[TopicPartition, int], Flight]:
+        """The records in flight, by (partition, offset); read-only."""
+        return self._flights
 
     def partition(self, tp: TopicPartition) -> PartitionOffsets:
         return self._offsets.setdefault(tp, PartitionOffsets())
 
-    def start(self, tp: TopicPartition, offset: int) -> None:
-        """A record was admitted: nothing at or after it is committed until it finishes."""
+    def start(self, tp: TopicPartition, offset: int, flight: Flight | None = None) -> None:
+        """A record was admitted (its `flight` when it runs as a task): nothing at or after it is
+        committed until it finishes."""
         self.partition(tp).start(offset)
+        if flight is not None:
+            self._flights[(tp, offset)] = flight
 
     def finish(self, tp: TopicPartition, offset: int) -> None:
-        """The record's result is acknowledged: it may be committed past."""
+        """The record's result is acknowledged: it may be committed past, and its slot is free."""
         self.partition(tp).finish(offset)
+        self._flights.pop((tp, offset), None)
 
     def abandon(self, tp: TopicPartition, offset: int) -> None:
-        """The record will not finish here: it and everything after it stay uncommitted."""
+        """The record will not finish here: it and everything after it stay uncommitted; its slot is free."""
         self.partition(tp).abandon(offset)
+        self._flights.pop((tp, offset), None)
 
-    async def commit_ready(self, consumer: CommitClient | None) -> None:
-        """Commit every assigned partition's committable offset; a failed commit is retried next time."""
+    async def commit_ready(self, consumer: CommitClient | None, *, by_position: bool = True) -> None:
+        """Commit every assigned partition's committable offset; a failed commit is retried next time.
+
+        `by_position=False` commits only past records answered here, never the consumer's position: for
+        an exit by exception, when records fetched but not admitted lie below the position.
+        """
         if consumer is None:
             return
         async with self._lock:
@@ -108,7 +139,8 @@ class CommitTracker:
             for tp in assigned:
                 # A partition that moved to another member is not ours to commit: its owner redoes the record.
                 offsets = self.partition(tp)
-                offset = offsets.committable(await self._position(consumer, tp, offsets))
+                position = await self._position(consumer, tp, offsets) if by_position else None
+                offset = offsets.committable(position)
                 if offset is not None:
                     to_commit[tp] = offset
             if not to_commit:

@@ -1,9 +1,9 @@
 """The handling of one record: attempts until its fate is settled, then the result (and DLQ copy).
 
-`RecordHandler.handle` decodes the record, runs the stages (prepare -> GPU -> store) through the
-`EditProcessor`, retries what `fate.decide` says to retry, dead-letters and fails what it says to,
-publishes the result and reports whether the record may be committed. Cancels, progress events and
-the durable attempt counts (the ledger) are checked and written here, around the stages.
+`RecordHandler.handle` decodes the record and runs `EditStages.run` once per attempt; what each error
+does (retry, fail, dead-letter, crash) is `consumer.policy`'s decision. Then it publishes the result and
+says whether the record may be committed. Cancels, progress events and the durable attempt counts (the
+ledger) live here, in the `RecordObserver` that takes the stages' events.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
@@ -19,15 +18,20 @@ import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
 from consumer.backoff import jittered
+from consumer.context import EditContext
 from consumer.control import CancelRegistry
+from consumer.events import EditEvent, GpuRunStarting, GpuStarted, StageStarted, StepFinished
+from consumer.gpu import GpuThread
 from consumer.http.metrics import WorkerMetrics
 from consumer.kafka.codec import decode_record
 from consumer.kafka.tracing import Headers, trace_headers
+from consumer.outcomes import Outcomes
 from consumer.policy import Action, InternalError, PoisonMessage, decide
 from consumer.progress import ProgressReporter
-from consumer.publisher import Publisher, PublishRejected
+from consumer.provenance import OutputSigner
+from consumer.publisher import Producer, Publisher, PublishRejected
 from consumer.settings import Settings
-from consumer.stages import EditContext, EditProcessor, PreparedEdit
+from consumer.stages import EditStages, Store
 from pipeline import EditCanceled, Editor
 from schemas.errors import ErrorCode, KleinEditError
 from schemas.progress import EditStage
@@ -39,11 +43,72 @@ log = structlog.get_logger("klein_edit.worker")
 
 
 class Ledger(Protocol):
-    """Durable attempt counts per record (`storage.AttemptLedger` is the real one)."""
+    """Durable attempt counts per record (`storage.AttemptLedger` is the real one, `consumer.fakes.FakeLedger`
+    the in-memory one)."""
 
     def record_pickup(self, topic: str, partition: int, offset: int) -> LedgerEntry: ...
     def record_gpu_run(self, topic: str, partition: int, offset: int) -> LedgerEntry: ...
     def clear(self, topic: str, partition: int, offset: int) -> None: ...
+
+
+def build_record_handler(
+    settings: Settings,
+    *,
+    editor: Editor,
+    store: Store,
+    ledger: Ledger,
+    producer: Producer,
+    gpu: GpuThread,
+    io: Executor,
+    metrics: WorkerMetrics,
+    cancels: CancelRegistry,
+    abandon: asyncio.Event,
+    signer: OutputSigner | None = None,
+) -> RecordHandler:
+    """The one place that builds a record's path: results, stages, publisher and handler. The worker
+    calls it with the real store, ledger and producer, the record-path tests with `consumer.fakes`."""
+    outcomes = Outcomes(
+        model=editor.model_name,
+        worker=settings.worker.name,
+        usd_per_megapixel=settings.cost.usd_per_megapixel,
+    )
+    stages = EditStages(
+        settings,
+        store=store,
+        editor=editor,
+        gpu=gpu,
+        io=io,
+        outcomes=outcomes,
+        metrics=metrics,
+        signer=signer,
+    )
+    return RecordHandler(
+        settings,
+        stages=stages,
+        outcomes=outcomes,
+        publisher=Publisher(producer, settings.kafka, metrics, abandon=abandon),
+        ledger=ledger,
+        cancels=cancels,
+        metrics=metrics,
+        io=io,
+        abandon=abandon,
+    )
+
+
+class ProcessUnusable(Exception):
+    """Raised by `RecordHandler.handle` when an error says the process cannot go on (a CUDA fault): the
+    record stays uncommitted and the worker must exit non-zero. `error` is the typed error."""
+
+    def __init__(self, error: KleinEditError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+# What a cancel check says at each stage start (the event loop's checks; the GPU thread checks per step).
+_CANCEL_POINTS = {
+    EditStage.FETCHING: "before pickup",
+    EditStage.UPLOADING: "after the last step, before upload",
+}
 
 
 class RecordHandler:
@@ -51,7 +116,8 @@ class RecordHandler:
         self,
         settings: Settings,
         *,
-        processor: EditProcessor,
+        stages: EditStages,
+        outcomes: Outcomes,
         publisher: Publisher,
         ledger: Ledger,
         cancels: CancelRegistry,
@@ -60,21 +126,22 @@ class RecordHandler:
         abandon: asyncio.Event,
     ) -> None:
         self._settings = settings
-        self._processor = processor
+        self._stages = stages
+        self._outcomes = outcomes
         self._publisher = publisher
         self._ledger = ledger
         self._cancels = cancels
         self._metrics = metrics
         self._io = io
         self._abandon = abandon
-        self.fatal: KleinEditError | None = None  # set when an error says the process is unusable
 
     async def handle(self, record: ConsumerRecord[bytes, bytes], request_id: str, lane: int) -> bool:
         """Settle one record and publish its result; True when it may be committed past.
 
-        False means the record stays uncommitted: the worker is crashing (`fatal` is set) or
-        abandoning it at shutdown. A result Kafka refuses for good (`PublishRejected`) is logged and
-        counted, and the record is committed. Never raises but `asyncio.CancelledError`.
+        False means the record stays uncommitted: the worker is abandoning it at shutdown. A result Kafka
+        refuses for good (`PublishRejected`) is logged and counted, and the record is committed. Raises
+        `ProcessUnusable` when the process must exit (the record stays uncommitted), and
+        `asyncio.CancelledError`; nothing else.
         """
         tp = TopicPartition(record.topic, record.partition)
         structlog.contextvars.bind_contextvars(
@@ -87,11 +154,11 @@ class RecordHandler:
             self._metrics.tombstones.inc()
             log.info("record.tombstone_skipped")
             return True
-        ctx = EditContext(request_id=request_id, picked_up=time.time(), record_timestamp_ms=record.timestamp)
+        ctx = EditContext(
+            request_id=request_id, picked_up=time.time(), record_timestamp_ms=record.timestamp, lane=lane
+        )
         try:
-            result = await self._attempt_until_settled(tp, record, ctx, lane)
-            if result is None:
-                return False
+            result = await self._attempt_until_settled(tp, record, ctx)
             try:
                 await self._publisher.publish_result(result, headers=trace_headers(record.headers))
             except PublishRejected as exc:
@@ -99,10 +166,10 @@ class RecordHandler:
                 # the record back would stall its partition forever. Logged and counted, then committed.
                 log.error("result.lost", error=exc.message, status=result.status.value)
             _log_summary(result)
-            observe_gpu_memory(self._metrics, self._processor.editor)
+            observe_gpu_memory(self._metrics, self._stages.editor)
             asyncio.get_running_loop().run_in_executor(self._io, self._clear_ledger, tp, record.offset)
             return True
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ProcessUnusable):
             raise
         except Exception:
             # Publishing only fails here when the worker is abandoning; the record stays uncommitted.
@@ -110,9 +177,9 @@ class RecordHandler:
             return False
 
     async def _attempt_until_settled(
-        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], ctx: EditContext, lane: int
-    ) -> EditCompleted | None:
-        """Run the record until it succeeds or `decide` settles its fate; None means: do not commit."""
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], ctx: EditContext
+    ) -> EditCompleted:
+        """Run the record until it succeeds or `decide` settles its fate."""
         tries = 0
         while True:
             tries += 1
@@ -124,7 +191,11 @@ class RecordHandler:
                     max_bytes=self._settings.kafka.max_request_bytes,
                     strict=self._settings.worker.reject_unknown_fields,
                 )
-                return await self._run_stages(ctx, request, lane, tp=tp, record=record)
+                observer = self._observer(ctx, request, tp, record)
+                try:
+                    return await self._stages.run(ctx, request, observer)
+                finally:
+                    observer.close()
             except KleinEditError as exc:
                 error = exc
             except asyncio.CancelledError:
@@ -153,128 +224,37 @@ class RecordHandler:
                 await asyncio.sleep(delay)
                 continue
             if verdict.action is Action.CRASH:
-                self.fatal = error
-                return None
+                raise ProcessUnusable(error)
             if verdict.action is Action.DEAD_LETTER:
                 await self._publisher.dead_letter(record, error, ctx.attempt)
-            return self._processor.unsuccessful(ctx, error)
+            return self._outcomes.unsuccessful(ctx, error)
 
-    async def _run_stages(
-        self,
-        ctx: EditContext,
-        request: EditRequest,
-        lane: int,
-        *,
-        tp: TopicPartition,
-        record: ConsumerRecord[bytes, bytes],
-    ) -> EditCompleted:
-        offset = record.offset
-        reporter = self._reporter_for(ctx, request, trace=trace_headers(record.headers))
-        try:
-            self._raise_if_canceled(ctx.request_id, "before pickup")
-            if reporter:
-                reporter.stage(EditStage.FETCHING)
-            prepared = await self._processor.prepare(ctx, request)
-            if not isinstance(prepared, PreparedEdit):
-                return prepared  # answered from the stored output: no GPU work
-            count_before, count_on_start = await self._gpu_run_counter(ctx, tp, offset)
-            total_steps = prepared.params.num_inference_steps
-
-            def started() -> None:  # on the event loop, as the GPU thread takes the job
-                if count_on_start:
-                    count_on_start()
-                if reporter:
-                    reporter.stage(EditStage.EDITING, total_steps=total_steps)
-
-            finished = await self._processor.edit(
-                ctx,
-                prepared,
-                lane=lane,
-                before=count_before,
-                on_start=started,
-                on_step=self._step_hook(ctx.request_id, reporter),
-            )
-            self._raise_if_canceled(ctx.request_id, "after the last step, before upload")
-            if reporter:
-                reporter.stage(EditStage.UPLOADING)
-            return await self._processor.store(ctx, prepared, finished)
-        finally:
-            if reporter:
-                reporter.close()
-
-    def _raise_if_canceled(self, request_id: str, when: str) -> None:
-        if request_id in self._cancels:
-            raise EditCanceled(f"canceled by a control command {when}")
-
-    def _reporter_for(
-        self, ctx: EditContext, request: EditRequest, *, trace: Headers
-    ) -> ProgressReporter | None:
+    def _observer(
+        self, ctx: EditContext, request: EditRequest, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]
+    ) -> RecordObserver:
         worker = self._settings.worker
         wanted = request.progress if request.progress is not None else worker.progress
-        if not wanted:
-            return None
-        return ProgressReporter(
-            request_id=ctx.request_id,
-            worker=worker.name,
-            interval_s=worker.progress_interval_s,
-            emit=functools.partial(self._publisher.emit_progress, headers=trace or None),
-            picked_up=time.monotonic() - (time.time() - ctx.picked_up),
+        reporter = None
+        if wanted:
+            trace: Headers = trace_headers(record.headers)
+            reporter = ProgressReporter(
+                request_id=ctx.request_id,
+                worker=worker.name,
+                interval_s=worker.progress_interval_s,
+                emit=functools.partial(self._publisher.emit_progress, headers=trace or None),
+                picked_up=time.monotonic() - (time.time() - ctx.picked_up),
+            )
+        return RecordObserver(
+            ctx,
+            tp=tp,
+            offset=record.offset,
+            reporter=reporter,
+            cancels=self._cancels,
+            abandon=self._abandon,
+            ledger=self._ledger,
+            io=self._io,
+            max_attempts=worker.max_attempts,
         )
-
-    def _step_hook(self, request_id: str, reporter: ProgressReporter | None) -> Callable[[int, int], None]:
-        abandon, cancels = self._abandon, self._cancels
-        loop = asyncio.get_running_loop()
-
-        def on_step(done: int, total: int) -> None:  # runs on the GPU thread, between denoising steps
-            if abandon.is_set():
-                raise EditCanceled("worker is shutting down past its grace period")
-            if request_id in cancels:
-                raise EditCanceled(f"canceled by a control command after step {done}/{total}")
-            if reporter is not None:
-                loop.call_soon_threadsafe(reporter.step, done, total)
-
-        return on_step
-
-    async def _gpu_run_counter(
-        self, ctx: EditContext, tp: TopicPartition, offset: int
-    ) -> tuple[Callable[[], None] | None, Callable[[], None] | None]:
-        """Check the durable counts before the GPU; return how to count this record's GPU run.
-
-        Returns `(before, on_start)`: `before` runs on the GPU thread ahead of the edit, `on_start` on
-        the event loop as the GPU takes the record. Only runs that really start are counted, so a
-        crash is blamed on the one record on the GPU, never on the records fetched or queued behind
-        it. A first delivery is counted off the GPU thread as it starts (the GPU never waits for S3;
-        a crash within the first milliseconds of its edit may go uncounted once). A redelivery, the
-        suspicious case, is counted on the GPU thread before its edit, so that count is durable
-        before any risk.
-        """
-        loop = asyncio.get_running_loop()
-        try:
-            entry = await loop.run_in_executor(
-                self._io, self._ledger.record_pickup, tp.topic, tp.partition, offset
-            )
-        except KleinEditError as exc:
-            log.warning("ledger.unavailable", error=exc.message)
-            entry = LedgerEntry(pickups=ctx.attempt, gpu_runs=0)
-        ctx.attempt = max(ctx.attempt, entry.gpu_runs + 1)
-        if entry.gpu_runs >= self._settings.worker.max_attempts:
-            raise PoisonMessage(
-                f"its edit started {entry.gpu_runs} times without finishing (it crashed or hung the worker)"
-            )
-
-        def count_run() -> None:
-            try:
-                self._ledger.record_gpu_run(tp.topic, tp.partition, offset)
-            except KleinEditError as exc:
-                log.warning("ledger.unavailable", error=exc.message)
-
-        if entry.pickups > 1 or ctx.attempt > 1:
-            return count_run, None
-
-        def count_in_background() -> None:
-            loop.run_in_executor(self._io, count_run)
-
-        return None, count_in_background
 
     def _clear_ledger(self, tp: TopicPartition, offset: int) -> None:
         """On an I/O thread. A failed clear loses nothing (the record is finished) but leaves the
@@ -285,6 +265,100 @@ class RecordHandler:
         except KleinEditError as exc:
             self._metrics.ledger_clear_failures.inc()
             log.warning("ledger.clear_failed", code=exc.code.value, error=exc.message)
+
+
+class RecordObserver:
+    """Takes one attempt's stage events: cancel checks, progress events, and the durable GPU-run count.
+
+    Only runs that really start are counted, so a crash is blamed on the one record on the GPU, never on
+    the records fetched or queued behind it. A first delivery is counted off the GPU thread as it starts
+    (the GPU never waits for S3; a crash within the first milliseconds of its edit may go uncounted
+    once). A redelivery, the suspicious case, is counted on the GPU thread before its edit, so that count
+    is durable before any risk.
+    """
+
+    def __init__(
+        self,
+        ctx: EditContext,
+        *,
+        tp: TopicPartition,
+        offset: int,
+        reporter: ProgressReporter | None,
+        cancels: CancelRegistry,
+        abandon: asyncio.Event,
+        ledger: Ledger,
+        io: Executor,
+        max_attempts: int,
+    ) -> None:
+        self._ctx = ctx
+        self._tp = tp
+        self._offset = offset
+        self._reporter = reporter
+        self._cancels = cancels
+        self._abandon = abandon
+        self._ledger = ledger
+        self._io = io
+        self._max_attempts = max_attempts
+        self._loop = asyncio.get_running_loop()
+        self._count_on_gpu_thread = False
+
+    async def before_gpu(self) -> None:
+        """Check the durable counts before the GPU: a record whose edit started `max_attempts` times
+        without finishing is a `PoisonMessage`."""
+        ctx, tp = self._ctx, self._tp
+        try:
+            entry = await self._loop.run_in_executor(
+                self._io, self._ledger.record_pickup, tp.topic, tp.partition, self._offset
+            )
+        except KleinEditError as exc:
+            log.warning("ledger.unavailable", error=exc.message)
+            entry = LedgerEntry(pickups=ctx.attempt, gpu_runs=0)
+        ctx.attempt = max(ctx.attempt, entry.gpu_runs + 1)
+        if entry.gpu_runs >= self._max_attempts:
+            raise PoisonMessage(
+                f"its edit started {entry.gpu_runs} times without finishing (it crashed or hung the worker)"
+            )
+        self._count_on_gpu_thread = entry.pickups > 1 or ctx.attempt > 1
+
+    def on_event(self, event: EditEvent) -> None:
+        reporter = self._reporter
+        match event:
+            case StageStarted(stage=stage, total_steps=total):
+                when = _CANCEL_POINTS.get(stage)
+                if when is not None and self._ctx.request_id in self._cancels:
+                    raise EditCanceled(f"canceled by a control command {when}")
+                if reporter is not None:
+                    reporter.stage(stage, total_steps=total)
+            case GpuRunStarting(total_steps=total):  # on the GPU thread
+                self._check_step(0, total)
+                if self._count_on_gpu_thread:
+                    self._count_run()
+            case GpuStarted(total_steps=total):  # on the event loop, as the GPU thread takes the job
+                if not self._count_on_gpu_thread:
+                    self._loop.run_in_executor(self._io, self._count_run)
+                if reporter is not None:
+                    reporter.stage(EditStage.EDITING, total_steps=total)
+            case StepFinished(done=done, total=total):  # on the GPU thread, between denoising steps
+                self._check_step(done, total)
+                if reporter is not None:
+                    self._loop.call_soon_threadsafe(reporter.step, done, total)
+
+    def close(self) -> None:
+        """No progress events after the result."""
+        if self._reporter is not None:
+            self._reporter.close()
+
+    def _check_step(self, done: int, total: int) -> None:
+        if self._abandon.is_set():
+            raise EditCanceled("worker is shutting down past its grace period")
+        if self._ctx.request_id in self._cancels:
+            raise EditCanceled(f"canceled by a control command after step {done}/{total}")
+
+    def _count_run(self) -> None:
+        try:
+            self._ledger.record_gpu_run(self._tp.topic, self._tp.partition, self._offset)
+        except KleinEditError as exc:
+            log.warning("ledger.unavailable", error=exc.message)
 
 
 def observe_gpu_memory(metrics: WorkerMetrics, editor: Editor) -> None:

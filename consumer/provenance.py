@@ -2,20 +2,18 @@
 
 `ProvenanceRecorder` assembles what the editor knows about its model (`Editor.identity`), the runtime
 versions, the inputs' SHA-256 and the edit's parameters; marks the encoded output (XMP, and a signed C2PA
-manifest when a signer is configured) unless the request said `output.metadata: "strip"`; and keeps the
-provenance in the output object's metadata, so a redelivered request is answered with the provenance of
-the worker that made the object, not of the one answering.
+manifest when a signer is configured) unless the request said `output.metadata: "strip"`. The output
+object's metadata keeps the provenance (`consumer.sink`), so a redelivered request is answered with the
+provenance of the worker that made the object, not of the one answering.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
-from pydantic import ValidationError
 
 from pipeline import Editor, ModelIdentity, encode_image, runtime_versions
 from pipeline.marking import OutputMarking, xmp_packet
@@ -23,12 +21,6 @@ from pipeline.signing import Ingredient, ManifestFacts
 from schemas.provenance import AdapterInfo, InputDigest, ModelRef, Provenance
 from schemas.requests import OutputFormat
 from schemas.results import EditParams
-
-# The object metadata key holding the provenance (JSON, ASCII; the inputs' URIs and the adapters left out:
-# a redelivered request names the same inputs, and its params.loras are replayed already). S3 allows 2 KB
-# of user metadata in all.
-META_PROVENANCE = "provenance"
-_META_BUDGET = 1800
 
 
 class OutputSigner(Protocol):
@@ -129,34 +121,3 @@ class ProvenanceRecorder:
             xmp=xmp,
             c2pa=c2pa,
         )
-
-
-def to_metadata(provenance: Provenance, *, used: int = 0) -> dict[str, str]:
-    """Object metadata keeping `provenance` for a redelivered request; empty (the replay then reports no
-    provenance) if it would not fit S3's 2 KB of user metadata beside the `used` bytes."""
-    data = provenance.model_dump(mode="json", exclude_defaults=True, exclude={"adapters"})
-    data["inputs"] = [item["sha256"] for item in data["inputs"]]
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=True, sort_keys=True)
-    if used + len(META_PROVENANCE) + len(text) > _META_BUDGET:
-        return {}
-    return {META_PROVENANCE: text}
-
-
-def from_metadata(
-    metadata: dict[str, str], input_uris: Sequence[str], params: EditParams
-) -> Provenance | None:
-    """The provenance `to_metadata` stored, completed with the inputs' URIs of the request being answered
-    and the adapters of its (replayed) `params`; None for objects stored without one (older workers, or
-    too large)."""
-    text = metadata.get(META_PROVENANCE)
-    if not text:
-        return None
-    try:
-        data = json.loads(text)
-        hashes = data["inputs"]
-        if len(hashes) != len(input_uris):
-            return None
-        data["inputs"] = [{"uri": uri, "sha256": sha} for uri, sha in zip(input_uris, hashes, strict=True)]
-        return Provenance.model_validate(data).model_copy(update={"adapters": adapters_of(params)})
-    except (ValueError, KeyError, TypeError, ValidationError):
-        return None

@@ -1,8 +1,10 @@
-"""The stages of one edit, free of Kafka: prepare (fetch + decode), edit (GPU), store (encode + upload).
+"""The life of one request, as numbered stages: checks, fetch and decode, edit, post-edit checks, upload.
 
-`EditWorker` calls these for each record and overlaps them across records; this module knows nothing
-about offsets or commits. Blocking work goes to the I/O thread pool, GPU work to the `GpuThread`, so the
-event loop only ever waits.
+`EditStages.run` reads top to bottom as a diffusers `__call__` does. It knows nothing of Kafka: the
+handler (`consumer.handler`) wraps its retry policy around one `run` per attempt and takes the stages'
+progress as typed events (`consumer.events`). Blocking work goes to the I/O thread pool, GPU work to the
+one `GpuThread`, so the event loop only ever waits. A new check of the output (colour, moderation) is a
+new stage between the edit and the upload, and nothing else changes.
 """
 
 from __future__ import annotations
@@ -13,20 +15,23 @@ import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
+from consumer.context import EditContext
+from consumer.events import EditObserver, GpuRunStarting, GpuStarted, StageStarted, StepFinished
 from consumer.gpu import GpuThread
 from consumer.http.metrics import WorkerMetrics
 from consumer.lora_cache import AdapterCache, AdapterResolver, ResolvedAdapter
+from consumer.outcomes import Outcomes
 from consumer.policy import DeadlineExceeded, RequestRejected
-from consumer.provenance import FetchedInput, OutputSigner, ProvenanceRecorder, from_metadata, to_metadata
+from consumer.provenance import FetchedInput, OutputSigner, ProvenanceRecorder
 from consumer.settings import Settings
+from consumer.sink import OUTPUT_PROFILE, output_metadata, read_stored
 from pipeline import (
-    ActiveAdapter,
     DecodedImage,
     EditJob,
     Editor,
@@ -38,8 +43,7 @@ from pipeline import (
     plan_geometry,
     to_conditioning_size,
 )
-from schemas.errors import ErrorCode, KleinEditError
-from schemas.provenance import Provenance
+from schemas.progress import EditStage
 from schemas.requests import (
     WHITE,
     AdapterRef,
@@ -50,16 +54,7 @@ from schemas.requests import (
     hex6,
     hex_to_rgb,
 )
-from schemas.results import (
-    AdapterInfo,
-    Cost,
-    EditCompleted,
-    EditParams,
-    EditStatus,
-    ErrorInfo,
-    OutputInfo,
-    Timing,
-)
+from schemas.results import EditCompleted, EditParams, OutputInfo
 from storage import (
     FetchedObject,
     InvalidLocation,
@@ -73,15 +68,10 @@ from storage import (
 
 T = TypeVar("T")
 
-# Object metadata written with every output: enough to answer a redelivered request without the GPU.
-META_REQUEST_ID = "request-id"
-# "<sha256>:<bytes>" of each adapter, comma-separated in request order (URIs and scales are the request's).
-META_ADAPTERS = "adapters"
-OUTPUT_PROFILE = "sRGB"  # every output is encoded in sRGB with that ICC profile embedded
-
 
 class Store(Protocol):
-    """What the processor needs from S3 (`storage.ImageStore` is the real one)."""
+    """What the stages need from S3 (`storage.ImageStore` is the real one, `consumer.fakes.FakeStore` the
+    in-memory one)."""
 
     def fetch(self, location: S3Location) -> bytes: ...
     def describe_adapter(self, location: S3Location) -> ObjectVersion: ...
@@ -92,64 +82,27 @@ class Store(Protocol):
     ) -> PutOutcome: ...
 
 
-@dataclass
-class EditContext:
-    """What is known about one record so far; a failure result is built from whatever got filled in."""
+@dataclass(frozen=True)
+class Locations:
+    """Where a request's objects are: inputs (base first), adapters, and the output with its format."""
 
-    request_id: str
-    picked_up: float  # time.time() at pickup
-    record_timestamp_ms: int | None
-    attempt: int = 1
-    request: EditRequest | None = None
-    params: EditParams | None = None
-    input_megapixels: float = 0.0
-    fetch_ms: float = 0.0
-    inference_ms: float = 0.0
-    upload_ms: float = 0.0
-    gpu_ms: float = 0.0
-    adapter_load_ms: float = 0.0
-    transformer_passes: int | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    provenance: Provenance | None = None
-
-    @property
-    def queued_ms(self) -> float:
-        if self.record_timestamp_ms is None:
-            return 0.0
-        return max(0.0, self.picked_up * 1000.0 - self.record_timestamp_ms)
-
-    def timing(self) -> Timing:
-        total = self.queued_ms + (time.time() - self.picked_up) * 1000.0
-        return Timing(
-            queued=round(self.queued_ms, 1),
-            fetch=round(self.fetch_ms, 1),
-            inference=round(self.inference_ms, 1),
-            upload=round(self.upload_ms, 1),
-            adapter_load=round(self.adapter_load_ms, 1),
-            total=round(total, 1),
-        )
-
-
-@dataclass
-class PreparedEdit:
-    """A request whose inputs are fetched and decoded, ready for the GPU."""
-
-    request: EditRequest
-    images: list[Image.Image]
+    inputs: list[S3Location]
+    adapters: list[S3Location]
     output: S3Location
     output_format: OutputFormat
-    params: EditParams
-    alpha: Image.Image | None = None  # the base image's alpha, when the output keeps it
-    adapters: list[ActiveAdapter] = field(default_factory=list)
-    inputs: list[FetchedInput] = field(default_factory=list)  # base first, with their SHA-256
 
 
-@dataclass
-class FinishedEdit:
-    image: Image.Image
+@dataclass(frozen=True)
+class Conditioning:
+    """The inputs as the pipeline is conditioned on them: sized images (base first), the base image's alpha
+    when the output keeps it (sized as the output), and what was fetched (for provenance)."""
+
+    images: list[Image.Image]
+    alpha: Image.Image | None
+    fetched: list[FetchedInput]
 
 
-class EditProcessor:
+class EditStages:
     def __init__(
         self,
         settings: Settings,
@@ -158,7 +111,7 @@ class EditProcessor:
         editor: Editor,
         gpu: GpuThread,
         io: Executor,
-        worker_name: str,
+        outcomes: Outcomes,
         metrics: WorkerMetrics | None = None,
         signer: OutputSigner | None = None,
     ) -> None:
@@ -168,7 +121,7 @@ class EditProcessor:
         self._editor = editor
         self._gpu = gpu
         self._io = io
-        self._worker_name = worker_name
+        self._outcomes = outcomes
         self._adapters = AdapterResolver(
             settings.s3,
             source=store,
@@ -182,19 +135,50 @@ class EditProcessor:
     def editor(self) -> Editor:
         return self._editor
 
-    @property
-    def model_name(self) -> str:
-        return self._editor.model_name
+    async def run(self, ctx: EditContext, request: EditRequest, observer: EditObserver) -> EditCompleted:
+        """Run one attempt at `request`; returns its `succeeded` result.
 
-    async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
-
-    # -- stage 1: checks, locations, idempotency, fetch and decode ------------------------------------
-
-    async def prepare(self, ctx: EditContext, request: EditRequest) -> PreparedEdit | EditCompleted:
-        """Returns the prepared edit, or the finished result when the output already exists."""
+        Fills `ctx` as it goes (parameters, timings, GPU time), so a failure result can be built from it.
+        Raises the typed error of the stage that failed (`KleinEditError`), or whatever the observer
+        raises to stop the request (`EditCanceled`).
+        """
         ctx.request = request
         ctx.metadata = dict(request.metadata)
+        observer.on_event(StageStarted(EditStage.FETCHING))
+
+        # 1. Check the request against this worker's limits, before any I/O.
+        await self._check_limits(request)
+
+        # 2. Locate its inputs, adapters and output (allow-listed buckets, deterministic output key).
+        locations = self._locate(request)
+
+        # 3. Answer from the stored output when there is one: the sink is idempotent, no GPU work.
+        started = time.perf_counter()
+        existing = await self._in_io(self._store.find_output, locations.output)
+        if existing is not None:
+            ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
+            return self._answer_from_store(ctx, request, existing, locations)
+
+        # 4. Read and check the adapters: a bad one fails the request before any image is read.
+        adapters = await self._resolve_adapters(ctx, request, locations)
+
+        # 5. Fetch and decode the inputs, and size them for the pipeline (I/O threads).
+        conditioning = await self._fetch_inputs(ctx, request, locations, adapters)
+        ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
+
+        # 6. Edit on the GPU thread.
+        await observer.before_gpu()
+        edited = await self._edit(ctx, conditioning, adapters, observer)
+
+        # 7. Post-edit checks go here, off the GPU thread (none yet).
+
+        # 8. Encode, mark and upload the output; the result.
+        observer.on_event(StageStarted(EditStage.UPLOADING))
+        return await self._upload(ctx, request, locations, conditioning, edited)
+
+    # -- 1. limits ---------------------------------------------------------------------------------------
+
+    async def _check_limits(self, request: EditRequest) -> None:
         limits = self._settings.pipeline
         if len(request.references) > limits.max_references:
             raise RequestRejected(
@@ -202,7 +186,7 @@ class EditProcessor:
             )
         if request.deadline is not None and datetime.now(UTC) > request.deadline:
             raise DeadlineExceeded(f"deadline {request.deadline.isoformat()} passed before pickup")
-        requested = (request.width, request.height) if request.width and request.height else None
+        requested = _requested_size(request)
         if requested is not None and requested[0] * requested[1] > limits.max_output_megapixels * 1e6:
             raise RequestRejected(
                 f"width x height: {requested[0]}x{requested[1]} = {requested[0] * requested[1] / 1e6:.2f} MP "
@@ -216,15 +200,16 @@ class EditProcessor:
             )
         await self._in_io(self._editor.check_prompt, request.compiled_prompt)
 
+    # -- 2. locations ------------------------------------------------------------------------------------
+
+    def _locate(self, request: EditRequest) -> Locations:
         s3 = self._settings.s3
         inputs = [parse_input_location(request.image, s3, field="image")]
         inputs += [
             parse_input_location(ref, s3, field=f"references[{i}]")
             for i, ref in enumerate(request.references)
         ]
-        adapter_locations = [
-            self._adapters.locate(ref, field=f"loras[{i}]") for i, ref in enumerate(request.loras)
-        ]
+        adapters = [self._adapters.locate(ref, field=f"loras[{i}]") for i, ref in enumerate(request.loras)]
         spec = request.output
         fmt = spec.format if spec else OutputFormat.PNG
         output = resolve_output_location(
@@ -234,29 +219,60 @@ class EditProcessor:
             settings=s3,
             inputs=inputs,
         )
+        return Locations(inputs=inputs, adapters=adapters, output=output, output_format=fmt)
 
-        started = time.perf_counter()
-        existing = await self._in_io(self._store.find_output, output)
-        if existing is not None:
-            ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
-            return self._replay_existing(ctx, request, existing, [loc.uri for loc in inputs])
+    # -- 3. the stored output ----------------------------------------------------------------------------
 
-        # Adapters first: a bad one fails the request before any image is read.
-        adapters: list[ResolvedAdapter] = list(
-            await asyncio.gather(
-                *(
-                    self._in_io(self._resolve_adapter, ref, loc, f"loras[{i}]")
-                    for i, (ref, loc) in enumerate(zip(request.loras, adapter_locations, strict=True))
-                )
+    def _answer_from_store(
+        self, ctx: EditContext, request: EditRequest, existing: StoredObject, locations: Locations
+    ) -> EditCompleted:
+        stored = read_stored(
+            existing,
+            request,
+            input_uris=[loc.uri for loc in locations.inputs],
+            adapter_uris=[loc.uri for loc in locations.adapters],
+            uses_guidance=self._editor.uses_guidance,
+        )
+        ctx.params = stored.params
+        ctx.input_megapixels = stored.input_megapixels
+        ctx.provenance = stored.provenance
+        return self._outcomes.succeeded(ctx, stored.output)
+
+    # -- 4. adapters -------------------------------------------------------------------------------------
+
+    async def _resolve_adapters(
+        self, ctx: EditContext, request: EditRequest, locations: Locations
+    ) -> list[ResolvedAdapter]:
+        adapters = await asyncio.gather(
+            *(
+                self._in_io(self._resolve_adapter, ref, loc, f"loras[{i}]")
+                for i, (ref, loc) in enumerate(zip(request.loras, locations.adapters, strict=True))
             )
         )
         ctx.adapter_load_ms = sum(adapter.load_ms for adapter in adapters)
+        return list(adapters)
+
+    def _resolve_adapter(self, ref: AdapterRef, location: S3Location, name: str) -> ResolvedAdapter:
+        return self._adapters.resolve(ref, location, field=name)
+
+    # -- 5. inputs ---------------------------------------------------------------------------------------
+
+    async def _fetch_inputs(
+        self,
+        ctx: EditContext,
+        request: EditRequest,
+        locations: Locations,
+        adapters: list[ResolvedAdapter],
+    ) -> Conditioning:
+        """Fetch and decode every input, then size each to exactly what the pipeline conditions on; sets
+        `ctx.params` and `ctx.input_megapixels`."""
+        spec = request.output
         names = ["image", *(f"references[{i}]" for i in range(len(request.references)))]
         background = spec.background if spec else WHITE
         decoded = await asyncio.gather(
             *(
                 self._in_io(self._fetch_and_decode, loc, name, hex_to_rgb(background))
-                for loc, name in zip(inputs, names, strict=True)
+                for loc, name in zip(locations.inputs, names, strict=True)
             )
         )
         images = [item.image for item, _ in decoded]
@@ -265,12 +281,15 @@ class EditProcessor:
         keep = keeps_alpha(
             spec.alpha if spec else OutputAlpha.AUTO,
             base_has_alpha=base_alpha is not None,
-            fmt=fmt,
+            fmt=locations.output_format,
             pure_recolor=request.is_pure_recolor,
         )
         # Every input is resized here, on I/O threads, to exactly the size the pipeline conditions on: the
         # GPU thread never resamples a 40 MP photo and the pipeline crops nothing.
-        geometry = plan_geometry([image.size for image in images], requested, limits.max_megapixels)
+        limits = self._settings.pipeline
+        geometry = plan_geometry(
+            [image.size for image in images], _requested_size(request), limits.max_megapixels
+        )
         images = list(
             await asyncio.gather(
                 *(
@@ -283,7 +302,6 @@ class EditProcessor:
         if keep and base_alpha is not None:
             # Cropped exactly as the base image was, so the cut-out lines up with the edited pixels.
             kept_alpha = await self._in_io(to_conditioning_size, base_alpha, geometry.output)
-        ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
         width, height = geometry.output
         ctx.params = EditParams(
             prompt=request.compiled_prompt,
@@ -298,19 +316,7 @@ class EditProcessor:
             guidance_applied=self._editor.uses_guidance(request.guidance_scale),
             loras=[adapter.info for adapter in adapters],
         )
-        return PreparedEdit(
-            request=request,
-            images=images,
-            output=output,
-            output_format=fmt,
-            params=ctx.params,
-            alpha=kept_alpha,
-            adapters=[adapter.active for adapter in adapters],
-            inputs=[fetched for _, fetched in decoded],
-        )
-
-    def _resolve_adapter(self, ref: AdapterRef, location: S3Location, name: str) -> ResolvedAdapter:
-        return self._adapters.resolve(ref, location, field=name)
+        return Conditioning(images=images, alpha=kept_alpha, fetched=[fetched for _, fetched in decoded])
 
     def _fetch_and_decode(
         self, location: S3Location, name: str, background: tuple[int, int, int]
@@ -329,43 +335,42 @@ class EditProcessor:
         mime = Image.MIME.get(decoded.format)
         return decoded, FetchedInput(name, location.uri, hashlib.sha256(data).hexdigest(), mime)
 
-    # -- stage 2: the GPU --------------------------------------------------------------------------------
+    # -- 6. the GPU --------------------------------------------------------------------------------------
 
-    async def edit(
+    async def _edit(
         self,
         ctx: EditContext,
-        prepared: PreparedEdit,
-        *,
-        lane: int = 0,
-        before: Callable[[], None] | None = None,
-        on_start: Callable[[], None] | None = None,
-        on_step: Callable[[int, int], None] | None = None,
-    ) -> FinishedEdit:
-        """Queue the edit on the GPU lane; `before` runs on the GPU thread first, `on_start` on the loop."""
-        params = prepared.params
+        conditioning: Conditioning,
+        adapters: list[ResolvedAdapter],
+        observer: EditObserver,
+    ) -> Image.Image:
+        """Queue the edit on the GPU thread; `GpuRunStarting` and each `StepFinished` are delivered there,
+        `GpuStarted` on the event loop."""
+        params = ctx.params
+        assert params is not None
+        total = params.num_inference_steps
         job = EditJob(
-            images=prepared.images,
+            images=conditioning.images,
             prompt=params.prompt,
-            num_inference_steps=params.num_inference_steps,
+            num_inference_steps=total,
             guidance_scale=params.guidance_scale,
             seed=params.seed,
             width=params.width,
             height=params.height,
-            on_step=on_step,
-            adapters=prepared.adapters,
+            on_step=lambda done, steps: observer.on_event(StepFinished(done, steps)),
+            adapters=[adapter.active for adapter in adapters],
         )
         gpu_started: list[float] = []
 
         def run_on_gpu() -> EditOutput:
             gpu_started.append(time.perf_counter())
-            if on_step is not None:
-                on_step(0, params.num_inference_steps)  # a cancel that came while queued stops it here
-            if before is not None:
-                before()
+            observer.on_event(GpuRunStarting(total))  # a cancel that came while queued stops it here
             return self._editor.edit(job)
 
         try:
-            result = await self._gpu.submit(run_on_gpu, lane=lane, on_start=on_start)
+            result = await self._gpu.submit(
+                run_on_gpu, lane=ctx.lane, on_start=lambda: observer.on_event(GpuStarted(total))
+            )
         finally:
             if gpu_started:
                 ctx.gpu_ms = (time.perf_counter() - gpu_started[0]) * 1000.0
@@ -375,190 +380,74 @@ class EditProcessor:
         ctx.inference_ms = result.inference_ms
         ctx.adapter_load_ms += result.adapter_load_ms
         ctx.transformer_passes = result.transformer_passes
-        return FinishedEdit(image=result.image)
+        return result.image
 
-    # -- stage 3: encode, upload, result ---------------------------------------------------------------
+    # -- 8. upload ---------------------------------------------------------------------------------------
 
-    async def store(self, ctx: EditContext, prepared: PreparedEdit, finished: FinishedEdit) -> EditCompleted:
+    async def _upload(
+        self,
+        ctx: EditContext,
+        request: EditRequest,
+        locations: Locations,
+        conditioning: Conditioning,
+        edited: Image.Image,
+    ) -> EditCompleted:
         started = time.perf_counter()
-        alpha = prepared.alpha
-        spec = prepared.request.output
-        marked = spec is None or spec.metadata is OutputMetadata.MARK
+        params = ctx.params
+        assert params is not None
+        alpha = conditioning.alpha
+        fmt = locations.output_format
+        marked = request.output is None or request.output.metadata is OutputMetadata.MARK
         # Encoding, marking and C2PA signing run together on an I/O thread, never on the GPU thread.
-        output = await self._in_io(
+        encoded = await self._in_io(
             lambda: self._provenance.encode(
-                finished.image,
-                prepared.output_format,
+                edited,
+                fmt,
                 alpha=alpha,
-                request_id=prepared.request.request_id,
-                inputs=prepared.inputs,
+                request_id=request.request_id,
+                inputs=conditioning.fetched,
                 marked=marked,
             )
         )
-        data = output.data
-        params = prepared.params
-        metadata = {
-            META_REQUEST_ID: prepared.request.request_id,
-            "seed": str(params.seed),
-            "width": str(params.width),
-            "height": str(params.height),
-            "format": prepared.output_format.value,
-            "steps": str(params.num_inference_steps),
-            "guidance": repr(params.guidance_scale),
-            "references": str(params.references),
-            "input-megapixels": repr(ctx.input_megapixels),
-            "model": self.model_name,
-            "background": params.background,
-            "alpha": params.alpha,
-            "has-alpha": "true" if alpha is not None else "false",
-            "color-profile": OUTPUT_PROFILE,
-        }
-        if params.loras:
-            metadata[META_ADAPTERS] = ",".join(f"{info.sha256}:{info.bytes}" for info in params.loras)
-        provenance = self._provenance.provenance(params, prepared.inputs, xmp=output.xmp, c2pa=output.c2pa)
-        metadata.update(to_metadata(provenance, used=sum(len(k) + len(v) for k, v in metadata.items())))
+        provenance = self._provenance.provenance(
+            params, conditioning.fetched, xmp=encoded.xmp, c2pa=encoded.c2pa
+        )
+        metadata = output_metadata(
+            request_id=request.request_id,
+            params=params,
+            fmt=fmt,
+            input_megapixels=ctx.input_megapixels,
+            model=self._editor.model_name,
+            has_alpha=alpha is not None,
+            provenance=provenance,
+        )
         outcome = await self._in_io(
             lambda: self._store.put_output(
-                prepared.output, data, content_type=prepared.output_format.content_type, metadata=metadata
+                locations.output, encoded.data, content_type=fmt.content_type, metadata=metadata
             )
         )
         ctx.upload_ms = (time.perf_counter() - started) * 1000.0
         if not outcome.created:
             # Another worker finished the same request first; its object is the answer, ours is dropped.
             if outcome.existing is None:
-                raise InvalidLocation(f"output.uri: {prepared.output.uri} exists but could not be read back")
-            return self._replay_existing(
-                ctx, prepared.request, outcome.existing, [item.uri for item in prepared.inputs]
-            )
+                raise InvalidLocation(f"output.uri: {locations.output.uri} exists but could not be read back")
+            return self._answer_from_store(ctx, request, outcome.existing, locations)
         ctx.provenance = provenance
-        return self._succeeded(
-            ctx,
-            OutputInfo(
-                uri=prepared.output.uri,
-                width=finished.image.width,
-                height=finished.image.height,
-                format=prepared.output_format,
-                bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                alpha=alpha is not None,
-                color_profile=OUTPUT_PROFILE,
-            ),
-            params,
-        )
-
-    # -- results -----------------------------------------------------------------------------------------
-
-    def _replay_existing(
-        self, ctx: EditContext, request: EditRequest, existing: StoredObject, input_uris: list[str]
-    ) -> EditCompleted:
-        """The answer for a request whose output is already stored: same output, params, cost and
-        provenance (the stored one: the worker that made the object may have run other versions)."""
-        meta = existing.metadata
-        if meta.get(META_REQUEST_ID) != request.request_id:
-            raise InvalidLocation(
-                f"output.uri: {existing.location.uri} already holds another request's output "
-                f"({meta.get(META_REQUEST_ID, 'unknown')}); outputs are never overwritten"
-            )
-        try:
-            width, height = int(meta["width"]), int(meta["height"])
-            params = EditParams(
-                prompt=request.compiled_prompt,
-                num_inference_steps=int(meta.get("steps", request.num_inference_steps)),
-                guidance_scale=float(meta.get("guidance", request.guidance_scale)),
-                seed=int(meta["seed"]),
-                width=width,
-                height=height,
-                references=int(meta.get("references", len(request.references))),
-                background=meta.get("background", WHITE),
-                alpha="keep" if meta.get("alpha") == "keep" else "flatten",
-                loras=self._stored_adapters(request, meta.get(META_ADAPTERS, "")),
-            )
-            params = params.model_copy(
-                update={"guidance_applied": self._editor.uses_guidance(params.guidance_scale)}
-            )
-            ctx.input_megapixels = float(meta.get("input-megapixels", 0.0))
-            fmt = OutputFormat(meta.get("format", OutputFormat.PNG.value))
-        except (KeyError, ValueError) as exc:
-            raise InvalidLocation(
-                f"output.uri: {existing.location.uri} exists but lacks klein-edit metadata ({exc})"
-            ) from exc
-        ctx.params = params
-        ctx.provenance = from_metadata(meta, input_uris, params)
-        info = OutputInfo(
-            uri=existing.location.uri,
-            width=width,
-            height=height,
+        output = OutputInfo(
+            uri=locations.output.uri,
+            width=edited.width,
+            height=edited.height,
             format=fmt,
-            bytes=existing.size,
-            sha256=existing.sha256 or "",
-            alpha=meta.get("has-alpha") == "true",
-            color_profile=meta.get("color-profile"),
+            bytes=len(encoded.data),
+            sha256=hashlib.sha256(encoded.data).hexdigest(),
+            alpha=alpha is not None,
+            color_profile=OUTPUT_PROFILE,
         )
-        return self._succeeded(ctx, info, params)
+        return self._outcomes.succeeded(ctx, output)
 
-    def _stored_adapters(self, request: EditRequest, stored: str) -> list[AdapterInfo]:
-        """`params.loras` of an output stored earlier: hashes and sizes from its metadata, URIs and scales
-        from the request (a redelivery carries the same request)."""
-        entries = [entry.split(":") for entry in stored.split(",") if entry]
-        if len(entries) != len(request.loras):
-            raise ValueError(
-                f"{META_ADAPTERS} metadata lists {len(entries)} adapters, the request {len(request.loras)}"
-            )
-        return [
-            AdapterInfo(
-                uri=self._adapters.locate(ref, field=f"loras[{i}]").uri,
-                scale=ref.scale,
-                sha256=digest,
-                bytes=int(size),
-            )
-            for i, (ref, (digest, size)) in enumerate(zip(request.loras, entries, strict=True))
-        ]
+    async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
-    def _succeeded(self, ctx: EditContext, output: OutputInfo, params: EditParams) -> EditCompleted:
-        cost = Cost.for_output(
-            width=output.width,
-            height=output.height,
-            input_megapixels=ctx.input_megapixels,
-            usd_per_megapixel=self._settings.cost.usd_per_megapixel,
-            adapters=len(params.loras),
-            adapter_bytes=sum(info.bytes for info in params.loras),
-        )
-        return self._event(ctx, EditStatus.SUCCEEDED, output=output, cost=cost, error=None)
 
-    def unsuccessful(self, ctx: EditContext, error: KleinEditError) -> EditCompleted:
-        """The `failed` (or `canceled`) result for an error: costs nothing, reports the GPU time used."""
-        status = EditStatus.CANCELED if error.code is ErrorCode.CANCELED else EditStatus.FAILED
-        cost = Cost.free(
-            input_megapixels=ctx.input_megapixels, usd_per_megapixel=self._settings.cost.usd_per_megapixel
-        )
-        return self._event(ctx, status, output=None, cost=cost, error=ErrorInfo.from_error(error))
-
-    def _event(
-        self,
-        ctx: EditContext,
-        status: EditStatus,
-        *,
-        output: OutputInfo | None,
-        cost: Cost,
-        error: ErrorInfo | None,
-    ) -> EditCompleted:
-        return EditCompleted(
-            request_id=ctx.request_id,
-            status=status,
-            output=output,
-            cost=cost,
-            timing_ms=ctx.timing(),
-            error=error,
-            params=ctx.params,
-            model=self.model_name,
-            attempt=ctx.attempt,
-            worker=self._worker_name,
-            completed_at=datetime.now(UTC),
-            metadata=ctx.metadata,
-            gpu_ms=round(ctx.gpu_ms, 1),
-            warnings=[f"unknown field ignored: {path}" for path in ctx.request.ignored_fields]
-            if ctx.request is not None
-            else [],
-            provenance=ctx.provenance if status is EditStatus.SUCCEEDED else None,
-            transformer_passes=ctx.transformer_passes if status is EditStatus.SUCCEEDED else None,
-        )
+def _requested_size(request: EditRequest) -> tuple[int, int] | None:
+    return (request.width, request.height) if request.width and request.height else None

@@ -40,12 +40,12 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
-from consumer.admission import Admission, Flight
+from consumer.admission import Admission
 from consumer.backoff import Backoff
-from consumer.commits import CommitTracker
+from consumer.commits import CommitTracker, Flight
 from consumer.control import CancelRegistry, ControlReader
 from consumer.gpu import GpuThread
-from consumer.handler import Ledger, RecordHandler, observe_gpu_memory
+from consumer.handler import Ledger, ProcessUnusable, RecordHandler, build_record_handler, observe_gpu_memory
 from consumer.http.metrics import WorkerMetrics
 from consumer.http.readiness import WorkerState
 from consumer.kafka import clients as kafka_io
@@ -53,9 +53,8 @@ from consumer.kafka.codec import salvage_request_id
 from consumer.kafka.lag import LagReporter
 from consumer.kafka.settings import KafkaSettings
 from consumer.provenance import OutputSigner
-from consumer.publisher import Publisher
 from consumer.settings import Settings
-from consumer.stages import EditProcessor, Store
+from consumer.stages import Store
 from pipeline import Editor
 from pipeline.signing import ManifestSigner
 from schemas.errors import KleinEditError
@@ -75,11 +74,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._worker = worker
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._worker._on_revoked(revoked)
-        await self._worker._commits.commit_ready(self._worker._consumer)
+        await self._worker.partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._worker._on_assigned(assigned)
+        await self._worker.partitions_assigned(assigned)
 
 
 class EditWorker:
@@ -117,10 +115,9 @@ class EditWorker:
         self._handler: RecordHandler | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._admission: Admission | None = None
-
-    @property
-    def _fatal(self) -> KleinEditError | None:
-        return self._handler.fatal if self._handler is not None else None
+        # Set once, by the record task whose error says the process is unusable (`ProcessUnusable`).
+        self._fatal: KleinEditError | None = None
+        self._crashed = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -152,29 +149,23 @@ class EditWorker:
             self._io.shutdown(wait=False, cancel_futures=True)
             log.info("worker.stopped", before="starting up")
             return EXIT_OK
-        processor = EditProcessor(
+        self._handler = build_record_handler(
             self.settings,
-            store=self._store,
             editor=editor,
+            store=self._store,
+            ledger=self._ledger,
+            producer=producer,
             gpu=self.gpu,
             io=self._io,
-            worker_name=self.settings.worker.name,
             metrics=self.metrics,
-            signer=self._signer,
-        )
-        self._handler = RecordHandler(
-            self.settings,
-            processor=processor,
-            publisher=Publisher(producer, kafka, self.metrics, abandon=self._abandon),
-            ledger=self._ledger,
             cancels=self._cancels,
-            metrics=self.metrics,
-            io=self._io,
             abandon=self._abandon,
+            signer=self._signer,
         )
         consumer = self._consumer = kafka_io.make_consumer(kafka, group_id=kafka.group_id)
         self._admission = Admission(
             consumer,
+            self._commits.flights,
             request_topics=kafka.request_topics,
             max_in_flight=self.settings.worker.max_in_flight,
             low_lane_share=kafka.low_lane_share,
@@ -192,11 +183,15 @@ class EditWorker:
             log.info(
                 "worker.started", topics=kafka.request_topics, group=kafka.group_id, model=editor.model_name
             )
+            clean_exit = False
             try:
                 await self._consume(stop)
                 await self._drain()
+                clean_exit = True
             finally:
-                await self._commits.commit_ready(consumer)
+                # After an exception, records fetched but never admitted lie below the consumer's
+                # position: only what was answered is committed then, never the position.
+                await self._commits.commit_ready(consumer, by_position=clean_exit)
                 await consumer.stop()
         finally:
             control_stop.set()
@@ -268,7 +263,7 @@ class EditWorker:
         assert consumer is not None
         assert admission is not None
         next_lag_at = 0.0
-        while not stop.is_set() and self._fatal is None:
+        while not stop.is_set() and not self._crashed.is_set():
             self.state.last_loop_at = time.monotonic()
             free = admission.free
             admission.apply_pauses(full=free <= 0)
@@ -277,7 +272,8 @@ class EditWorker:
             except _ACCESS_ERRORS as exc:
                 raise KafkaAccessDenied(_access_message(self.settings.kafka, exc)) from exc
             for tp, records in batches.items():
-                admission.admit(tp, records, self._start)
+                for record, lane in admission.admit(tp, records):
+                    self._start(tp, record, lane)
             await self._commits.commit_ready(consumer)
             if admission.several_lanes:
                 await admission.learn_positions()
@@ -334,28 +330,31 @@ class EditWorker:
             log.error("records.stuck", problem=problem)
         self.state.problems["stuck"] = problem
 
-    def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], lane: int) -> Flight:
+    def _start(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], lane: int) -> None:
+        """Run an admitted record as its own task, registered in flight until the task ends."""
         assert self._admission is not None
-        request_id = (
-            salvage_request_id(record.value, record.key, record.headers)
-            or f"invalid:{tp.topic}:{tp.partition}:{record.offset}"
-        )
-        self._commits.start(tp, record.offset)
+        request_id = _request_id_of(record) or f"invalid:{tp.topic}:{tp.partition}:{record.offset}"
         task = asyncio.create_task(self._handle(tp, record, request_id, lane), name=f"edit-{request_id}")
-        self.metrics.in_flight.set(len(self._admission.flights) + 1)
-        return Flight(record, task, request_id, self._admission.lane_of(tp))
+        self._commits.start(tp, record.offset, Flight(record, task, request_id, self._admission.lane_of(tp)))
+        self.metrics.in_flight.set(len(self._commits.flights))
 
     async def _handle(
         self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], request_id: str, lane: int
     ) -> None:
         assert self._handler is not None
-        assert self._admission is not None
+        done = False
         try:
-            if await self._handler.handle(record, request_id, lane):
-                self._commits.finish(tp, record.offset)
+            done = await self._handler.handle(record, request_id, lane)
+        except ProcessUnusable as exc:
+            if self._fatal is None:
+                self._fatal = exc.error
+            self._crashed.set()
         finally:
-            self._admission.release(tp, record.offset)
-            self.metrics.in_flight.set(len(self._admission.flights))
+            if done:
+                self._commits.finish(tp, record.offset)
+            else:
+                self._commits.abandon(tp, record.offset)  # it and everything after it stay uncommitted
+            self.metrics.in_flight.set(len(self._commits.flights))
 
     async def _drain(self) -> None:
         """Stop fetching; let in-flight edits finish within the grace period, then give up on the rest."""
@@ -366,40 +365,51 @@ class EditWorker:
         grace = self.settings.worker.drain_grace_s
         if self._fatal is not None:
             grace = 0.0
-        log.info("worker.draining", in_flight=len(admission.flights), grace_s=grace)
+        flights = self._commits.flights
+        log.info("worker.draining", in_flight=len(flights), grace_s=grace)
         deadline = time.monotonic() + grace
         admission.apply_pauses(full=True)
-        while admission.flights and time.monotonic() < deadline:
+        while flights and time.monotonic() < deadline:
             self.state.last_loop_at = time.monotonic()
             # Polling paused partitions returns nothing but keeps this member in the group.
             await consumer.getmany(timeout_ms=100)
             await self._commits.commit_ready(consumer)
-        if admission.flights:
-            log.warning("worker.abandoning", records=len(admission.flights))
+        if flights:
+            log.warning("worker.abandoning", records=len(flights))
             self._abandon.set()
-            flights = list(admission.flights.items())
-            for (tp, offset), flight in flights:
+            left = list(flights.items())
+            for (tp, offset), flight in left:
                 flight.task.cancel()
                 self._commits.abandon(tp, offset)
-            await asyncio.gather(*(flight.task for _, flight in flights), return_exceptions=True)
-            admission.flights.clear()
+            await asyncio.gather(*(flight.task for _, flight in left), return_exceptions=True)
 
     async def _start_client(self, client: AIOKafkaProducer | AIOKafkaConsumer, stop: asyncio.Event) -> bool:
         return await _start_kafka_client(client, self.settings.kafka, self.state, stop)
 
-    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """A rebalance started: not ready until it ends (`_on_assigned`); the lag of what this member
-        gave up is no longer its to report."""
+    async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """A rebalance started: commit what is done, and not ready until it ends (`partitions_assigned`);
+        the lag of what this member gave up is no longer its to report."""
         self.state.in_group = False
         self._lag.forget(revoked)
+        await self._commits.commit_ready(self._consumer)
 
-    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """A rebalance ended: restore pauses (aiokafka forgot them) and the resume positions."""
         assert self._consumer is not None
         assert self._admission is not None
         self.state.in_group = True
         self._admission.on_assigned(assigned, draining=self.state.draining)
         await self._commits.on_assigned(self._consumer, assigned)
         log.info("partitions.assigned", partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+
+
+def _request_id_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
+    """The record's request id for logs and its task's name, when one can be read; never raises, so no
+    record can crash the consume loop (the handler refuses an undecodable record with INVALID_EVENT)."""
+    try:
+        return salvage_request_id(record.value, record.key, record.headers)
+    except Exception:
+        return None
 
 
 async def _log_while_loading(started: float) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from consumer.admission import Admission
+from consumer.commits import CommitTracker
 from consumer.settings import Settings, WorkerSettings
 from consumer.worker import EditWorker
 from storage import S3Settings
@@ -22,13 +23,16 @@ async def test_a_stuck_record_shows_on_readyz_and_in_metrics_until_it_leaves() -
     )
     none: Any = None
     worker = EditWorker(settings, editor_factory=none, store=none, ledger=none)
-    admission = Admission(FakeConsumer(TP), request_topics=["requests"], max_in_flight=2, low_lane_share=0.0)
-    admission.admit(TP, [record(TP, 41), record(TP, 42)], Starts(admission))
+    commits = CommitTracker()
+    admission = Admission(
+        FakeConsumer(TP), commits.flights, request_topics=["requests"], max_in_flight=2, low_lane_share=0.0
+    )
+    Starts(admission, commits).admit(TP, [record(TP, 41), record(TP, 42)])
     worker._observe_stuck(admission)
     assert worker.state.problems == {}
     assert worker.metrics.stuck_records._value.get() == 0
 
-    admission.flights[(TP, 41)].admitted_at -= 120
+    commits.flights[(TP, 41)].admitted_at -= 120
     worker._observe_stuck(admission)
     assert "requests-3@41" in worker.state.problems["stuck"]
     assert worker.metrics.stuck_records._value.get() == 1
@@ -36,7 +40,7 @@ async def test_a_stuck_record_shows_on_readyz_and_in_metrics_until_it_leaves() -
     worker.state.model_ready = worker.state.in_group = True
     assert not worker.state.ready
 
-    admission.release(TP, 41)
+    commits.finish(TP, 41)
     worker._observe_stuck(admission)
     assert worker.state.problems == {}
     assert worker.state.ready
