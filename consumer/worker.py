@@ -67,6 +67,7 @@ EXIT_OK = 0
 EXIT_FATAL = 70  # EX_SOFTWARE: the device is unusable; the orchestrator should replace the process
 # While the model loads, one more line every this many seconds (jittered by +-20 %).
 MODEL_LOADING_LOG_S = 30.0
+TICK_S = 5.0  # the main loop's periodic work (`EditWorker.on_tick`), seconds
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -118,6 +119,8 @@ class EditWorker:
         # Set once, by the record task whose error says the process is unusable (`ProcessUnusable`).
         self._fatal: KleinEditError | None = None
         self._crashed = asyncio.Event()
+        self._exit_stack = contextlib.AsyncExitStack()  # replaced by `run`'s own
+        self._clean_exit = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -135,20 +138,35 @@ class EditWorker:
         Raises what the load raises, and `KafkaAccessDenied` when the brokers refuse the worker.
         """
         self.state.consume_task = asyncio.current_task()
+        async with contextlib.AsyncExitStack() as stack:
+            self._exit_stack = stack
+            if not await self.startup(stop, before_consuming):
+                return EXIT_OK
+            await self.main_loop(stop)
+            await self.shutdown()
+        if self._fatal is not None:
+            log.error("worker.fatal", code=self._fatal.code.value, error=self._fatal.message)
+            return EXIT_FATAL
+        log.info("worker.stopped")
+        return EXIT_OK
+
+    async def startup(
+        self,
+        stop: asyncio.Event,
+        before_consuming: Callable[[asyncio.Event], Coroutine[Any, Any, bool]] | None = None,
+    ) -> bool:
+        """Load the model, start the clients and the control reader, join the group; False when `stop`
+        came first. Everything opened here is closed by the exit stack, in reverse, however `run` ends."""
+        stack = self._exit_stack
+        stack.callback(self._io.shutdown, wait=False, cancel_futures=True)
         kafka_io.require_codecs()
         kafka = self.settings.kafka
         producer = kafka_io.make_producer(kafka)
-        try:
-            editor = await self._start_up(producer, stop, before_consuming)
-        except BaseException:
-            await producer.stop()
-            self._io.shutdown(wait=False, cancel_futures=True)
-            raise
+        stack.push_async_callback(producer.stop)
+        editor = await self._start_up(producer, stop, before_consuming)
         if editor is None:
-            await producer.stop()
-            self._io.shutdown(wait=False, cancel_futures=True)
             log.info("worker.stopped", before="starting up")
-            return EXIT_OK
+            return False
         self._handler = build_record_handler(
             self.settings,
             editor=editor,
@@ -172,38 +190,28 @@ class EditWorker:
         )
         control_stop = asyncio.Event()
         control_task = asyncio.create_task(self._control.run(control_stop), name="control-reader")
-        try:
-            # Cancels published before this worker started must be known before its first pickup.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._control.caught_up.wait()), timeout=15.0)
-            if not await self._start_client(consumer, stop):
-                await consumer.stop()
-                return EXIT_OK
-            consumer.subscribe(kafka.request_topics, listener=_Rebalance(self))
-            log.info(
-                "worker.started", topics=kafka.request_topics, group=kafka.group_id, model=editor.model_name
-            )
-            clean_exit = False
-            try:
-                await self._consume(stop)
-                await self._drain()
-                clean_exit = True
-            finally:
-                # After an exception, records fetched but never admitted lie below the consumer's
-                # position: only what was answered is committed then, never the position.
-                await self._commits.commit_ready(consumer, by_position=clean_exit)
-                await consumer.stop()
-        finally:
-            control_stop.set()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(control_task, timeout=5.0)
-            await producer.stop()
-            self._io.shutdown(wait=False, cancel_futures=True)
-        if self._fatal is not None:
-            log.error("worker.fatal", code=self._fatal.code.value, error=self._fatal.message)
-            return EXIT_FATAL
-        log.info("worker.stopped")
-        return EXIT_OK
+        stack.push_async_callback(_stop_task, control_stop, control_task)
+        # Cancels published before this worker started must be known before its first pickup.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._control.caught_up.wait()), timeout=15.0)
+        stack.push_async_callback(consumer.stop)
+        if not await self._start_client(consumer, stop):
+            return False
+        stack.push_async_callback(self._commit_on_exit)
+        consumer.subscribe(kafka.request_topics, listener=_Rebalance(self))
+        log.info("worker.started", topics=kafka.request_topics, group=kafka.group_id, model=editor.model_name)
+        return True
+
+    async def shutdown(self) -> None:
+        """Drain: stop fetching, let in-flight edits finish within the grace period, abandon the rest.
+        The exit stack then commits what is done and closes what `startup` opened."""
+        await self._drain()
+        self._clean_exit = True
+
+    async def _commit_on_exit(self) -> None:
+        """The last commit. After an exception, records fetched but never admitted lie below the
+        consumer's position: only what was answered is committed then, never the position."""
+        await self._commits.commit_ready(self._consumer, by_position=self._clean_exit)
 
     async def _start_up(
         self,
@@ -258,11 +266,13 @@ class EditWorker:
         log.info("model.ready", model=editor.model_name, load_s=round(seconds, 2))
         return editor
 
-    async def _consume(self, stop: asyncio.Event) -> None:
+    async def main_loop(self, stop: asyncio.Event) -> None:
+        """Poll, admit and start records, commit what is done, until `stop` or a crash; the periodic
+        work runs in `on_tick` every `TICK_S` seconds."""
         consumer, admission = self._consumer, self._admission
         assert consumer is not None
         assert admission is not None
-        next_lag_at = 0.0
+        next_tick_at = 0.0
         while not stop.is_set() and not self._crashed.is_set():
             self.state.last_loop_at = time.monotonic()
             free = admission.free
@@ -277,12 +287,19 @@ class EditWorker:
             await self._commits.commit_ready(consumer)
             if admission.several_lanes:
                 await admission.learn_positions()
-            if time.monotonic() >= next_lag_at:
-                next_lag_at = time.monotonic() + 5.0
-                await self._check_topics(consumer)
-                self._observe_stuck(admission)
-                await self._lag.observe(consumer)
-                self.metrics.gpu_busy_ratio.set(self.gpu.duty_cycle)
+            if time.monotonic() >= next_tick_at:
+                next_tick_at = time.monotonic() + TICK_S
+                await self.on_tick()
+
+    async def on_tick(self) -> None:
+        """Periodic work: missing topics, stuck records, lag and the GPU duty cycle."""
+        consumer, admission = self._consumer, self._admission
+        assert consumer is not None
+        assert admission is not None
+        await self._check_topics(consumer)
+        self._observe_stuck(admission)
+        await self._lag.observe(consumer)
+        self.metrics.gpu_busy_ratio.set(self.gpu.duty_cycle)
 
     async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
         """Name missing request, result or DLQ topics on /readyz (checked every 5 s while any is
@@ -410,6 +427,12 @@ def _request_id_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
         return salvage_request_id(record.value, record.key, record.headers)
     except Exception:
         return None
+
+
+async def _stop_task(stop: asyncio.Event, task: asyncio.Task[Any]) -> None:
+    stop.set()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(task, timeout=5.0)
 
 
 async def _log_while_loading(started: float) -> None:
