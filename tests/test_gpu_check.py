@@ -41,6 +41,7 @@ def steps_of(lines: list[dict[str, Any]], option_set: str) -> set[str]:
     return {line["step"] for line in lines if line.get("option_set") == option_set}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_call1_dry_run_runs_every_step_and_writes_a_json_line_per_result(tmp_path: Path) -> None:
     lines = dry_run("call1", tmp_path)
@@ -59,6 +60,7 @@ def test_call1_dry_run_runs_every_step_and_writes_a_json_line_per_result(tmp_pat
     assert all(line["error_code"] == "GPU_OUT_OF_MEMORY" and line["identical"] for line in oom)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_call2_dry_run_times_each_reference_count_and_counts_no_recompiles(tmp_path: Path) -> None:
     lines = dry_run("call2", tmp_path)

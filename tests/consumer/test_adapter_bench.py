@@ -7,7 +7,7 @@ import pytest
 from consumer.cli.adapter_bench import run_adapter_benchmark
 from pipeline.config import TINY_RANDOM, PipelineSettings
 
-pytestmark = pytest.mark.integration  # starts a local S3 server (moto)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]  # starts a local S3 server (moto)
 
 
 def test_the_adapter_benchmark_measures_every_path() -> None:

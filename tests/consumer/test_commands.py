@@ -35,7 +35,7 @@ from tests.consumer.harness import (
     stage_image,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 REPO = Path(__file__).resolve().parents[2]
 KLEIN_EDIT = str(Path(sys.executable).with_name("klein-edit"))

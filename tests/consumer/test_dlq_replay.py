@@ -16,7 +16,7 @@ from consumer.kafka import clients as kafka_io
 from consumer.kafka.settings import KafkaSettings
 from tests.consumer.harness import integration_settings, read_topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 @pytest.fixture

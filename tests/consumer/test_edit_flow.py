@@ -24,7 +24,7 @@ from tests.consumer.harness import (
     wait_for_no_lag,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 async def test_recolor_request_produces_object_and_result(

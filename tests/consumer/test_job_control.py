@@ -28,7 +28,7 @@ from tests.consumer.harness import (
     wait_for_no_lag,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 async def cancel(settings: Settings, request_id: str) -> None:

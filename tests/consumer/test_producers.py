@@ -42,7 +42,7 @@ from tests.consumer.harness import (
     wait_for_no_lag,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 CODECS = ("gzip", "snappy", "lz4", "zstd")
 

@@ -46,7 +46,7 @@ from tests.consumer.harness import (
 )
 from tests.pipeline.test_identity import documented_hash
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def jpeg_bytes(width: int, height: int) -> bytes:

@@ -23,7 +23,7 @@ from storage import AttemptLedger, ImageStore, LedgerEntry
 from storage.errors import StorageUnavailable
 from tests.consumer.harness import png_bytes, prepare, publish, request, results, stage_image
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def get(port: int, path: str) -> tuple[int, str]:

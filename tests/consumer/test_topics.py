@@ -19,7 +19,7 @@ from schemas.control import CancelRequested
 from storage import ImageStore
 from tests.consumer.harness import integration_settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def kafka_settings(bootstrap: str, *, create: bool) -> KafkaSettings:

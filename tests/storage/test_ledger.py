@@ -7,7 +7,7 @@ import pytest
 from schemas.errors import ErrorCode
 from storage import AttemptLedger, ImageStore, LedgerEntry, S3Settings, StorageUnavailable
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from storage import (
 )
 from storage.store import build_client
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 PNG = "image/png"
 

@@ -1,4 +1,5 @@
-"""aiokafka client construction (`consumer.kafka.clients`): static membership of the workers' group."""
+"""aiokafka client construction (`consumer.kafka.clients`): static membership of the workers' group,
+read_committed, and no topic created as a side effect of a metadata request."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
+import aiokafka.admin.client
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.client import ConnectionGroup
+from aiokafka.protocol.metadata import MetadataRequest_v5, MetadataResponse_v5
 
 from consumer.kafka import clients as kafka_io
 from consumer.kafka.settings import KafkaSettings
@@ -39,6 +44,53 @@ async def test_every_consumer_reads_committed_unless_told_otherwise() -> None:
     finally:
         for consumer in (default, reader, loose):
             await consumer.stop()
+
+
+class _RecordingConnection:
+    """Stands in for a broker connection: keeps each request, answers with a cluster of no brokers."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+
+    def connected(self) -> bool:
+        return True
+
+    async def send(self, request: Any) -> Any:
+        self.requests.append(request)
+        return MetadataResponse_v5(0, [], None, -1, [])
+
+
+async def _metadata_request_of(client: Any) -> Any:
+    """The metadata request aiokafka's own `_metadata_update` sends for topic `t`, as a v5 struct."""
+    conn = _RecordingConnection()
+    bootstrap = ("bootstrap", ConnectionGroup.DEFAULT)
+    client._conns[bootstrap] = conn
+    try:
+        await client._metadata_update(client.cluster, ["t"])
+    finally:
+        client._conns.pop(bootstrap)
+    (request,) = conn.requests
+    return request.build(MetadataRequest_v5)
+
+
+async def test_no_client_the_worker_opens_asks_the_broker_to_create_a_topic() -> None:
+    """A deleted topic must not come back because a worker refreshed its metadata (KIP-361)."""
+    kafka = KafkaSettings()
+    consumer = kafka_io.make_consumer(kafka, kafka.request_topic, group_id=kafka.group_id)
+    reader = kafka_io.make_consumer(kafka, group_id=None)
+    producer = kafka_io.make_producer(kafka)
+    try:
+        for client in (consumer._client, reader._client, producer.client):
+            request = await _metadata_request_of(client)
+            assert request.topics == ["t"]
+            assert request.allow_auto_topic_creation is False
+    finally:
+        await consumer.stop()
+        await reader.stop()
+        await producer.stop()
+    assert kafka_io.forbid_topic_auto_creation() is True  # idempotent; the admin client's requests too
+    admin_request = aiokafka.admin.client.MetadataRequest(["t"]).build(MetadataRequest_v5)
+    assert admin_request.allow_auto_topic_creation is False
 
 
 async def test_without_a_group_instance_id_members_are_dynamic() -> None:
