@@ -8,11 +8,15 @@ Delivery is at-least-once into an idempotent sink:
 - outputs have a deterministic key and are written with a conditional put, so a redelivered request is
   answered from S3 without the GPU.
 
-Each record runs as one task (`handler.RecordHandler`): prepare (fetch + decode, I/O threads) -> GPU
-(one thread, chosen by the `GpuThread`) -> store (encode + upload, I/O threads) -> publish. Records
-overlap, so the GPU works on one while the next is fetched and the previous is uploaded. Which records
-start, and which partitions are paused meanwhile, is `admission.Admission`'s job; this module runs the
-lifecycle (load, join, consume, drain) and wires those parts together.
+Each record runs as one task (`handler.RecordHandler` around `stages.EditStages.run`): checks, fetch and
+decode (I/O threads) -> edit (the one GPU thread) -> post-edit checks -> upload (I/O threads) -> publish.
+Records overlap, so the GPU works on one while the next is fetched and the previous is uploaded.
+`admission.Admission` says which fetched records start and which partitions to pause; the worker
+starts them and registers them in the one in-flight registry (`commits.CommitTracker`).
+
+The worker's life, in uvicorn's shape: `startup()` (load the model while waiting for Kafka and S3, join
+the group), `main_loop()` with its periodic work in `on_tick()`, `shutdown()` (drain); what startup
+opened is closed once, in reverse, on an `AsyncExitStack`.
 """
 
 from __future__ import annotations
