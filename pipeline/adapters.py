@@ -30,8 +30,26 @@ _WEIGHT_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_B.bias")
 # Key prefixes of the layouts diffusers knows (its own, peft's PeftModel, ai-toolkit, text encoders).
 _KNOWN_PREFIXES = (TRANSFORMER_PREFIX, "text_encoder", "base_model.model.", "diffusion_model.", "unet.")
 _HEADER_LENGTH_BYTES = 8
+# The longest header safetensors reads (MAX_HEADER_SIZE in its Rust crate, safetensors/src/tensor.rs).
+_MAX_HEADER_BYTES = 100_000_000
+_METADATA_ENTRY = "__metadata__"  # the header's one entry that is not a tensor
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 _PICKLE_PROTOCOL_OPCODE = 0x80  # PROTO opcode that starts every pickle of protocol 2 and later
+_PICKLE_PROTOCOLS = range(2, 6)  # the protocol byte after PROTO: 2 to 5
+# Kohya-style keys: `<module>.lora_down.weight`, `.lora_up.weight`, `.alpha`; diffusers reads
+# `.lora_down.weight` as the sign of this layout, and converts only kohya's `lora_unet_` FLUX.2 names.
+_KOHYA_DOWN = ".lora_down.weight"
+_KOHYA_SUFFIXES = (_KOHYA_DOWN, ".lora_up.weight", ".alpha")
+_KOHYA_STYLE_LAYOUTS = (
+    ("lora_transformer.", "OneTrainer's layout (lora_transformer.<module>.lora_down / lora_up / alpha)"),
+    (
+        "lora_transformer_",
+        "OneTrainer's legacy layout (lora_transformer_<module>.lora_down / lora_up / alpha)",
+    ),
+    ("lora_unet_", "kohya's layout (lora_unet_<module>.lora_down / lora_up / alpha)"),
+    ("lora_te", "kohya's layout (lora_te<n>_<module>.lora_down / lora_up / alpha)"),
+)
+_DORA_SUFFIXES = (".dora_scale", ".lora_magnitude_vector", ".lora_magnitude_vector.weight")
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,17 +102,17 @@ def parse_adapter(
 
     `data` must be safetensors (the format is checked from its bytes, not trusted from the name); pickle
     and `torch.save` archives are refused without being opened. Kohya, peft and diffusers layouts are
-    accepted (diffusers' `Flux2LoraLoaderMixin.lora_state_dict` converts them). `targets` is
-    `linear_shapes(transformer)`: every adapted module must be one of them, with `lora_A` of shape
-    (rank, in_features) and `lora_B` (out_features, rank), rank <= `max_rank`. None skips the
-    module check (a model-free editor).
+    accepted (diffusers' `Flux2LoraLoaderMixin.lora_state_dict` converts them); a file from which that
+    conversion drops any key (text-encoder LoRA, DoRA magnitudes, a layout it does not know) is refused,
+    naming the keys. `targets` is `linear_shapes(transformer)`: every adapted module must be one of them,
+    with `lora_A` of shape (rank, in_features) and `lora_B` (out_features, rank), rank <= `max_rank`.
+    None skips the module check (a model-free editor).
     """
-    _check_format(data, name)
+    header = _read_header(data, name)
     try:
         from safetensors.torch import load as load_safetensors
 
         raw = load_safetensors(data)
-        header = _header_metadata(data)
     except Exception as exc:
         raise InvalidAdapter(f"{name}: not a readable safetensors file ({_first_line(exc)})") from exc
     metadata = _adapter_metadata(header, name)
@@ -106,52 +124,93 @@ def parse_adapter(
         nbytes=len(data),
         state_dict=state_dict,
         metadata=metadata,
-        rank=max(ranks),
+        rank=max(ranks, default=0),
         modules=modules,
     )
 
 
-def _check_format(data: bytes, name: str) -> None:
-    if data[:4] == _ZIP_MAGIC:
-        raise InvalidAdapter(
-            f"{name}: a zip archive (a torch.save checkpoint); only safetensors adapters are loaded, "
-            "pickle-based formats never are"
-        )
-    if data[:1] and data[0] == _PICKLE_PROTOCOL_OPCODE:
-        raise InvalidAdapter(
-            f"{name}: a pickle file; only safetensors adapters are loaded, pickles never are"
-        )
-    if len(data) < _HEADER_LENGTH_BYTES + 2:
-        raise InvalidAdapter(f"{name}: {len(data)} bytes, too short for a safetensors file")
-    header_length = int.from_bytes(data[:_HEADER_LENGTH_BYTES], "little")
-    if data[_HEADER_LENGTH_BYTES : _HEADER_LENGTH_BYTES + 1] != b"{":
-        raise InvalidAdapter(f"{name}: not a safetensors file (no JSON header after the 8-byte length)")
-    if header_length > len(data) - _HEADER_LENGTH_BYTES:
+def _read_header(data: bytes, name: str) -> dict[str, Any]:
+    """The safetensors header of `data` as a JSON object, or `InvalidAdapter` saying what the file is.
+
+    A file is recognised by what it positively is before anything else is guessed: an 8-byte
+    little-endian length N, then `{`, then N bytes of JSON whose tensors fit the bytes that follow.
+    Only a file that is not that is tried as a zip or a pickle. The order matters: safetensors pads its
+    header to a multiple of 8, so one valid file in 32 has a length whose low byte is 0x80 (pickle's
+    PROTO opcode, which is what the file's first byte then is), and a header of 0x04034B50 bytes makes a
+    valid file begin with the zip magic `PK\\x03\\x04`.
+    """
+    if len(data) > _HEADER_LENGTH_BYTES and data[_HEADER_LENGTH_BYTES] == ord("{"):
+        header_length = int.from_bytes(data[:_HEADER_LENGTH_BYTES], "little")
+        if header_length <= _MAX_HEADER_BYTES:
+            return _parse_header(data, header_length, name)
+    raise InvalidAdapter(f"{name}: {_what_it_is_instead(data)}")
+
+
+def _parse_header(data: bytes, header_length: int, name: str) -> dict[str, Any]:
+    after_length = len(data) - _HEADER_LENGTH_BYTES
+    if header_length > after_length:
         raise InvalidAdapter(
             f"{name}: truncated: its safetensors header declares {header_length} bytes, the file has "
-            f"{len(data) - _HEADER_LENGTH_BYTES} after the length"
+            f"{after_length} after the 8-byte length"
         )
+    raw_header = data[_HEADER_LENGTH_BYTES : _HEADER_LENGTH_BYTES + header_length]
     try:
-        header = json.loads(data[_HEADER_LENGTH_BYTES : _HEADER_LENGTH_BYTES + header_length])
-        ends = [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"]
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        header = json.loads(raw_header)
+    except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError
         raise InvalidAdapter(f"{name}: its safetensors header is malformed ({_first_line(exc)})") from exc
-    payload = len(data) - _HEADER_LENGTH_BYTES - header_length
-    if ends and max(ends) > payload:
+    if not isinstance(header, dict):
+        raise InvalidAdapter(f"{name}: its safetensors header is malformed (not a JSON object)")
+    end = 0
+    for key, entry in header.items():
+        if key == _METADATA_ENTRY:
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise InvalidAdapter(
+                    f"{name}: its safetensors header is malformed (__metadata__ is not a map of strings)"
+                )
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        ):
+            raise InvalidAdapter(
+                f"{name}: its safetensors header is malformed (tensor {key!r} has no valid data_offsets)"
+            )
+        end = max(end, offsets[1])
+    payload = after_length - header_length
+    if end > payload:
         raise InvalidAdapter(
-            f"{name}: truncated: its tensors need {max(ends)} bytes of data, the file has {payload}"
+            f"{name}: truncated: its tensors need {end} bytes of data, the file has {payload}"
         )
+    return header
 
 
-def _header_metadata(data: bytes) -> dict[str, str]:
+def _what_it_is_instead(data: bytes) -> str:
+    """Why `data`, which is not a safetensors file, is refused: what it looks like instead."""
+    if data[:4] == _ZIP_MAGIC:
+        return (
+            "a zip archive (a torch.save checkpoint); only safetensors adapters are loaded, "
+            "pickle-based formats never are"
+        )
+    if len(data) >= 2 and data[0] == _PICKLE_PROTOCOL_OPCODE and data[1] in _PICKLE_PROTOCOLS:
+        return "a pickle file; only safetensors adapters are loaded, pickles never are"
+    if len(data) < _HEADER_LENGTH_BYTES:
+        return f"{len(data)} bytes, too short for a safetensors file"
     header_length = int.from_bytes(data[:_HEADER_LENGTH_BYTES], "little")
-    header = json.loads(data[_HEADER_LENGTH_BYTES : _HEADER_LENGTH_BYTES + header_length])
-    metadata = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in metadata.items()}
+    if len(data) == _HEADER_LENGTH_BYTES and header_length <= _MAX_HEADER_BYTES:
+        return f"truncated: its safetensors header declares {header_length} bytes, the file ends before it"
+    if header_length > _MAX_HEADER_BYTES and data[_HEADER_LENGTH_BYTES : _HEADER_LENGTH_BYTES + 1] == b"{":
+        return (
+            f"not a safetensors file (its header length, {header_length} bytes, is over the format's "
+            f"limit of {_MAX_HEADER_BYTES})"
+        )
+    return "not a safetensors file (no JSON header after the 8-byte length)"
 
 
-def _adapter_metadata(header: Mapping[str, str], name: str) -> dict[str, Any] | None:
-    raw = header.get(ADAPTER_METADATA_KEY)
+def _adapter_metadata(header: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    raw = (header.get(_METADATA_ENTRY) or {}).get(ADAPTER_METADATA_KEY)
     if not raw:
         return None
     try:
@@ -164,31 +223,91 @@ def _adapter_metadata(header: Mapping[str, str], name: str) -> dict[str, Any] | 
 
 
 def _to_diffusers_layout(raw: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """diffusers' layout of `raw`, converted by diffusers itself; refuses every key the conversion drops.
+
+    diffusers drops keys it cannot use with a log line at most (DoRA `dora_scale`, kohya text-encoder
+    `lora_te*` keys, module names its kohya conversion does not know), and an adapter applied in part
+    is worse than one refused.
+    """
     from diffusers import Flux2KleinPipeline
 
     if not raw:
         raise InvalidAdapter(f"{name}: the file holds no tensors")
+    layout = _layout(raw)
+    dora = sorted(key for key in raw if key.endswith(_DORA_SUFFIXES))
+    if dora:
+        raise InvalidAdapter(
+            f"{name}: a DoRA adapter ({_some_keys(dora)}); DoRA magnitudes are not supported, and diffusers "
+            "would drop them and apply what is left as a plain LoRA"
+        )
     if all(key.endswith(_WEIGHT_SUFFIXES) and not key.startswith(_KNOWN_PREFIXES) for key in raw):
         # Bare diffusers module paths (peft's `get_peft_model_state_dict` of the transformer itself):
         # diffusers would silently load nothing from these, so they are read as the transformer's.
         raw = {TRANSFORMER_PREFIX + key: tensor for key, tensor in raw.items()}
+    unconverted = dict(raw)
     try:
-        converted = Flux2KleinPipeline.lora_state_dict(dict(raw))
+        converted = Flux2KleinPipeline.lora_state_dict(unconverted)
     except Exception as exc:
         raise InvalidAdapter(
-            f"{name}: not a FLUX.2 LoRA layout diffusers can read ({_first_line(exc)})"
+            f"{name}: not a FLUX.2 LoRA layout diffusers can read ({layout}; {_first_line(exc)})"
         ) from exc
     state_dict: dict[str, torch.Tensor] = dict(converted)
+    if not state_dict:
+        raise InvalidAdapter(
+            f"{name}: {layout}; diffusers loads no FLUX.2 weights from it{_layout_hint(raw)}"
+        )
+    if any(_KOHYA_DOWN in key for key in raw):  # diffusers' own test for its kohya conversion
+        # That conversion pops each key it converts from the dict it is given, and drops the keys left
+        # over with only a log line (tests/pipeline/test_adapters.py holds it to both).
+        dropped = sorted(unconverted)
+        if dropped:
+            raise InvalidAdapter(
+                f"{name}: {layout}; diffusers would drop {len(dropped)} of its {len(raw)} keys "
+                f"({_some_keys(dropped)}) and apply the rest; only LoRA weights of the FLUX.2 transformer "
+                "are loaded, so the file is refused rather than applied in part"
+            )
     if any(".lokr_" in key for key in state_dict):
         raise InvalidAdapter(f"{name}: a LoKr adapter; only LoRA adapters are supported")
-    for key in state_dict:
-        if not key.startswith(TRANSFORMER_PREFIX):
-            raise InvalidAdapter(
-                f"{name}: key {key!r} does not adapt the transformer (only the transformer takes adapters)"
-            )
-        if not key.endswith(_WEIGHT_SUFFIXES):
-            raise InvalidAdapter(f"{name}: key {key!r} is not a LoRA weight (lora_A / lora_B)")
+    foreign = sorted(key for key in state_dict if not key.startswith(TRANSFORMER_PREFIX))
+    if foreign:
+        raise InvalidAdapter(
+            f"{name}: keys that do not adapt the transformer ({_some_keys(foreign)}); only the transformer "
+            "takes adapters"
+        )
+    not_lora = sorted(key for key in state_dict if not key.endswith(_WEIGHT_SUFFIXES))
+    if not_lora:
+        raise InvalidAdapter(
+            f"{name}: keys that are not LoRA weights (lora_A / lora_B): {_some_keys(not_lora)}"
+        )
     return state_dict
+
+
+def _layout(raw: Mapping[str, torch.Tensor]) -> str:
+    """The trainer layout `raw`'s keys look like, for messages."""
+    keys = list(raw)
+    if any(key.endswith(_KOHYA_SUFFIXES) for key in keys):
+        for prefix, layout in _KOHYA_STYLE_LAYOUTS:
+            if any(key.startswith(prefix) for key in keys):
+                return layout
+        return "a lora_down / lora_up / alpha layout"
+    if any(key.startswith(TRANSFORMER_PREFIX) for key in keys):
+        return "diffusers' layout (transformer.<module>.lora_A / lora_B)"
+    if any(key.startswith("base_model.model.") for key in keys):
+        return "peft's PeftModel layout (base_model.model.<module>.lora_A / lora_B)"
+    if any(key.startswith("diffusion_model.") for key in keys):
+        return "the ai-toolkit layout (diffusion_model.<module>.lora_A / lora_B)"
+    return f"a layout with keys like {keys[0]!r}"
+
+
+def _layout_hint(raw: Mapping[str, torch.Tensor]) -> str:
+    if any(key.startswith("lora_transformer") for key in raw):
+        return " (save it in OneTrainer's DIFFUSERS LoRA format, which diffusers reads)"
+    return ""
+
+
+def _some_keys(keys: Sequence[str], shown: int = 3) -> str:
+    named = ", ".join(repr(key) for key in keys[:shown])
+    return named if len(keys) <= shown else f"{named} and {len(keys) - shown} more"
 
 
 def _check_modules(
@@ -278,7 +397,9 @@ class AdapterApplier:
             # One file listed twice acts once with the summed scale (LoRA is linear in its scale).
             scale = adapter.scale + (previous[1] if previous else 0.0)
             wanted[adapter.weights.name] = (adapter.weights, scale)
-        wanted = {key: value for key, value in wanted.items() if value[1] != 0.0}
+        # In name order, not the request's: peft adds the adapters' outputs in the order they are set, and
+        # float addition is not associative, so the order of the list would otherwise change the bytes.
+        wanted = {key: value for key, value in sorted(wanted.items()) if value[1] != 0.0}
         if not wanted:
             if self._loaded and self._enabled:
                 self._pipe.disable_lora()

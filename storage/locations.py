@@ -17,7 +17,8 @@ from storage.config import S3Settings
 from storage.errors import AdapterRefused, InputForbidden, InvalidLocation
 
 S3_SCHEME = "s3://"
-ADAPTER_EXTENSION = ".safetensors"
+# How safetensors adapters are named: the usual suffix, and BFL's own for its FLUX.2 files.
+ADAPTER_EXTENSIONS = (".safetensors", ".sft")
 MAX_KEY_BYTES = 1024
 OUTPUT_FIELD = "output.uri"
 
@@ -55,12 +56,13 @@ def parse_input_location(ref: str, settings: S3Settings, *, field: str) -> S3Loc
 
 
 def parse_adapter_location(ref: str, settings: S3Settings, *, field: str) -> S3Location:
-    """Parse a LoRA adapter reference: `s3://bucket/key.safetensors`, or a bare key in the first of
-    `settings.adapter_buckets`.
+    """Parse a LoRA adapter reference: `s3://bucket/key.safetensors` (or `.sft`), or a bare key in the
+    first of `settings.adapter_buckets`.
 
     Raises `InvalidLocation` for a malformed reference, `InputForbidden` when the bucket is not one of
     `settings.adapter_buckets` (or none is configured) and `AdapterRefused` for a key that does not end
-    in `.safetensors` (pickle-based formats are never read). Messages start with `field` ("loras[0]").
+    in `.safetensors` or `.sft` (pickle-based formats are never read; the pipeline checks the bytes
+    too). Messages start with `field` ("loras[0]").
     """
     allowed = settings.adapter_buckets
     if not allowed and not ref.startswith(S3_SCHEME):
@@ -73,10 +75,10 @@ def parse_adapter_location(ref: str, settings: S3Settings, *, field: str) -> S3L
             f"{field}: this worker may not read adapters from bucket '{location.bucket}' ({location.uri}); "
             "allowed: KLEIN_EDIT_S3__ADAPTER_BUCKETS"
         )
-    if not location.key.lower().endswith(ADAPTER_EXTENSION):
+    if not location.key.lower().endswith(ADAPTER_EXTENSIONS):
         raise AdapterRefused(
-            f"{field}: {location.uri} is not a {ADAPTER_EXTENSION} file; adapters are read only as "
-            "safetensors (pickle-based .bin/.pt/.ckpt files are never loaded)"
+            f"{field}: {location.uri} is not a {' or '.join(ADAPTER_EXTENSIONS)} file; adapters are read "
+            "only as safetensors (pickle-based .bin/.pt/.ckpt files are never loaded)"
         )
     return location
 
@@ -195,7 +197,7 @@ def _quote(text: str, limit: int = 200) -> str:
 
 
 __all__ = [
-    "ADAPTER_EXTENSION",
+    "ADAPTER_EXTENSIONS",
     "MAX_KEY_BYTES",
     "S3Location",
     "parse_adapter_location",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,8 +23,15 @@ from schemas.errors import ErrorCode
 from tests.adapters import (
     adapter_file,
     adapter_state_dict,
+    diffusers_file,
+    dora_scales,
+    header_length,
+    kohya_layout,
+    kohya_text_encoder_keys,
+    onetrainer_layout,
     pickle_file,
     torch_save_file,
+    with_metadata_of_length,
     wrong_shape_file,
 )
 from tests.pipeline.conftest import synthetic_image
@@ -71,18 +80,71 @@ def test_a_peft_adapter_parses_with_its_hash_rank_and_modules(editor: KleinEdito
     assert all(key.startswith("transformer.") for key in weights.state_dict)
 
 
+def legacy_torch_save_file() -> bytes:
+    """`torch.save` without its zip container (PyTorch before 1.6): a bare pickle of protocol 2."""
+    buffer = io.BytesIO()
+    torch.save(adapter_state_dict(seed=3), buffer, _use_new_zipfile_serialization=False)
+    return buffer.getvalue()
+
+
+def header_then(header: bytes, length: int | None = None) -> bytes:
+    """A file holding `header` after a length field that declares `length` bytes (its own by default)."""
+    return (len(header) if length is None else length).to_bytes(8, "little") + header
+
+
+# A valid file whose first byte is 0x80 (pickle's PROTO) and whose header is 0x1080 bytes long.
+PROTO_BYTE_FILE = diffusers_file(seed=2, length=0x1080)
+PICKLE_LIKE_LENGTH = 0x480  # a file with this header begins \x80\x04, as a protocol-4 pickle does
+
+
 @pytest.mark.parametrize(
     ("data", "words"),
     [
-        (pickle_file(), "pickle"),
-        (torch_save_file(), "torch.save"),
-        (adapter_file(seed=2)[:-40], "truncated"),
-        (adapter_file(seed=2)[:200], "truncated"),
+        (pickle_file(), "a pickle file"),
+        *[(pickle.dumps({"w": [1.0]}, protocol=p), "a pickle file") for p in (2, 3, 4, 5)],
+        (legacy_torch_save_file(), "a pickle file"),
+        (torch_save_file(), "a zip archive (a torch.save checkpoint)"),
+        (adapter_file(seed=2)[:-40], "truncated: its tensors need"),
+        (adapter_file(seed=2)[:200], "truncated: its safetensors header declares"),
+        (PROTO_BYTE_FILE[:-40], "truncated: its tensors need"),
+        (PROTO_BYTE_FILE[:1000], "truncated: its safetensors header declares 4224 bytes, the file has 992"),
+        (PROTO_BYTE_FILE[:8], "truncated: its safetensors header declares 4224 bytes, the file ends"),
+        (
+            header_then(b'{"a": {"dtype": "F32", "shape": [1], "dat', 80),
+            "truncated: its safetensors header declares 80 bytes, the file has 41",
+        ),
+        (header_then(b'{"a": {"dtype": '), "header is malformed"),
+        (header_then(b"{\xff\xfe}"), "header is malformed"),
+        (
+            header_then(b'{"a": {"shape": []}}'),
+            "header is malformed (tensor 'a' has no valid data_offsets)",
+        ),
+        (header_then(b'{"__metadata__": {"a": 1}}'), "header is malformed (__metadata__"),
+        (header_then(b'{"a": 1}', 200_000_000), "over the format's limit of 100000000"),
         (b"", "too short"),
         (b"GIF89a not an adapter at all", "not a safetensors"),
         (wrong_shape_file(), "transformer_blocks.0.attn.to_q is 48 -> 32 in the adapter but 32 -> 32"),
     ],
-    ids=["pickle", "torch-save", "truncated-tail", "truncated-header", "empty", "not-safetensors", "shape"],
+    ids=[
+        "pickle",
+        *[f"pickle-protocol-{p}" for p in (2, 3, 4, 5)],
+        "torch-save-legacy",
+        "torch-save-zip",
+        "truncated-tail",
+        "truncated-header",
+        "truncated-tail-0x80",
+        "truncated-header-0x80",
+        "only-the-length-0x80",
+        "truncated-header-json",
+        "malformed-json",
+        "malformed-utf8",
+        "malformed-offsets",
+        "malformed-metadata",
+        "header-over-limit",
+        "empty",
+        "not-safetensors",
+        "shape",
+    ],
 )
 def test_bad_files_are_invalid_adapters_naming_the_problem(
     editor: KleinEditor, data: bytes, words: str
@@ -93,6 +155,66 @@ def test_bad_files_are_invalid_adapters_naming_the_problem(
     assert not caught.value.retryable
     assert words in caught.value.message
     assert caught.value.message.startswith("loras[0]")
+    if "truncated" in words or "malformed" in words:
+        assert "pickle" not in caught.value.message
+        assert "zip" not in caught.value.message
+
+
+# -- the format: a file is recognised by what it is, whatever its first bytes ---------------------------
+
+
+@pytest.fixture(scope="module")
+def every_first_byte() -> dict[int, bytes]:
+    """The same adapter saved by diffusers with 32 header lengths: one per first byte a file can have.
+
+    safetensors pads its header to a multiple of 8, so the low byte of the length (the file's first
+    byte) takes 32 values; 0x80, one file in 32, is pickle's PROTO opcode.
+    """
+    shortest = header_length(diffusers_file(seed=31))
+    return {
+        low: diffusers_file(seed=31, length=shortest + (low - shortest) % 256) for low in range(0, 256, 8)
+    }
+
+
+def test_diffusers_files_of_every_header_length_are_read_alike(
+    editor: KleinEditor, every_first_byte: dict[int, bytes]
+) -> None:
+    reference = parsed(editor, every_first_byte[0])
+    assert reference.metadata is not None
+    assert reference.metadata["transformer.r"] == 4
+    for low, data in every_first_byte.items():
+        assert data[0] == low
+        weights = parsed(editor, data)
+        assert set(weights.state_dict) == set(reference.state_dict)
+        assert all(torch.equal(weights.state_dict[k], reference.state_dict[k]) for k in reference.state_dict)
+        assert weights.modules == reference.modules
+        assert weights.metadata is not None
+
+
+def test_the_file_that_begins_like_a_pickle_changes_the_edit(
+    editor: KleinEditor, every_first_byte: dict[int, bytes]
+) -> None:
+    data = every_first_byte[0x80]
+    weights = parsed(editor, data)
+    baseline = pixels(editor)
+    assert pixels(editor, [ActiveAdapter(weights, 1.0)]) != baseline
+    assert pixels(editor) == baseline
+
+
+def test_a_header_of_pickle_proto_and_protocol_bytes_is_safetensors(editor: KleinEditor) -> None:
+    state = adapter_state_dict(seed=32, targets=("to_q",))
+    data = with_metadata_of_length(state, PICKLE_LIKE_LENGTH)
+    assert data[:2] == b"\x80\x04"  # what pickle.dumps(..., protocol=4) begins with
+    assert set(parsed(editor, data).state_dict) == set(state)
+
+
+def test_a_header_of_the_zip_magic_length_is_safetensors(editor: KleinEditor) -> None:
+    """A 64 MiB `__metadata__` (0x04034B50 bytes of header) makes a valid file begin with PK\\x03\\x04."""
+    state = adapter_state_dict(seed=33)
+    data = with_metadata_of_length(state, 0x04034B50)
+    assert data[:4] == b"PK\x03\x04"
+    weights = parsed(editor, data)
+    assert all(torch.equal(weights.state_dict[k], state[k]) for k in state)
 
 
 def test_a_module_the_model_lacks_is_named(editor: KleinEditor) -> None:
@@ -115,11 +237,11 @@ def test_rank_over_the_limit_and_mismatched_ranks_are_refused(editor: KleinEdito
 
 
 def test_non_lora_keys_and_text_encoder_keys_are_refused(editor: KleinEditor) -> None:
-    with pytest.raises(InvalidAdapter, match=r"not a LoRA weight|LoRA layout"):
+    with pytest.raises(InvalidAdapter, match=r"not LoRA weights|LoRA layout"):
         parsed(editor, save({"transformer.transformer_blocks.0.attn.to_q.weight": torch.zeros(32, 32)}))
     state = adapter_state_dict(seed=1)
     state["text_encoder.model.layers.0.self_attn.q_proj.lora_A.weight"] = torch.zeros(4, 32)
-    with pytest.raises(InvalidAdapter, match="does not adapt the transformer"):
+    with pytest.raises(InvalidAdapter, match="do not adapt the transformer"):
         parsed(editor, save(state))
 
 
@@ -146,6 +268,81 @@ def test_diffusers_lora_metadata_sets_alpha(editor: KleinEditor, tmp_path: Path)
     assert with_alpha.metadata is not None
     plain = parsed(editor, save(bare))
     assert pixels(editor, [ActiveAdapter(with_alpha, 1.0)]) == pixels(editor, [ActiveAdapter(plain, 2.0)])
+
+
+# -- trainer layouts: accepted where diffusers reads every key, refused where it would drop any ------------
+
+
+def test_a_kohya_adapter_reads_and_edits_as_its_peft_original(editor: KleinEditor) -> None:
+    state = adapter_state_dict(seed=34)
+    kohya = parsed(editor, save(kohya_layout(state)))
+    assert set(kohya.state_dict) == set(state)
+    assert all(torch.equal(kohya.state_dict[k], state[k]) for k in state)
+    original = parsed(editor, save(state))
+    with_kohya = pixels(editor, [ActiveAdapter(kohya, 1.0)])
+    assert with_kohya == pixels(editor, [ActiveAdapter(original, 1.0)])
+    assert with_kohya != pixels(editor)
+
+
+KOHYA = kohya_layout(adapter_state_dict(seed=35))
+TEXT_ENCODER_MODULE = "lora_te_model_layers_0_self_attn_q_proj"
+
+
+@pytest.mark.parametrize(
+    ("layout", "words"),
+    [
+        (
+            {**KOHYA, **kohya_text_encoder_keys()},
+            [
+                "kohya's layout (lora_unet_",
+                "diffusers would drop 3 of its 15 keys",
+                f"'{TEXT_ENCODER_MODULE}.alpha'",
+                f"'{TEXT_ENCODER_MODULE}.lora_down.weight'",
+            ],
+        ),
+        (kohya_text_encoder_keys(), ["kohya's layout (lora_te", "diffusers loads no FLUX.2 weights"]),
+        (
+            {**KOHYA, **dora_scales(KOHYA)},
+            ["a DoRA adapter", "'lora_unet_double_blocks_0_img_attn_proj.dora_scale'", "and 1 more"],
+        ),
+        (
+            {
+                **adapter_state_dict(seed=36),
+                "transformer.transformer_blocks.0.attn.to_q.lora_magnitude_vector": torch.ones(32),
+            },
+            ["a DoRA adapter", "to_q.lora_magnitude_vector"],
+        ),
+        (
+            onetrainer_layout(adapter_state_dict(seed=37), legacy=False),
+            [
+                "OneTrainer's layout (lora_transformer.<module>",
+                "diffusers loads no FLUX.2 weights",
+                "DIFFUSERS",
+            ],
+        ),
+        (
+            onetrainer_layout(adapter_state_dict(seed=37), legacy=True),
+            ["OneTrainer's legacy layout (lora_transformer_<module>", "diffusers loads no FLUX.2 weights"],
+        ),
+    ],
+    ids=[
+        "kohya-text-encoder",
+        "kohya-text-encoder-only",
+        "kohya-dora",
+        "peft-dora",
+        "onetrainer",
+        "onetrainer-legacy",
+    ],
+)
+def test_layouts_diffusers_would_load_in_part_or_not_at_all_are_refused_naming_them(
+    editor: KleinEditor, layout: dict[str, torch.Tensor], words: list[str]
+) -> None:
+    with pytest.raises(InvalidAdapter) as caught:
+        parsed(editor, save(layout))
+    assert caught.value.code is ErrorCode.INVALID_ADAPTER
+    assert not caught.value.retryable
+    for word in words:
+        assert word in caught.value.message
 
 
 # -- applying ------------------------------------------------------------------------------------------
