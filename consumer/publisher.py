@@ -3,13 +3,15 @@
 Results and dead letters are sent and awaited, retrying through broker outages, because a record is
 committed only after they are acknowledged. An error aiokafka marks not retriable (a record over the
 size limit, a topic we may not write) is never retried: it raises `PublishRejected` at once. A DLQ
-copy is bounded: a value over `max_request_bytes` is cut to `DLQ_PREVIEW_BYTES` with headers saying so.
+copy is bounded: a value over `max_request_bytes`, and a key over `DLQ_PREVIEW_BYTES`, are cut to
+`DLQ_PREVIEW_BYTES` with headers saying so.
 Progress is fire-and-forget: losing one costs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any, Protocol
 
 import structlog
@@ -82,8 +84,11 @@ class Publisher:
 
         The value is copied byte for byte, unless it is over `max_request_bytes` (it can never be
         replayed then): its first `DLQ_PREVIEW_BYTES` are kept, with `klein-edit.truncated: true` and
-        `klein-edit.original-size` (bytes). If Kafka still refuses the copy, one without a value is sent;
-        if that is refused too, the loss is logged and counted and the record's failed result says why.
+        `klein-edit.original-size` (bytes). The key, which no request needs longer than a request id, is
+        cut the same way when it is over `DLQ_PREVIEW_BYTES`, with `klein-edit.key-truncated: true`,
+        `klein-edit.original-key-size` (bytes) and `klein-edit.original-key-sha256` (hex). If Kafka still
+        refuses the copy, one without a value is sent; if that is refused too, the loss is logged and
+        counted and the record's failed result says why.
         """
         headers = [
             (kafka_io.DLQ_ORIGINAL_TOPIC, record.topic.encode()),
@@ -94,13 +99,15 @@ class Publisher:
             (kafka_io.DLQ_ATTEMPTS, str(attempts).encode()),
             *_original_headers(record.headers),
         ]
+        key, key_headers = _bounded_key(record.key)
+        headers += key_headers
         value, size = record.value, len(record.value or b"")
         if value is not None and size > self._kafka.max_request_bytes:
             value = value[: kafka_io.DLQ_PREVIEW_BYTES]
             headers += _truncated(size)
         try:
             try:
-                await self.send(self._kafka.dlq_topic, value, key=record.key, headers=headers)
+                await self.send(self._kafka.dlq_topic, value, key=key, headers=headers)
             except PublishRejected as exc:
                 log.error("dlq.copy_rejected", error=exc.message, value_bytes=len(value or b""))
                 if value is None:
@@ -111,7 +118,7 @@ class Publisher:
                 await self.send(
                     self._kafka.dlq_topic,
                     None,
-                    key=record.key,
+                    key=key,
                     headers=bare + _truncated(len(record.value or b"")),
                 )
         except PublishRejected as exc:
@@ -172,6 +179,17 @@ def _original_headers(headers: Any) -> list[tuple[str, bytes]]:
     if dropped:
         kept.append((kafka_io.DLQ_HEADERS_DROPPED, str(dropped).encode()))
     return kept
+
+
+def _bounded_key(key: bytes | None) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The key for a DLQ copy, cut to `DLQ_PREVIEW_BYTES`, and the headers that say so when it was."""
+    if key is None or len(key) <= kafka_io.DLQ_PREVIEW_BYTES:
+        return key, []
+    return key[: kafka_io.DLQ_PREVIEW_BYTES], [
+        (kafka_io.DLQ_KEY_TRUNCATED, b"true"),
+        (kafka_io.DLQ_ORIGINAL_KEY_SIZE, str(len(key)).encode()),
+        (kafka_io.DLQ_ORIGINAL_KEY_SHA256, hashlib.sha256(key).hexdigest().encode()),
+    ]
 
 
 def _truncated(size: int) -> list[tuple[str, bytes]]:

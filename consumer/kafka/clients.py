@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from typing import Any
 
+import aiokafka.admin.client
+import aiokafka.client
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, codec
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 
 from consumer.kafka.auth import token_provider
 from consumer.kafka.settings import KafkaSettings
@@ -24,6 +29,11 @@ DLQ_ATTEMPTS = "klein-edit.attempts"
 DLQ_TRUNCATED = "klein-edit.truncated"
 DLQ_ORIGINAL_SIZE = "klein-edit.original-size"
 DLQ_PREVIEW_BYTES = 65_536
+# Set on a DLQ copy whose key was over `DLQ_PREVIEW_BYTES` and cut to that: the original key's length
+# (bytes) and SHA-256 (hex), so the copy can still be matched with the record it came from.
+DLQ_KEY_TRUNCATED = "klein-edit.key-truncated"
+DLQ_ORIGINAL_KEY_SIZE = "klein-edit.original-key-size"
+DLQ_ORIGINAL_KEY_SHA256 = "klein-edit.original-key-sha256"
 # Set when the original headers (kept on the copy) were over `DLQ_PREVIEW_BYTES`: how many were left out.
 DLQ_HEADERS_DROPPED = "klein-edit.headers-dropped"
 # Every header the worker sets on a DLQ copy; the record's other headers are its producer's, kept.
@@ -37,6 +47,9 @@ DLQ_HEADERS = frozenset(
         DLQ_ATTEMPTS,
         DLQ_TRUNCATED,
         DLQ_ORIGINAL_SIZE,
+        DLQ_KEY_TRUNCATED,
+        DLQ_ORIGINAL_KEY_SIZE,
+        DLQ_ORIGINAL_KEY_SHA256,
         DLQ_HEADERS_DROPPED,
     }
 )
@@ -87,7 +100,35 @@ def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     return kwargs
 
 
+def forbid_topic_auto_creation() -> bool:
+    """Make every aiokafka client in this process ask the broker never to create a topic it names in a
+    metadata request (Kafka's `allow.auto.create.topics=false`, KIP-361); True when that took effect.
+
+    A broker with `auto.create.topics.enable=true` (Apache Kafka's default) creates any topic a
+    metadata request names, with its default partitions and configs; a topic an operator deleted comes
+    back as soon as a worker refreshes its metadata. Topics are provisioned by operators, or created
+    by `ensure_topics` with the partitions and configs klein-edit needs, never by a side effect.
+
+    aiokafka (0.14) has no option for it: `AIOKafkaClient` and `AIOKafkaAdminClient` build their
+    `MetadataRequest(topics)` without `allow_auto_topic_creation`, which then defaults to True from
+    v4 on. The name they build it with is replaced by one that passes False. False (nothing changed)
+    on an aiokafka whose `MetadataRequest` takes no such argument; `test_kafka.py` pins the seam.
+    """
+    try:
+        parameters = inspect.signature(MetadataRequest).parameters
+    except (TypeError, ValueError):  # not a class: an older protocol layer (kafka-python's lists)
+        return False
+    if "allow_auto_topic_creation" not in parameters:
+        return False
+    request = functools.partial(MetadataRequest, allow_auto_topic_creation=False)
+    for module in (aiokafka.client, aiokafka.admin.client):
+        if getattr(module, "MetadataRequest", None) is MetadataRequest:
+            module.MetadataRequest = request
+    return True
+
+
 def make_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
+    forbid_topic_auto_creation()
     return AIOKafkaProducer(
         **client_kwargs(kafka),
         acks="all",
@@ -102,7 +143,9 @@ def make_consumer(
 ) -> AIOKafkaConsumer:
     """A consumer without auto-commit. In the workers' own group (`kafka.group_id`) it is a static
     member when `kafka.group_instance_id` is set; readers of other groups (`dlq replay --group`) or
-    of none (the control reader, `submit --wait`) never are."""
+    of none (the control reader, `submit --wait`) never are. Neither asks the broker to create a topic
+    (`forbid_topic_auto_creation`)."""
+    forbid_topic_auto_creation()
     options: dict[str, Any] = {
         "group_id": group_id,
         "group_instance_id": kafka.group_instance_id if group_id == kafka.group_id else None,
@@ -141,6 +184,7 @@ def topic_configs(kafka: KafkaSettings, topic: str) -> dict[str, str]:
 async def ensure_topics(kafka: KafkaSettings, topics: list[str]) -> None:
     """Make sure `topics` exist: create the missing ones when `kafka.create_topics` is on (demo,
     tests), else raise `TopicsMissing` naming them (production topics are provisioned by operators)."""
+    forbid_topic_auto_creation()
     admin = AIOKafkaAdminClient(**client_kwargs(kafka))
     await admin.start()
     try:

@@ -1,19 +1,33 @@
-"""The edge where wire bytes become models and back. Nothing else parses or renders JSON events."""
+"""The edge where wire bytes become models and back. Nothing else parses or renders JSON events.
+
+No record can get past this edge as anything but a model or an `InvalidEvent`: every failure while
+reading producer bytes (a `RecursionError` or `MemoryError` included) refuses that record, and
+`salvage_request_id` never raises.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import difflib
 import json
+import math
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from consumer.kafka.envelope import strip_framing, unwrap
+from consumer.kafka.envelope import (
+    Unwrapped,
+    identify_foreign,
+    json_depth_exceeds,
+    load_json,
+    strip_framing,
+    too_deep_message,
+    unwrap,
+)
 from schemas.errors import InvalidEvent
 from schemas.requests import REQUEST_ID_PATTERN, EditRequest
 
@@ -27,6 +41,15 @@ E = TypeVar("E", bound=BaseModel)
 # `output_dpi` (0.8) and `negative_prompt` (0.6) are not. A new field must not be that close to an
 # existing one (README, "Evolving the contract").
 TYPO_SIMILARITY = 0.85
+
+# What the request topic takes, named in refusals of records that are something else.
+REQUEST_SCHEMA = "edit-request.v1"
+EXPECTED = (
+    f"the request topic takes edit requests (JSON Schema {REQUEST_SCHEMA}, "
+    f"published as schemas/jsonschema/{REQUEST_SCHEMA}.schema.json)"
+)
+# A record key longer than any request id can be is not decoded to look for one.
+_MAX_KEY_BYTES = 512
 
 
 def decode_request(raw: bytes | None, *, max_bytes: int, strict: bool = False) -> EditRequest:
@@ -42,9 +65,16 @@ def decode_request(raw: bytes | None, *, max_bytes: int, strict: bool = False) -
         raise InvalidEvent("record has no value (a tombstone?); expected a JSON edit request")
     if len(raw) > max_bytes:
         raise InvalidEvent(f"record is {len(raw)} bytes; requests are limited to {max_bytes} bytes")
-    request, ignored = _decode_tolerant(EditRequest, raw, strict=strict)
-    request.note_ignored_fields(ignored)
-    return request
+    with _refusing():
+        try:
+            request, ignored = _decode_tolerant(EditRequest, raw, strict=strict)
+        except InvalidEvent as exc:
+            what = _foreign(raw)
+            if what is None:
+                raise
+            raise InvalidEvent(f"not an edit request: {what}; {EXPECTED}") from exc
+        request.note_ignored_fields(ignored)
+        return request
 
 
 def decode_record(
@@ -55,18 +85,32 @@ def decode_record(
     strict: bool = False,
 ) -> EditRequest:
     """A request record as platforms send it: its envelope taken off (`consumer.kafka.envelope.unwrap`:
-    Schema Registry framing, BOM, CloudEvents structured or Dapr), then `decode_request`.
+    Schema Registry framing, BOM, Kafka Connect, CloudEvents structured or Dapr), then `decode_request`.
 
     The CloudEvents `id`, `source` and `type` are added to the request's `metadata` as `ce_id`,
     `ce_source` and `ce_type` (echoed in the result), unless the request sets those keys itself or its
-    metadata is full. `max_bytes` bounds the whole record value. Raises `InvalidEvent`.
+    metadata is full. `max_bytes` bounds the whole record value. Raises `InvalidEvent`, and nothing
+    else, whatever the bytes.
     """
     if raw is None:
         raise InvalidEvent("record has no value (a tombstone?); expected a JSON edit request")
     if len(raw) > max_bytes:
         raise InvalidEvent(f"record is {len(raw)} bytes; requests are limited to {max_bytes} bytes")
-    unwrapped = unwrap(raw, headers)
-    request = decode_request(unwrapped.body, max_bytes=max_bytes, strict=strict)
+    with _refusing():
+        return _decode_unwrapped(unwrap(raw, headers), max_bytes=max_bytes, strict=strict)
+
+
+def _decode_unwrapped(unwrapped: Unwrapped, *, max_bytes: int, strict: bool) -> EditRequest:
+    try:
+        request = decode_request(unwrapped.body, max_bytes=max_bytes, strict=strict)
+    except InvalidEvent as exc:
+        if unwrapped.schema_id is not None and not _is_json(unwrapped.body):
+            raise InvalidEvent(
+                f"not an edit request: a Confluent Schema Registry frame (schema id {unwrapped.schema_id}) "
+                "whose body is not JSON: Avro or Protobuf? Produce JSON (the JSON Schema serializer or "
+                f"plain JSON); {EXPECTED}"
+            ) from exc
+        raise
     echoed = {k: v for k, v in unwrapped.cloudevent.items() if k not in request.metadata}
     if not echoed or len(request.metadata) + len(echoed) > _METADATA_ENTRIES:
         return request
@@ -83,14 +127,33 @@ def decode_event(model: type[E], raw: bytes) -> E:
     """A wire event we consume (a result for `submit --wait`, a cancel command), read the same way
     as requests: fields added by a newer publisher are ignored, misspellings rejected.
 
-    Raises `InvalidEvent` naming the field.
+    Raises `InvalidEvent` naming the field, and nothing else, whatever the bytes.
     """
-    event, _ = _decode_tolerant(model, raw, strict=False)
-    return event
+    with _refusing():
+        event, _ = _decode_tolerant(model, raw, strict=False)
+        return event
+
+
+@contextlib.contextmanager
+def _refusing() -> Iterator[None]:
+    """Turn any failure while reading producer bytes into an `InvalidEvent` refusing the record.
+
+    The parsers' own errors are mapped where they are raised, with a message naming the field; this is
+    the backstop that keeps anything unforeseen (a `RecursionError`, a `MemoryError`, a library bug)
+    from escaping as something the caller would take for a fault of the worker.
+    """
+    try:
+        yield
+    except InvalidEvent:
+        raise
+    except Exception as exc:
+        raise InvalidEvent(f"record could not be decoded: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 def _decode_tolerant(model: type[E], raw: bytes, *, strict: bool) -> tuple[E, tuple[str, ...]]:
     """(the event, paths of the unknown fields ignored); see `decode_request`."""
+    if json_depth_exceeds(raw):
+        raise InvalidEvent(too_deep_message())
     try:
         return model.model_validate_json(raw), ()
     except ValidationError as exc:
@@ -107,7 +170,7 @@ def _decode_tolerant(model: type[E], raw: bytes, *, strict: bool) -> tuple[E, tu
         raise InvalidEvent(_describe(errors)) from first
     if typos or others:
         raise InvalidEvent("; ".join([*typos, *([_describe(others)] if others else [])])) from first
-    body = json.loads(raw)
+    body = load_json(raw)
     for loc in unknown:
         _drop(body, loc)
     try:
@@ -175,9 +238,45 @@ def _describe(errors: Sequence[ErrorDetails]) -> str:
             problems.append(f"{path}: unknown field (the worker rejects unknown fields)")
         elif error["type"] == "model_type" and not path:
             problems.append("record must be a JSON object")
+        elif error["type"] in _NUMBER_CHECKS and (what := _non_finite(error.get("input"))):
+            problems.append(f"{path or 'request'}: {what}; a finite number is required")
         else:
             problems.append(f"{path or 'request'}: {error['msg']}")
     return "; ".join(problems)
+
+
+# Checks a NaN or an infinity fails (JSON has neither, but `NaN`, `Infinity` and `1e999` are read
+# as floats): their own messages would call NaN "greater than 30".
+_NUMBER_CHECKS = frozenset(
+    {"finite_number", "less_than", "less_than_equal", "greater_than", "greater_than_equal", "multiple_of"}
+)
+
+
+def _non_finite(value: object) -> str | None:
+    if not isinstance(value, float) or math.isfinite(value):
+        return None
+    if math.isnan(value):
+        return "not a number (NaN)"
+    return "infinite (Infinity, or a number too large for a double)"
+
+
+def _foreign(raw: bytes) -> str | None:
+    """What a refused record is, when it is something platforms commonly send instead of a request."""
+    try:
+        return identify_foreign(load_json(raw))
+    except InvalidEvent:
+        return None
+
+
+def _is_json(body: bytes) -> bool:
+    """Whether `body` is JSON text (nested too deep counts: the decoder refused it for that)."""
+    if json_depth_exceeds(body):
+        return True
+    try:
+        json.loads(body)
+    except Exception:
+        return False
+    return True
 
 
 def _format_path(loc: tuple[int | str, ...]) -> str:
@@ -194,27 +293,30 @@ def salvage_request_id(
 
     Tried in order: the JSON `request_id` (inside its envelope, if any), then the record key. Only ids
     that match the contract's pattern are used, so a hostile value never reaches a topic key or an S3
-    key.
+    key. Never raises: it runs before the record is admitted, outside any handler, so whatever the
+    record holds gives an id or None.
     """
-    candidates: list[object] = []
-    if raw:
-        try:
-            inner = unwrap(raw, headers).body
-        except InvalidEvent:
-            inner = strip_framing(raw)
-        try:
-            body = json.loads(inner)
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        if isinstance(body, dict):
-            candidates.append(body.get("request_id"))
-    if key:
+    candidates = [_request_id_in(raw, headers)] if raw else []
+    if key and len(key) <= _MAX_KEY_BYTES:
         with contextlib.suppress(UnicodeDecodeError):
             candidates.append(key.decode("utf-8"))
     for candidate in candidates:
         if isinstance(candidate, str) and _REQUEST_ID_RE.fullmatch(candidate):
             return candidate
     return None
+
+
+def _request_id_in(raw: bytes, headers: Sequence[tuple[str, bytes | None]] | None) -> object:
+    """The `request_id` member of the record's JSON, if it has one; None whatever goes wrong."""
+    try:
+        try:
+            inner = unwrap(raw, headers).body
+        except InvalidEvent:
+            inner = strip_framing(raw)
+        body = load_json(inner)
+    except Exception:  # best effort: a record that cannot be read has no id to give
+        return None
+    return body.get("request_id") if isinstance(body, dict) else None
 
 
 def encode_event(event: BaseModel) -> bytes:

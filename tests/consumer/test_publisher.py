@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 import pytest
@@ -44,7 +45,7 @@ def publisher(producer: FakeProducer, **kafka: Any) -> tuple[Publisher, WorkerMe
 
 
 def record(
-    value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    value: bytes | None, headers: list[tuple[str, bytes]] | None = None, key: bytes | None = b"k"
 ) -> ConsumerRecord[bytes, bytes]:
     return ConsumerRecord(
         topic="requests",
@@ -52,10 +53,10 @@ def record(
         offset=7,
         timestamp=0,
         timestamp_type=0,
-        key=b"k",
+        key=key,
         value=value,
         checksum=None,
-        serialized_key_size=1,
+        serialized_key_size=len(key or b""),
         serialized_value_size=len(value or b""),
         headers=headers or [],
     )
@@ -119,3 +120,51 @@ async def test_a_dlq_copy_refused_twice_is_logged_not_retried() -> None:
     await pub.dead_letter(record(b"z"), InvalidEvent("bad"), 1)  # returns: the failed result says why
     assert len(producer.sent) == 2
     assert metrics.dead_lettered.labels(code="INVALID_EVENT")._value.get() == 0
+
+
+async def test_an_oversize_key_is_cut_keeping_its_length_and_hash() -> None:
+    """A 5 MB key on an undecodable value: the copy must still fit what the broker accepts."""
+    producer = FakeProducer()
+    pub, metrics = publisher(producer, max_request_bytes=1_048_576)
+    key = b"k" * 5_000_000
+    await pub.dead_letter(record(b"\xff not json", key=key), InvalidEvent("not JSON"), 1)
+    (sent,) = producer.sent
+    assert sent["key"] == key[: kafka_io.DLQ_PREVIEW_BYTES]
+    assert sent["value"] == b"\xff not json"
+    assert sent["headers"][kafka_io.DLQ_KEY_TRUNCATED] == b"true"
+    assert sent["headers"][kafka_io.DLQ_ORIGINAL_KEY_SIZE] == b"5000000"
+    assert sent["headers"][kafka_io.DLQ_ORIGINAL_KEY_SHA256] == hashlib.sha256(key).hexdigest().encode()
+    assert kafka_io.DLQ_TRUNCATED not in sent["headers"]  # the value was whole
+    assert metrics.dead_lettered.labels(code="INVALID_EVENT")._value.get() == 1
+
+
+async def test_the_fallback_copy_without_a_value_keeps_the_bounded_key() -> None:
+    producer = FakeProducer(MessageSizeTooLargeError("broker limit"), None)
+    pub, _ = publisher(producer, max_request_bytes=4096)
+    key = b"q" * (kafka_io.DLQ_PREVIEW_BYTES + 1)
+    await pub.dead_letter(record(b"y" * 4000, key=key), InvalidEvent("bad"), 1)
+    first, second = producer.sent
+    assert len(first["key"]) == len(second["key"]) == kafka_io.DLQ_PREVIEW_BYTES
+    assert second["value"] is None
+    assert second["headers"][kafka_io.DLQ_ORIGINAL_KEY_SIZE] == str(len(key)).encode()
+
+
+@pytest.mark.parametrize("key", [None, b"", b"req-1", b"k" * kafka_io.DLQ_PREVIEW_BYTES])
+async def test_a_key_within_the_bound_is_copied_as_it_is(key: bytes | None) -> None:
+    producer = FakeProducer()
+    pub, _ = publisher(producer)
+    await pub.dead_letter(record(b"x", key=key), InvalidEvent("bad"), 1)
+    (sent,) = producer.sent
+    assert sent["key"] == key
+    assert kafka_io.DLQ_KEY_TRUNCATED not in sent["headers"]
+    assert kafka_io.DLQ_ORIGINAL_KEY_SHA256 not in sent["headers"]
+
+
+async def test_a_producer_header_named_like_a_key_header_is_not_copied() -> None:
+    producer = FakeProducer()
+    pub, _ = publisher(producer)
+    forged = [(kafka_io.DLQ_ORIGINAL_KEY_SHA256, b"forged"), ("traceparent", b"00-x")]
+    await pub.dead_letter(record(b"x", headers=forged), InvalidEvent("bad"), 1)
+    (sent,) = producer.sent
+    assert kafka_io.DLQ_ORIGINAL_KEY_SHA256 not in sent["headers"]
+    assert sent["headers"]["traceparent"] == b"00-x"

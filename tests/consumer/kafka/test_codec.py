@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -10,14 +11,19 @@ from pydantic import ValidationError
 
 from consumer.kafka import clients as kafka_io
 from consumer.kafka.codec import (
+    EXPECTED,
+    REQUEST_SCHEMA,
     decode_event,
+    decode_record,
     decode_request,
     describe_validation_error,
     encode_event,
     salvage_request_id,
 )
+from consumer.kafka.envelope import MAX_JSON_DEPTH
 from schemas.control import CancelRequested
 from schemas.errors import ErrorCode, InvalidEvent
+from schemas.export import PUBLISHED_DIR, WIRE_EVENTS
 from schemas.requests import EditRequest
 
 MAX = 1_048_576
@@ -281,3 +287,186 @@ def test_results_and_cancels_from_a_newer_publisher_are_read_too() -> None:
     assert cancel.request_id == "r-1"
     with pytest.raises(InvalidEvent, match="did you mean 'request_id'"):
         decode_event(CancelRequested, b'{"requestid": "r-1", "action": "cancel"}')
+
+
+# --- hostile records: every decode refuses, nothing escapes -----------------------------------------
+
+BOMB = b"[" * 100_000 + b"]" * 100_000  # 200 KB, under the size limit (the JSON bomb of CVE-2024-27454)
+DEEP_OBJECT = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+
+
+@pytest.mark.parametrize("value", [BOMB, DEEP_OBJECT])
+def test_deep_nesting_is_refused_before_parsing(value: bytes) -> None:
+    assert (
+        problem(value) == f"record nests JSON arrays and objects more than {MAX_JSON_DEPTH} deep (the limit)"
+    )
+
+
+def test_nesting_up_to_the_limit_is_parsed() -> None:
+    nested: Any = "x"
+    for _ in range(MAX_JSON_DEPTH - 1):
+        nested = {"k": nested}
+    body = raw(extra=nested)  # the request object itself is one level
+    assert decode_request(body, max_bytes=MAX).ignored_fields == ("extra",)
+    deeper = raw(extra={"k": nested})
+    assert "more than 64 deep" in problem(deeper)
+
+
+@pytest.mark.parametrize("headers", [None, [("content-type", b"application/cloudevents+json")]])
+@pytest.mark.parametrize(
+    "value",
+    [
+        BOMB,
+        DEEP_OBJECT,
+        b'{"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": ' + BOMB + b"}",
+        b'{"schema": {"type": "struct"}, "payload": ' + DEEP_OBJECT + b"}",
+        b"\x00\x00\x00\x00\x01" + BOMB,
+    ],
+)
+def test_no_record_makes_decode_record_raise_anything_but_invalid_event(
+    value: bytes, headers: list[tuple[str, bytes]] | None
+) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        decode_record(value, headers, max_bytes=MAX)
+    assert info.value.code is ErrorCode.INVALID_EVENT
+
+
+def test_an_unforeseen_failure_while_decoding_is_a_refusal_not_a_crash() -> None:
+    class Exploding(CancelRequested):
+        @classmethod
+        def model_validate_json(cls, *args: Any, **kwargs: Any) -> Any:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    with pytest.raises(InvalidEvent, match="RecursionError") as info:
+        decode_event(Exploding, b'{"request_id": "r-1", "action": "cancel"}')
+    assert isinstance(info.value.__cause__, RecursionError)
+
+
+@pytest.mark.parametrize("value", [BOMB, DEEP_OBJECT, b'{"request_id": ' + BOMB + b"}"])
+def test_salvage_never_raises_and_falls_back_to_the_key(value: bytes) -> None:
+    assert salvage_request_id(value, b"key-1") == "key-1"
+    assert salvage_request_id(value, None) is None
+    framed = b"\x00\x00\x00\x00\x01" + value
+    assert (
+        salvage_request_id(framed, b"key-1", [("content-type", b"application/cloudevents+json")]) == "key-1"
+    )
+
+
+def test_salvage_ignores_a_huge_key() -> None:
+    assert salvage_request_id(b"garbage", b"k" * 5_000_000) is None
+
+
+def test_a_deep_record_is_refused_quickly() -> None:
+    started = time.perf_counter()
+    for _ in range(10):
+        with pytest.raises(InvalidEvent):
+            decode_record(BOMB, None, max_bytes=MAX)
+        salvage_request_id(BOMB, None)
+    assert time.perf_counter() - started < 5.0  # milliseconds each in practice; generous for CI
+
+
+# --- refusals say what the record is ---------------------------------------------------------------
+
+S3_NOTIFICATION = {
+    "Records": [
+        {
+            "eventVersion": "2.1",
+            "eventSource": "aws:s3",
+            "awsRegion": "eu-west-1",
+            "eventTime": "2026-01-01T12:00:00.000Z",
+            "eventName": "ObjectCreated:Put",
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "bucket": {"name": "uploads", "arn": "arn:aws:s3:::uploads"},
+                "object": {"key": "shoes/red+shoe.png", "size": 1024, "eTag": "abc"},
+            },
+        }
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("event", "what"),
+    [
+        (S3_NOTIFICATION, "an S3 event notification (ObjectCreated:Put)"),
+        (
+            {"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2026-01-01T12:00:00Z", "Bucket": "b"},
+            "an S3 test event",
+        ),
+        (
+            {"version": "0", "source": "aws.s3", "detail-type": "Object Created", "detail": {}},
+            "an Amazon EventBridge S3 event (Object Created)",
+        ),
+        ({"Records": [{"eventSource": "aws:sqs", "body": "{}"}]}, "an AWS event notification from aws:sqs"),
+    ],
+)
+def test_a_record_of_another_kind_is_refused_as_what_it_is(event: dict[str, Any], what: str) -> None:
+    message = problem(json.dumps(event).encode())
+    assert message.startswith(f"not an edit request: {what}"), message
+    assert REQUEST_SCHEMA in message
+    assert "request_id" not in message  # not "request_id: Field required"
+
+
+def test_the_expected_schema_named_in_refusals_is_the_published_one() -> None:
+    assert REQUEST_SCHEMA in WIRE_EVENTS
+    assert WIRE_EVENTS[REQUEST_SCHEMA] is EditRequest
+    assert (PUBLISHED_DIR / f"{REQUEST_SCHEMA}.schema.json").is_file()
+    assert f"schemas/jsonschema/{REQUEST_SCHEMA}.schema.json" in EXPECTED
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x02\x0ahello\x00",  # Avro binary
+        b"\x00\x0a\x05r-1\x12\x05a.png",  # Protobuf: message index 0, then fields
+        b"\xff\xfe\xfd",
+    ],
+)
+def test_a_schema_registry_frame_whose_body_is_not_json_is_refused_as_what_it_is(body: bytes) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        decode_record(b"\x00\x00\x00\x01\x2a" + body, None, max_bytes=MAX)
+    assert info.value.message.startswith(
+        "not an edit request: a Confluent Schema Registry frame (schema id 298) whose body is not JSON: "
+        "Avro or Protobuf?"
+    ), info.value.message
+    assert REQUEST_SCHEMA in info.value.message
+
+
+def test_a_schema_registry_frame_around_json_is_judged_on_its_json() -> None:
+    framed = b"\x00\x00\x00\x01\x2a" + raw()
+    assert decode_record(framed, None, max_bytes=MAX).request_id == "req-1"
+    message = decode_problem(b"\x00\x00\x00\x01\x2a" + raw(seed=-1))
+    assert message.startswith("seed: "), message  # a JSON body's own fault, not the frame
+
+
+def test_plain_json_and_its_faults_are_never_taken_for_a_frame_or_a_foreign_event() -> None:
+    assert decode_record(raw(), None, max_bytes=MAX).request_id == "req-1"
+    assert decode_problem(b"not json").startswith("record is not valid JSON")
+    # A request that happens to carry a field named Records is judged as a request.
+    assert decode_record(raw(Records=[{"eventSource": "aws:s3"}]), None, max_bytes=MAX).ignored_fields == (
+        "Records",
+    )
+
+
+def decode_problem(value: bytes) -> str:
+    with pytest.raises(InvalidEvent) as info:
+        decode_record(value, None, max_bytes=MAX)
+    return info.value.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "what"),
+    [
+        ("guidance_scale", "NaN", "guidance_scale: not a number (NaN); a finite number is required"),
+        ("guidance_scale", "Infinity", "guidance_scale: infinite"),
+        ("guidance_scale", "-Infinity", "guidance_scale: infinite"),
+        ("guidance_scale", "1e999", "guidance_scale: infinite"),
+        ("loras", '[{"uri": "a.safetensors", "scale": NaN}]', "loras[0].scale: not a number (NaN)"),
+    ],
+)
+def test_nan_and_infinity_are_named_not_compared(field: str, value: str, what: str) -> None:
+    body = json.dumps(BASE)[:-1] + f', "{field}": {value}}}'
+    message = problem(body.encode())
+    assert message.startswith(what), message
+    assert "less than" not in message
+    assert "greater than" not in message

@@ -1,14 +1,16 @@
-"""Envelopes taken off before decoding: Schema Registry framing, BOM, CloudEvents structured, Dapr."""
+"""Envelopes taken off before decoding: Schema Registry framing, BOM, Kafka Connect, CloudEvents
+structured, Dapr; each recognised positively, parsed with bounded nesting."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 
 import pytest
 
 from consumer.kafka.codec import decode_record, salvage_request_id
-from consumer.kafka.envelope import unwrap
+from consumer.kafka.envelope import identify_foreign, json_depth_exceeds, load_json, unwrap
 from schemas.errors import InvalidEvent
 
 REQUEST = {"request_id": "env-1", "image": "s3://in/a.png", "prompt": "make it blue"}
@@ -121,3 +123,142 @@ def test_the_request_id_is_salvaged_from_inside_an_envelope() -> None:
     broken = json.dumps({**CE, "data": {"request_id": "inner-9", "image": 5}}).encode()
     assert salvage_request_id(broken, None) == "inner-9"
     assert salvage_request_id(b"\x00\x00\x00\x00\x01" + RAW, None) == "env-1"
+
+
+# --- Kafka Connect's JsonConverter envelope (schemas.enable=true) -----------------------------------
+
+CONNECT_SCHEMA = {
+    "type": "struct",
+    "fields": [
+        {"field": "request_id", "type": "string", "optional": False},
+        {"field": "image", "type": "string", "optional": False},
+        {"field": "prompt", "type": "string", "optional": True},
+    ],
+    "optional": False,
+    "name": "edit_request",
+}
+
+
+def test_kafka_connect_envelope_is_unwrapped() -> None:
+    envelope = json.dumps({"schema": CONNECT_SCHEMA, "payload": REQUEST}).encode()
+    unwrapped = unwrap(envelope)
+    assert json.loads(unwrapped.body) == REQUEST
+    assert unwrapped.cloudevent == {}
+    assert decode_record(envelope, None, max_bytes=1 << 20).request_id == "env-1"
+
+
+def test_kafka_connect_envelope_with_a_string_payload_holding_the_request() -> None:
+    envelope = json.dumps({"schema": {"type": "string", "optional": False}, "payload": json.dumps(REQUEST)})
+    assert json.loads(unwrap(envelope.encode()).body) == REQUEST
+    assert decode_record(b"\x00\x00\x00\x00\x03" + envelope.encode(), None, max_bytes=1 << 20).image == (
+        "s3://in/a.png"
+    )
+
+
+def test_kafka_connect_envelope_with_a_null_payload_is_refused_saying_so() -> None:
+    with pytest.raises(InvalidEvent, match="Kafka Connect envelope's payload is null"):
+        unwrap(json.dumps({"schema": CONNECT_SCHEMA, "payload": None}).encode())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {**REQUEST, "schema": CONNECT_SCHEMA, "payload": {"x": 1}},  # more than the two members
+        {"schema": {"name": "no type"}, "payload": REQUEST},  # not a Connect schema
+        {"schema": "struct", "payload": REQUEST},
+        {"payload": REQUEST},
+    ],
+)
+def test_only_an_exact_connect_envelope_is_unwrapped(value: dict[str, object]) -> None:
+    body = json.dumps(value).encode()
+    assert unwrap(body).body == body
+
+
+# --- recognising envelopes positively -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["id", "source", "type"])
+def test_without_the_content_type_a_cloudevent_needs_every_required_attribute(missing: str) -> None:
+    event = {**CE, "data": REQUEST}
+    del event[missing]
+    body = json.dumps(event).encode()
+    assert unwrap(body).body == body  # left to the decoder, which names what is wrong
+
+
+def test_a_request_with_fields_named_like_cloudevents_attributes_is_not_an_envelope() -> None:
+    odd = json.dumps({**REQUEST, "specversion": "1.0", "data": {"x": 1}}).encode()
+    assert unwrap(odd).body == odd
+
+
+def test_a_valid_request_is_never_taken_for_a_schema_registry_frame() -> None:
+    for value in (RAW, b" " + RAW, b"\xef\xbb\xbf" + RAW, json.dumps({**CE, "data": REQUEST}).encode()):
+        assert unwrap(value).schema_id is None
+    assert unwrap(b"\x00\x00\x00\x01\x2a" + RAW).schema_id == 298
+    assert unwrap(b"\x00\x00\x00\x01\x2a" + RAW).body == RAW
+    assert unwrap(b"\x00\x01").body == b"\x00\x01"  # too short to be a frame: the decoder says why
+
+
+# --- bounded JSON --------------------------------------------------------------------------------------
+
+
+def test_json_depth_is_measured_outside_strings() -> None:
+    assert not json_depth_exceeds(b"[" * 64 + b"]" * 64)
+    assert json_depth_exceeds(b"[" * 65 + b"]" * 65)
+    assert json_depth_exceeds(b"[" * 65)  # unclosed: still too deep before it is found invalid
+    in_a_string = json.dumps({"prompt": "[{" * 10_000 + '\\"[' * 100}).encode()
+    assert not json_depth_exceeds(in_a_string)
+    siblings = json.dumps([[1], [2]] * 10_000).encode()  # many brackets, shallow
+    assert not json_depth_exceeds(siblings)
+    assert not json_depth_exceeds(b'["' + b"[" * 1000)  # an unterminated string: the parser refuses it
+
+
+@pytest.mark.parametrize(
+    "value", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000, b"\xff", b"{"]
+)
+def test_load_json_refuses_with_invalid_event_only(value: bytes) -> None:
+    with pytest.raises(InvalidEvent):
+        load_json(value)
+
+
+@pytest.mark.parametrize(
+    "headers", [None, STRUCTURED, [("content-type", b"application/cloudevents+json"), ("ce_id", b"1")]]
+)
+def test_unwrap_refuses_a_bomb_inside_an_envelope_with_invalid_event_only(
+    headers: list[tuple[str, bytes]] | None,
+) -> None:
+    bomb = b"[" * 100_000 + b"]" * 100_000
+    for value in (
+        b'{"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": ' + bomb + b"}",
+        b'{"schema": {"type": "array"}, "payload": ' + bomb + b"}",
+    ):
+        with contextlib.suppress(InvalidEvent):  # a refusal is fine; anything else fails the test
+            unwrap(value, headers)
+
+
+def test_a_data_string_with_a_lone_surrogate_reaches_the_decoder_as_bytes() -> None:
+    event = json.dumps({**CE, "data": '{"request_id": "\ud800"}'}).encode()
+    with pytest.raises(InvalidEvent):
+        decode_record(event, None, max_bytes=1 << 20)
+
+
+# --- what a record is, when it is no request ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        ({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete", "s3": {}}]}, "S3 event"),
+        ({"Records": [{"s3": {"bucket": {"name": "b"}}}]}, "S3 event"),
+        ({"Service": "Amazon S3", "Event": "s3:TestEvent"}, "S3 test event"),
+        ({"source": "aws.s3", "detail-type": "Object Created", "detail": {}}, "EventBridge S3 event"),
+    ],
+)
+def test_identify_foreign(value: object, what: str) -> None:
+    assert what in (identify_foreign(value) or "")
+
+
+@pytest.mark.parametrize(
+    "value", [REQUEST, [], "x", None, {"Records": []}, {"Records": ["x"]}, {"source": "aws.s3"}]
+)
+def test_identify_foreign_knows_nothing_of_anything_else(value: object) -> None:
+    assert identify_foreign(value) is None
