@@ -1,4 +1,4 @@
-"""Faults of the GPU, the process, S3 and the broker: retried, dead-lettered or crashed as `policy.decide` says.
+"""GPU, process, S3 and broker faults: retried, dead-lettered or crashed as `policy.decide` says.
 
 OOM and S3 faults run an in-process worker with an injected editor; process deaths (poison, sticky CUDA
 errors) use real worker processes; outages stop a private broker or S3 server with SIGSTOP.
