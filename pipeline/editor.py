@@ -36,13 +36,60 @@ from pipeline.config import MAX_SEQUENCE_LENGTH, PipelineSettings, adapters_refu
 from pipeline.errors import DeviceFailure, GpuOutOfMemory, ModelLoadError, PromptTooLong
 from pipeline.identity import ModelIdentity, describe_pipeline
 from pipeline.images import conform_to_pipeline
+from pipeline.loader import first_line, out_of_memory_message
 from pipeline.optimize import CompileCounter
 from pipeline.passes import PassGate, enable_step_cache, step_cache_refusal
+from schemas.requests import MAX_STEPS, MIN_STEPS
 
 log = structlog.get_logger(__name__)
 
 WARMUP_STEPS = 2
 WARMUP_GUIDANCE = 4.0  # > 1 so warm-up runs both the conditional and the unconditional pass
+
+
+@dataclass(frozen=True)
+class CheckpointRules:
+    """What the loaded checkpoint is, and the step and guidance rules it sets.
+
+    Read from model_index.json's `is_distilled`. The Base model (`black-forest-labs/FLUX.2-klein-base-9B`)
+    is undistilled: 25-50 steps with classifier-free guidance. A distilled klein checkpoint is made for
+    4 steps and has no classifier-free guidance: `Flux2KleinPipeline` ignores guidance_scale for it
+    (`do_classifier_free_guidance`, diffusers 0.42.1). Figures from BFL's FLUX.2 [klein] model cards.
+    `min_steps`..`max_steps` is what the checkpoint can run; the request schema may ask for more.
+    """
+
+    distilled: bool
+    min_steps: int
+    max_steps: int
+    default_steps: int
+
+    @property
+    def guidance(self) -> bool:
+        """Whether classifier-free guidance can run at all (it never does on a distilled checkpoint)."""
+        return not self.distilled
+
+    def describe(self) -> str:
+        """One line for the start-up log: what this checkpoint is and its rules."""
+        if self.distilled:
+            return (
+                "distilled FLUX.2 [klein] checkpoint (model_index.json is_distilled: true): made for "
+                f"{self.default_steps} steps without classifier-free guidance, more steps only cost time; "
+                "guidance_scale is ignored and every result says guidance_applied: false"
+            )
+        return (
+            f"FLUX.2 [klein] base checkpoint (undistilled): {self.min_steps}-{self.max_steps} steps "
+            f"(default {self.default_steps}), classifier-free guidance when guidance_scale > 1"
+        )
+
+
+BASE_RULES = CheckpointRules(distilled=False, min_steps=MIN_STEPS, max_steps=MAX_STEPS, default_steps=50)
+# More steps than 4 cost time and do not help a step-distilled model; fewer are allowed.
+DISTILLED_RULES = CheckpointRules(distilled=True, min_steps=1, max_steps=MAX_STEPS, default_steps=4)
+
+
+def checkpoint_rules(pipe: Any) -> CheckpointRules:
+    """The rules of a loaded `Flux2KleinPipeline`, from its `is_distilled` config."""
+    return DISTILLED_RULES if bool(pipe.config.is_distilled) else BASE_RULES
 
 
 @dataclass(frozen=True)
@@ -145,6 +192,7 @@ class KleinEditor:
             self._adapter_targets = linear_shapes(pipe.transformer)
             self._adapters = AdapterApplier(pipe, resident=settings.resident_adapters)
         self._gate = PassGate(pipe.transformer, settings.guidance_interval)
+        self._rules = checkpoint_rules(pipe)
 
     @classmethod
     def load(cls, settings: PipelineSettings) -> KleinEditor:
@@ -158,6 +206,10 @@ class KleinEditor:
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
         pipe, model_name = load_pipeline(settings)
+        rules = checkpoint_rules(pipe)
+        # A distilled checkpoint in a worker whose requests are written for the Base model is worth a warning.
+        notice = log.warning if rules.distilled else log.info
+        notice("model.checkpoint", distilled=rules.distilled, rules=rules.describe())
         # Before compile: the numerical check runs one eager block per candidate backend.
         attention, trials = select_attention(
             pipe.transformer, settings.attention, tolerance=settings.attention_tolerance
@@ -197,6 +249,16 @@ class KleinEditor:
     @property
     def device(self) -> torch.device:
         return self._device
+
+    @property
+    def checkpoint(self) -> CheckpointRules:
+        """What the checkpoint is (base or distilled) and the step and guidance rules it sets."""
+        return self._rules
+
+    @property
+    def distilled(self) -> bool:
+        """True for a step-distilled checkpoint: no classifier-free guidance, made for 4 steps."""
+        return self._rules.distilled
 
     @property
     def attention_backend(self) -> str:
@@ -262,7 +324,17 @@ class KleinEditor:
     def uses_guidance(self, guidance_scale: float) -> bool:
         # Mirrors Flux2KleinPipeline.do_classifier_free_guidance (diffusers 0.42.1): guidance_scale <= 1
         # turns CFG off, and a distilled checkpoint never uses it.
-        return guidance_scale > 1 and not bool(self._pipe.config.is_distilled)
+        return guidance_scale > 1 and self._rules.guidance
+
+    def guidance_note(self, guidance_scale: float) -> str | None:
+        """Why classifier-free guidance does not run at `guidance_scale` (None when it does)."""
+        if self.uses_guidance(guidance_scale):
+            return None
+        if not self._rules.guidance:
+            return (
+                "this checkpoint is distilled: it has no classifier-free guidance, guidance_scale is ignored"
+            )
+        return f"guidance_scale {guidance_scale:g} <= 1 turns classifier-free guidance off"
 
     def _run(self, job: EditJob) -> EditOutput:
         out_of_memory: BaseException | None = None
@@ -343,13 +415,17 @@ class KleinEditor:
         return image
 
     def _call_pipeline(self, job: EditJob, generator: torch.Generator, step_end: Any, extra: Any) -> Any:
+        # Capped at 1 where guidance does not run: the same edit, without diffusers' per-call warning that
+        # a distilled checkpoint ignores the scale.
+        guided = self.uses_guidance(job.guidance_scale)
+        guidance_scale = job.guidance_scale if guided else min(job.guidance_scale, 1.0)
         return self._pipe(
             image=list(job.images),
             prompt_embeds=self._prompt_embeds(job.prompt),
             height=job.height,
             width=job.width,
             num_inference_steps=job.num_inference_steps,
-            guidance_scale=job.guidance_scale,
+            guidance_scale=guidance_scale,
             generator=generator,
             max_sequence_length=MAX_SEQUENCE_LENGTH,
             callback_on_step_end=step_end,
@@ -403,6 +479,10 @@ class KleinEditor:
         Compiled blocks see their token dimension as dynamic (`pipeline.optimize.mark_sequence_dynamic`),
         so the first edit compiles one graph per block class and the rest only heat caches (cuDNN,
         autotuning, the negative prompt). `recompiles_after_ready` counts from the end of this call.
+
+        A warm-up edit that fails means the model cannot edit (components that do not fit together, a
+        size that does not fit in memory, a failed GPU): raises `ModelLoadError`, one line naming the
+        edit and the cause, so the worker refuses to start as for any other load failure.
         """
         sizes = list(self._settings.warmup_sizes)
         plans = [(width, height, 0) for width, height in sizes]
@@ -410,18 +490,36 @@ class KleinEditor:
             plans.append((sizes[0][0], sizes[0][1], 1))
         for width, height, references in plans:
             images = [Image.new("RGB", (width, height), (128, 128, 128)) for _ in range(1 + references)]
-            self.edit(
-                EditJob(
-                    images=images,
-                    prompt="warm-up",
-                    num_inference_steps=WARMUP_STEPS,
-                    guidance_scale=WARMUP_GUIDANCE,
-                    seed=0,
-                    width=width,
-                    height=height,
-                )
+            job = EditJob(
+                images=images,
+                prompt="warm-up",
+                num_inference_steps=WARMUP_STEPS,
+                guidance_scale=WARMUP_GUIDANCE,
+                seed=0,
+                width=width,
+                height=height,
             )
+            try:
+                self.edit(job)
+            except Exception as exc:
+                raise ModelLoadError(self._warm_up_failure(job, exc)) from exc
         self._compilations_at_ready = self.compilations
+
+    def _warm_up_failure(self, job: EditJob, exc: Exception) -> str:
+        references = len(job.images) - 1
+        plural = "" if references == 1 else "s"
+        edit = f"the warm-up edit ({job.width}x{job.height}, {references} reference{plural})"
+        if isinstance(exc, GpuOutOfMemory):
+            cause = first_line(exc.__cause__ or exc)
+            return f"{edit} ran out of GPU memory: {out_of_memory_message(self._settings, cause)}"
+        if isinstance(exc, DeviceFailure):
+            return f"{edit} failed on the GPU ({first_line(exc)}); restart the worker on a healthy GPU"
+        where = getattr(self._pipe, "name_or_path", None) or self._model_name
+        return (
+            f"{edit} failed ({type(exc).__name__}: {first_line(exc)}): the model cannot edit; check the "
+            f"model directory {where} (its components must come from one release) or run "
+            "`klein-edit fetch-model` again"
+        )
 
     def memory_stats(self) -> dict[str, float]:
         if self._device.type != "cuda":

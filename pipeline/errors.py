@@ -2,7 +2,7 @@
 
 Every per-request failure is a `KleinEditError` with a stable wire `code` and a `retryable` flag, so the
 consumer decides what to do from those two fields alone. `ModelLoadError` is different: it happens at
-startup, never per request, and carries one human-readable message saying what is missing and what to do.
+startup (loading or warm-up), never per request, and carries one line saying what is wrong and what to do.
 """
 
 from __future__ import annotations
@@ -68,4 +68,10 @@ class EditCanceled(PipelineError):
 
 
 class ModelLoadError(Exception):
-    """The model could not be loaded; the message says what is missing and what to do about it."""
+    """The model cannot serve: the worker must not report ready.
+
+    Raised by `KleinEditor.load` (the directory, its files, its components and how they fit together) and
+    by `KleinEditor.warm_up` (an edit that fails before ready). The message is one line, what is wrong and
+    what to do about it, because it is what an operator sees when the worker refuses to start; the
+    library's exception, when there is one, is the `__cause__`.
+    """

@@ -88,11 +88,19 @@ def test_directory_without_model_index(tmp_path: Path) -> None:
         load_pipeline(PipelineSettings(model=str(tmp_path), device="cpu"))
 
 
-def test_incomplete_directory(tmp_path: Path) -> None:
-    (tmp_path / "model_index.json").write_text("{}")
+def test_model_index_without_the_components(tmp_path: Path) -> None:
+    (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
     with pytest.raises(
-        ModelLoadError, match=r"incomplete: missing text_encoder/config.json, transformer/config"
+        ModelLoadError,
+        match=r"model_index\.json names no scheduler \(the scheduler, it was written for FluxPipeline\): "
+        r"not a FLUX\.2 \[klein\] pipeline directory",
     ):
+        check_model_directory(tmp_path)
+
+
+def test_directory_with_only_the_index(saved_tiny_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(saved_tiny_dir / "model_index.json", tmp_path / "model_index.json")
+    with pytest.raises(ModelLoadError, match=r": scheduler/ is missing \(the scheduler\); copy the complete"):
         check_model_directory(tmp_path)
 
 
@@ -112,16 +120,13 @@ def test_hub_id_not_in_cache(tmp_path: Path) -> None:
 
 
 def test_mismatched_text_encoder_is_caught_before_loading(saved_tiny_dir: Path, tmp_path: Path) -> None:
-    model_dir = copy_configs_only(saved_tiny_dir, tmp_path / "model")
+    model_dir = shutil.copytree(saved_tiny_dir, tmp_path / "model")
     config_path = model_dir / "text_encoder/config.json"
     config = json.loads(config_path.read_text())
     config["hidden_size"] = 48
     config_path.write_text(json.dumps(config))
-    # No weights were copied: failing on the config alone proves nothing was loaded.
-    with pytest.raises(
-        ModelLoadError,
-        match=r"text encoder hidden size 48 does not match transformer joint_attention_dim 96 \(expects 32\)",
-    ):
+    # The weights are still 32 wide: the headers are read, never the weights, and the config is refused.
+    with pytest.raises(ModelLoadError, match=r"text_encoder/config\.json says 48"):
         load_pipeline(PipelineSettings(model=str(model_dir), device="cpu"))
 
 
@@ -135,10 +140,28 @@ def test_mismatch_message_names_known_models() -> None:
     check_text_encoder(4096, 12288, "/models/klein")
 
 
-def test_other_load_failures_are_wrapped(saved_tiny_dir: Path, tmp_path: Path) -> None:
+def test_a_directory_without_weights_names_the_first_missing_file(
+    saved_tiny_dir: Path, tmp_path: Path
+) -> None:
     model_dir = copy_configs_only(saved_tiny_dir, tmp_path / "model")
-    with pytest.raises(ModelLoadError, match=f"could not load the pipeline from {model_dir}"):
+    with pytest.raises(
+        ModelLoadError,
+        match=f"^{model_dir}: text_encoder/model\\.safetensors is missing \\(the weights of the text encoder",
+    ):
         load_pipeline(PipelineSettings(model=str(model_dir), device="cpu"))
+
+
+def test_other_load_failures_name_the_component(saved_tiny_dir: Path, tmp_path: Path) -> None:
+    model_dir = shutil.copytree(saved_tiny_dir, tmp_path / "model")
+    config_path = model_dir / "vae/config.json"
+    config = json.loads(config_path.read_text())
+    config["norm_num_groups"] = 3  # the VAE's first block has 8 channels: GroupNorm refuses 3 groups
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as info:
+        load_pipeline(PipelineSettings(model=str(model_dir), device="cpu"))
+    message = str(info.value)
+    assert message.startswith(f"{model_dir}: could not load the VAE (vae/): ValueError: "), message
+    assert "\n" not in message
 
 
 def test_local_directory_loads_the_same_model(
