@@ -80,22 +80,3 @@ async def test_fields_a_newer_producer_adds_are_ignored_and_reported_a_misspelli
     assert rejected.error.message.startswith("seeds: unknown field, did you mean 'seed'?")
     assert rejected.warnings == []
     assert [json.loads(r.value)["request_id"] for r in dlq] == [typo["request_id"]]
-
-
-async def test_strict_mode_rejects_every_unknown_field(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(worker={"reject_unknown_fields": True})
-    store = await prepare(settings)
-    image = stage_image(store, settings, "a.png", png_bytes(64, 64))
-    tag = uuid.uuid4().hex[:6]
-    newer = {"request_id": f"newer-{tag}", "image": image, "prompt": "make it blue", "priority": "high"}
-
-    async with running_worker(settings, lambda: StandInEditor(edit_ms=0)):
-        await produce(settings, newer)
-        (event,) = await results(settings, count=1)
-        assert await wait_for_no_lag(settings) == no_lag(settings)
-
-    assert event.status is EditStatus.FAILED
-    assert event.error is not None
-    assert event.error.code is ErrorCode.INVALID_EVENT
-    assert event.error.message == "priority: unknown field (the worker rejects unknown fields)"
-    assert output_objects(store, settings) == {}

@@ -74,32 +74,6 @@ async def test_progress_events_arrive_in_order_throttled_and_stop_at_completion(
     assert all(e.at <= by_id[req.request_id].completed_at for e in events)
 
 
-async def test_cancel_before_pickup_skips_the_request(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings()
-    store = await prepare(settings)
-    image = stage_image(store, settings, "c.png", png_bytes(64, 64))
-    doomed, kept = request(settings, image), request(settings, image)
-    await cancel(settings, doomed.request_id)
-    await cancel(settings, "no-such-request")  # an unknown id is harmless
-    await publish(settings, doomed)
-    await publish(settings, kept)
-    editor = StandInEditor(edit_ms=50)
-    async with running_worker(settings, lambda: editor):
-        by_id = {r.request_id: r for r in await results(settings, count=2)}
-        assert set((await wait_for_no_lag(settings)).values()) == {0}
-
-    skipped = by_id[doomed.request_id]
-    assert skipped.status is EditStatus.CANCELED
-    assert skipped.error is not None
-    assert skipped.error.code.value == "CANCELED"
-    assert skipped.cost.usd == 0
-    assert skipped.output is None
-    assert skipped.gpu_ms == 0
-    assert by_id[kept.request_id].status is EditStatus.SUCCEEDED
-    assert editor.edits == 1
-    assert list(output_objects(store, settings)) == [f"edits/{kept.request_id}.png"]
-
-
 async def test_cancel_mid_edit_stops_within_a_step_and_stores_nothing(
     make_settings: Callable[..., Settings],
 ) -> None:
