@@ -123,7 +123,10 @@ RUN groupadd --system --gid 10001 klein \
 
 COPY --from=build /opt/venv /opt/venv
 
+# MALLOC_ARENA_MAX=2: glibc's per-thread malloc arenas let the I/O threads' image buffers fragment host
+# memory; two arenas halved peak RSS under 24 MP JPEGs (docs/operations.md, Host memory).
 ENV PATH=/opt/venv/bin:$PATH \
+    MALLOC_ARENA_MAX=2 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \

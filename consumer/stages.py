@@ -329,6 +329,8 @@ class EditStages:
             formats=limits.allowed_formats,
             name=f"{name} ({location.uri})",
             background=background,
+            # No input is conditioned on more pixels than the larger of these: big JPEGs decode smaller.
+            draft_pixels=int(max(limits.max_megapixels, limits.max_output_megapixels) * 1e6),
         )
         # The pipeline's own size/aspect rules, before any GPU time is spent.
         check_edit_input(decoded.image, name)

@@ -88,10 +88,14 @@ def decode_image(
     formats: Sequence[str],
     name: str,
     background: tuple[int, int, int] = _WHITE,
+    draft_pixels: int | None = None,
 ) -> DecodedImage:
     """Decode `data` into upright sRGB pixels for the model, or raise a typed error naming `name`.
 
-    `background` is the sRGB (r, g, b) that transparent areas are composited onto. Errors:
+    `background` is the sRGB (r, g, b) that transparent areas are composited onto. `draft_pixels`: the
+    most pixels the caller will ever condition on; a JPEG larger than twice that is decoded with
+    Pillow's `draft()` (DCT scaling by 1/2, 1/4 or 1/8) to the smallest size still holding that many
+    pixels, so a 36 MP photo never lives in host memory at full size. Errors:
     `InvalidImage` (empty, not an image, a format not in `formats`, truncated); `ImageTooLarge`
     (more than `max_pixels` declared, or a decompression bomb), raised before any pixel is decoded.
     """
@@ -119,6 +123,9 @@ def decode_image(
     if width < 1 or height < 1:
         raise InvalidImage(f"{name}: image has no pixels ({width}x{height})")
     found = image.format or "unknown"
+    if draft_pixels is not None and found == "JPEG" and width * height > 2 * draft_pixels:
+        scale = math.sqrt(draft_pixels / (width * height))
+        image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
     try:
         image.load()
         icc = image.info.get("icc_profile")

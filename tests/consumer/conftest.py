@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,12 +11,19 @@ from consumer.cli.local_services import MotoServer, TansuBroker
 from consumer.settings import Settings
 from pipeline import Editor, KleinEditor
 from pipeline.config import TINY_RANDOM, PipelineSettings
-from tests.consumer.harness import WorkerProcess, integration_settings
+from tests.consumer.harness import WorkerProcess, close_shared_producers, integration_settings
 
 
 @pytest.fixture(scope="session")
 def tiny_editor() -> Editor:
     return KleinEditor.load(PipelineSettings(model=TINY_RANDOM, device="cpu", warmup=False))
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def shared_producers() -> AsyncIterator[None]:
+    """The harness's producers (one per cluster, `harness.shared_producer`) live for the session."""
+    yield
+    await close_shared_producers()
 
 
 @pytest.fixture

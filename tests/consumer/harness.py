@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from confluent_kafka import KafkaException, Producer
 from PIL import Image
 from pydantic import SecretStr
@@ -122,17 +122,37 @@ async def publish(
     topic: str | None = None,
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
-    producer = kafka_io.make_producer(settings.kafka)
-    await producer.start()
-    try:
-        if isinstance(value, EditRequest):
-            key = key or value.request_id.encode()
-            value = encode_event(value)
-        await producer.send_and_wait(
-            topic or settings.kafka.request_topic, value=value, key=key, headers=headers
-        )
-    finally:
-        await producer.stop()
+    """Send one record with the shared producer of these settings' cluster and wait for its ack."""
+    producer = await shared_producer(settings)
+    if isinstance(value, EditRequest):
+        key = key or value.request_id.encode()
+        value = encode_event(value)
+    await producer.send_and_wait(topic or settings.kafka.request_topic, value=value, key=key, headers=headers)
+
+
+_PRODUCERS: dict[str, AIOKafkaProducer] = {}
+
+
+async def shared_producer(settings: Settings) -> AIOKafkaProducer:
+    """One started producer per cluster and credentials for the whole session (tests share one event
+    loop): a publish costs one round trip, not a client start-up. Closed by `close_shared_producers`."""
+    k = settings.kafka
+    identity = k.model_dump_json(
+        include={"bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username"}
+    )
+    producer = _PRODUCERS.get(identity)
+    if producer is None:
+        producer = kafka_io.make_producer(k)
+        await producer.start()
+        _PRODUCERS[identity] = producer
+    return producer
+
+
+async def close_shared_producers() -> None:
+    while _PRODUCERS:
+        _, producer = _PRODUCERS.popitem()
+        with contextlib.suppress(Exception):  # its broker may be a test's own, stopped already
+            await asyncio.wait_for(producer.stop(), timeout=10.0)
 
 
 Header = tuple[str, bytes]

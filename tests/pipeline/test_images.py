@@ -206,3 +206,24 @@ def test_planned_output_size(
 
 def test_megapixels() -> None:
     assert megapixels(Image.new("RGB", (1000, 500))) == pytest.approx(0.5)
+
+
+def test_a_large_jpeg_is_decoded_with_draft_to_what_the_model_needs() -> None:
+    """A 12 MP JPEG with `draft_pixels` of 1 MP decodes at a DCT-scaled size still holding 1 MP; without
+    it, or for a PNG, at full size. Host memory follows the decoded size (docs/operations.md)."""
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from pipeline import decode_image as _decode
+
+    buf = _io.BytesIO()
+    _Image.new("RGB", (4000, 3000), (30, 144, 255)).save(buf, format="JPEG")
+    drafted = _decode(
+        buf.getvalue(), max_pixels=50_000_000, formats=["JPEG"], name="image", draft_pixels=1_000_000
+    )
+    width, height = drafted.image.size
+    assert 1_000_000 <= width * height <= 4 * 1_000_000  # the smallest DCT scale still holding 1 MP
+    full = _decode(buf.getvalue(), max_pixels=50_000_000, formats=["JPEG"], name="image")
+    assert full.image.size == (4000, 3000)
+    assert abs(int(drafted.image.getpixel((10, 10))[2]) - 255) <= 2  # colours survive the scaled decode
