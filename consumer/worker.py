@@ -71,6 +71,8 @@ EXIT_OK = 0
 EXIT_FATAL = 70  # EX_SOFTWARE: the device is unusable; the orchestrator should replace the process
 # While the model loads, one more line every this many seconds (jittered by +-20 %).
 MODEL_LOADING_LOG_S = 30.0
+# Topics are checked this often while all exist (every tick while one is missing), seconds.
+TOPIC_CHECK_S = 15.0
 TICK_S = 5.0  # the main loop's periodic work (`EditWorker.on_tick`), seconds
 
 
@@ -116,6 +118,8 @@ class EditWorker:
         self._commits = CommitTracker()
         self._lag = LagReporter(self.metrics)
         self._next_topic_check_at = 0.0
+        self._missing_request_topics: set[str] = set()
+        self._request_topic_shapes: dict[str, int] = {}  # request topic -> partition count, last seen
         self._abandon = asyncio.Event()
         self._handler: RecordHandler | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -307,8 +311,9 @@ class EditWorker:
 
     async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
         """Name missing request, result or DLQ topics on /readyz (checked every 5 s while any is
-        missing, every minute otherwise): the worker does not create them, and a group subscribed to
-        a topic that does not exist would otherwise sit idle, looking healthy."""
+        missing, every `TOPIC_CHECK_S` otherwise): the worker does not create them, and a group
+        subscribed to a topic that does not exist would otherwise sit idle, looking healthy. A request
+        topic that comes back, or changes its partition count, is subscribed to again."""
         if time.monotonic() < self._next_topic_check_at:
             return
         kafka = self.settings.kafka
@@ -319,6 +324,7 @@ class EditWorker:
         missing = [
             t for t in [*kafka.request_topics, kafka.result_topic, kafka.dlq_topic] if t not in existing
         ]
+        self._resubscribe_if_recreated(consumer, missing)
         if missing:
             problem = (
                 f"Kafka topic(s) {', '.join(missing)} do not exist: create them (docs/operations.md, Topics)"
@@ -330,7 +336,28 @@ class EditWorker:
         else:
             if self.state.problems.pop("topics", None) is not None:
                 log.info("kafka.topics_found")
-            self._next_topic_check_at = time.monotonic() + 60.0
+            self._next_topic_check_at = time.monotonic() + TOPIC_CHECK_S
+
+    def _resubscribe_if_recreated(self, consumer: AIOKafkaConsumer, missing: list[str]) -> None:
+        """A request topic deleted and created again (seen missing, or with another partition count) is a
+        new topic to the group: aiokafka keeps the old one's assignment and never fetches the new one, so
+        the worker subscribes again, which rejoins the group with fresh positions."""
+        kafka = self.settings.kafka
+        shapes = {
+            t: len(consumer.partitions_for_topic(t) or ()) for t in kafka.request_topics if t not in missing
+        }
+        changed = [
+            t
+            for t, partitions in shapes.items()
+            if t in self._missing_request_topics
+            or self._request_topic_shapes.get(t, partitions) != partitions
+        ]
+        self._missing_request_topics = {t for t in missing if t in kafka.request_topics}
+        self._request_topic_shapes = shapes
+        if changed:
+            log.warning("kafka.topics_recreated", topics=changed)
+            consumer.unsubscribe()
+            consumer.subscribe(kafka.request_topics, listener=_Rebalance(self))
 
     def _observe_stuck(self, admission: Admission) -> None:
         """Report records in flight past `worker.stuck_after_s` on /readyz and in metrics."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -14,10 +15,21 @@ from consumer.control import CancelRegistry, ControlReader
 from consumer.http.readiness import WorkerState
 from consumer.kafka import clients as kafka_io
 from consumer.kafka.settings import KafkaSettings
+from consumer.settings import Settings
 from pipeline import StandInEditor
 from schemas.control import CancelRequested
+from schemas.results import EditStatus
 from storage import ImageStore
-from tests.consumer.harness import integration_settings
+from tests.consumer.harness import (
+    integration_settings,
+    png_bytes,
+    prepare,
+    publish,
+    request,
+    results,
+    running_worker,
+    stage_image,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -131,3 +143,40 @@ async def test_a_worker_names_missing_request_topics_on_readyz_instead_of_idling
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
+
+
+async def wait_until(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def test_a_request_topic_deleted_and_recreated_is_consumed_again(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    store = await prepare(settings)
+    image = stage_image(store, settings, "a.png", png_bytes(64, 64))
+    kafka = settings.kafka
+    admin = AIOKafkaAdminClient(**kafka_io.client_kwargs(kafka))
+    await admin.start()
+    try:
+        async with running_worker(settings, lambda: StandInEditor(edit_ms=0)) as worker:
+            await admin.delete_topics([kafka.request_topic])
+            await wait_until(
+                lambda: "topics" in worker.state.problems, timeout_s=40, what="the missing topic"
+            )
+            assert kafka.request_topic in worker.state.problems["topics"]
+            assert not worker.state.ready
+
+            await kafka_io.ensure_topics(kafka, [kafka.request_topic])
+            await wait_until(lambda: worker.state.ready, timeout_s=60, what="ready again")
+            req = request(settings, image)
+            await publish(settings, req)
+            (event,) = await results(settings, count=1, timeout_s=60)
+    finally:
+        await admin.close()
+    assert event.request_id == req.request_id
+    assert event.status is EditStatus.SUCCEEDED
