@@ -13,6 +13,28 @@ that keep every structural coupling of the real 9B model:
 * transformer `in_channels == 4 * VAE latent channels` (2x2 patchify), and the VAE has 4 blocks, so
   the image-to-token stride is 16 like the real model;
 * `is_distilled=False`: real classifier-free guidance with the empty negative prompt.
+
+Random initialisation alone makes a numb instrument: every transformer block's update is gated by a
+modulation of about 0.02, so the output is the noise passed through: the base image and each reference
+move it by about 0.02 of 255 levels, the prompt by 1 to 2, a LoRA adapter by 5 to 8. `condition_weights`
+rescales a few weights after the seeded init, deterministically, so that each input moves the output
+clearly: a mean of 16 to 35 levels for the base image, each reference, the prompt, the seed and a LoRA
+adapter on 64x64 edits with two references at 4 and 25 steps (tests/pipeline/test_tiny_sensitivity.py).
+These are the weights written to the directory; nothing in the loading or edit path knows about them:
+
+* timestep embedding x10 (`TIMESTEP_EMBEDDING_GAIN`) and the three modulation layers x3
+  (`MODULATION_GAIN`): shift, scale and gate are then about 0.8 in magnitude, not 0.02, so every block
+  really updates the residual stream instead of passing the noise latents through;
+* the q/k RMSNorm weights x3 (`QK_NORM_GAIN`): attention logits spread 9x wider (std ~9, not ~1), so
+  a query picks out particular tokens instead of averaging the few image tokens into ~500 near-identical
+  padding tokens of the prompt;
+* the attention output projections x3 (`ATTENTION_OUT_GAIN`; in a single-stream block the one
+  projection of attention and MLP together): what attention brings in from the reference tokens and
+  the prompt is then as large as the token's own state;
+* the VAE's latent batch-norm statistics are measured on fixed calibration images (as the real VAE's
+  are on data), so reference tokens have unit variance like the noise instead of being a per-channel
+  constant with a small ripple; `post_quant_conv` folds the de-normalisation back in, so the decoder
+  sees normalised latents exactly as it would with identity statistics.
 """
 
 from __future__ import annotations
@@ -183,7 +205,103 @@ def build_tiny_pipeline(seed: int = 0) -> Any:
         transformer = diffusers.Flux2Transformer2DModel(**tiny_transformer_config()).eval()
         torch.manual_seed(seed + 2)
         vae = diffusers.AutoencoderKLFlux2(**tiny_vae_config()).eval()
+    condition_weights(transformer=transformer, vae=vae)
     return assemble_pipeline(transformer=transformer, text_encoder=text_encoder, vae=vae, tokenizer=tokenizer)
+
+
+# Gains on the random init, applied by `condition_weights` (reasons in the module docstring). They are part
+# of `tiny_model_key`, so changing one writes a new directory.
+TIMESTEP_EMBEDDING_GAIN = 10.0
+MODULATION_GAIN = 3.0
+QK_NORM_GAIN = 3.0
+ATTENTION_OUT_GAIN = 3.0
+# The batch-norm statistics are rounded to this step: the same weights then come out of every build, even
+# where a different thread count changes the calibration encode in its last bits.
+_STATISTICS_STEP = 2.0**-12
+
+
+def _gains() -> dict[str, float]:
+    return {
+        "timestep_embedding": TIMESTEP_EMBEDDING_GAIN,
+        "modulation": MODULATION_GAIN,
+        "qk_norm": QK_NORM_GAIN,
+        "attention_out": ATTENTION_OUT_GAIN,
+        "statistics_step": _STATISTICS_STEP,
+    }
+
+
+@torch.no_grad()
+def condition_weights(*, transformer: Any, vae: Any) -> None:
+    """Rescale the freshly initialised tiny transformer and calibrate the VAE, in place (no RNG used).
+
+    Makes the base image, each reference, the prompt and a LoRA adapter each move the output clearly; see
+    the module docstring for why each weight is touched.
+    """
+    transformer.time_guidance_embed.timestep_embedder.linear_2.weight.mul_(TIMESTEP_EMBEDDING_GAIN)
+    for modulation in (
+        transformer.double_stream_modulation_img,
+        transformer.double_stream_modulation_txt,
+        transformer.single_stream_modulation,
+    ):
+        modulation.linear.weight.mul_(MODULATION_GAIN)
+    for block in transformer.transformer_blocks:  # double-stream: image and text projections apart
+        attention = block.attn
+        for norm in (attention.norm_q, attention.norm_k, attention.norm_added_q, attention.norm_added_k):
+            norm.weight.mul_(QK_NORM_GAIN)
+        for projection in (attention.to_out[0], attention.to_add_out):
+            projection.weight.mul_(ATTENTION_OUT_GAIN)
+    for block in transformer.single_transformer_blocks:  # to_out projects attention and MLP outputs at once
+        block.attn.norm_q.weight.mul_(QK_NORM_GAIN)
+        block.attn.norm_k.weight.mul_(QK_NORM_GAIN)
+        block.attn.to_out.weight.mul_(ATTENTION_OUT_GAIN)
+    _calibrate_latent_statistics(vae)
+
+
+def _calibration_images(size: int = 64) -> torch.Tensor:
+    """(8, 3, size, size) in [-1, 1], as the pipeline feeds the VAE: six flat colours and two gradients."""
+    colours = torch.tensor(
+        [
+            [0.85, 0.1, 0.1],
+            [0.1, 0.8, 0.15],
+            [0.1, 0.1, 0.85],
+            [0.5, 0.5, 0.5],
+            [0.95, 0.9, 0.8],
+            [0.1, 0.1, 0.1],
+        ]
+    )
+    flat = colours.view(-1, 3, 1, 1).expand(-1, -1, size, size)
+    ramp = torch.linspace(0.0, 1.0, size)
+    across = torch.stack([ramp.view(1, -1).expand(size, -1), ramp.view(-1, 1).expand(-1, size)])
+    gradients = torch.stack(
+        [
+            torch.cat([across, torch.full((1, size, size), 0.5)]),
+            torch.cat([1 - across.flip(0), (across[0] * across[1]).unsqueeze(0)]),
+        ]
+    )
+    return torch.cat([flat, gradients]) * 2 - 1
+
+
+def _calibrate_latent_statistics(vae: Any) -> None:
+    """Set `vae.bn` to the per-channel latent statistics of `_calibration_images`; keep the decoder's view.
+
+    The pipeline normalises encoded latents with `bn` and de-normalises before decoding; `post_quant_conv`
+    (the decoder's first layer) absorbs that de-normalisation, so the decoder maps normalised latents to
+    pixels as it did with identity statistics. The 16 `bn` channels are the 4 latent channels x 2x2 patch
+    positions (the pipeline's patchify order), so each latent channel's statistic is repeated 4 times.
+    """
+    latents = vae.encode(_calibration_images()).latent_dist.mode()  # (8, 4, 8, 8); the pipeline's argmax
+    step = _STATISTICS_STEP
+    mean = torch.round(latents.mean(dim=(0, 2, 3)) / step) * step
+    var = torch.round(latents.var(dim=(0, 2, 3)) / step) * step
+    patches = 4
+    vae.bn.running_mean.copy_(mean.repeat_interleave(patches))
+    vae.bn.running_var.copy_(var.repeat_interleave(patches))
+    std = torch.sqrt(var + vae.config.batch_norm_eps)  # as the pipeline computes it
+    # post_quant_conv(z * std + mean) == post_quant_conv_before(z): divide the weight, shift the bias.
+    conv = vae.post_quant_conv
+    weight = conv.weight / std.view(1, -1, 1, 1)
+    conv.bias.sub_((weight[:, :, 0, 0] * mean.view(1, -1)).sum(dim=1))
+    conv.weight.copy_(weight)
 
 
 def assemble_pipeline(*, transformer: Any, text_encoder: Any, vae: Any, tokenizer: Any) -> Any:
@@ -205,7 +323,7 @@ def assemble_pipeline(*, transformer: Any, text_encoder: Any, vae: Any, tokenize
 
 # Bump when the tiny model's construction changes in a way its configs do not show (e.g. the tokenizer's
 # training text), so a stale cached directory is never reused.
-_TINY_FORMAT = 1
+_TINY_FORMAT = 2  # 2: conditioned weights (`condition_weights`)
 
 
 def tiny_model_key(seed: int = 0) -> str:
@@ -219,6 +337,7 @@ def tiny_model_key(seed: int = 0) -> str:
         "transformer": tiny_transformer_config(),
         "vae": tiny_vae_config(),
         "scheduler": scheduler_config(),
+        "gains": _gains(),
         "training_text": _TRAINING_TEXT,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
