@@ -1,234 +1,222 @@
-"""`klein-edit bench orchestration`: does the GPU ever wait for I/O?
+"""`klein-edit bench`: the benchmarks, one mode each (docs/benchmarks.md).
 
-A stand-in editor holds the GPU thread for a fixed time per edit, so every millisecond the GPU thread
-is idle between edits is the worker's own overhead (Kafka, S3, decoding, encoding, commits). The same
-backlog runs twice on a real broker and a real S3 server: through the overlapped worker
-(`max_in_flight` records in flight) and through the plain serial loop (one record at a time:
-fetch -> edit -> upload -> publish -> commit), and both are reported side by side; a third run repeats
-the overlapped one with progress events on for every request, to measure what they cost.
+- `orchestration`: does the GPU thread ever wait for Kafka and S3? (`consumer.cli.orchestration_bench`)
+- `adapters`: what a LoRA adapter costs a request (`consumer.cli.adapter_bench`)
+- `quality`: PSNR, SSIM, LPIPS and speed-up of option sets against bf16 (`pipeline.tools.quality`)
+- `pipeline`: the real pipeline code path with random weights (`pipeline.tools.bench`, whose own parser
+  takes the flags)
+
+Each mode's module is imported when the mode runs: they import torch, aiokafka and the worker runtime.
+`adapters` and `quality` exit with 1 for a model that cannot be loaded, as for any run that measured
+nothing (the other commands exit with 3).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import contextlib
-import io
-import itertools
-import json
-import threading
-import time
-import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from consumer.app import build_worker
-from consumer.cli.local_client import EditClient
-from consumer.cli.local_services import MotoServer, TansuBroker, on_local_services
-from consumer.kafka import clients as kafka_io
-from consumer.settings import Settings
-from pipeline import AdapterWeights, EditJob, EditOutput, ModelIdentity, StandInEditor
-from schemas.requests import EditRequest
-from storage import ImageStore, S3Location
+from consumer.cli.command import (
+    EXIT_FAILED,
+    NO_S3,
+    CommandFailed,
+    HelpFormatter,
+    add_command,
+    configured,
+    kafka_unreachable,
+    positive_float,
+    positive_int,
+    storage_failed,
+)
+from pipeline.errors import ModelLoadError
+from schemas.errors import KleinEditError
 
 
-@dataclass
-class _EditSpans:
-    """Start and end of every edit on the GPU thread."""
-
-    spans: list[tuple[float, float]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class _TimedEditor:
-    def __init__(self, inner: StandInEditor, spans: _EditSpans) -> None:
-        self._inner = inner
-        self._spans = spans
-
-    @property
-    def model_name(self) -> str:
-        return self._inner.model_name
-
-    @property
-    def identity(self) -> ModelIdentity:
-        return self._inner.identity
-
-    def edit(self, job: EditJob) -> EditOutput:
-        start = time.perf_counter()
-        try:
-            return self._inner.edit(job)
-        finally:
-            with self._spans.lock:
-                self._spans.spans.append((start, time.perf_counter()))
-
-    def check_prompt(self, prompt: str) -> None:
-        self._inner.check_prompt(prompt)
-
-    def uses_guidance(self, guidance_scale: float) -> bool:
-        return self._inner.uses_guidance(guidance_scale)
-
-    def parse_adapter(self, data: bytes, *, name: str) -> AdapterWeights:
-        return self._inner.parse_adapter(data, name=name)
-
-    def warm_up(self) -> None:
-        self._inner.warm_up()
-
-    def memory_stats(self) -> dict[str, float]:
-        return self._inner.memory_stats()
-
-    @property
-    def recompiles_after_ready(self) -> int:
-        return self._inner.recompiles_after_ready
-
-
-def noise_png(target_bytes: int, seed: int) -> bytes:
-    """A PNG of about `target_bytes` (noise does not compress, so side ~ sqrt(bytes / 3))."""
-    side = max(64, int((target_bytes / 3) ** 0.5) // 16 * 16)
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(side, side, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-async def _run_once(
-    settings: Settings,
-    *,
-    jobs: int,
-    edit_ms: float,
-    image_uris: list[str],
-    max_in_flight: int,
-    progress: bool = False,
-) -> dict[str, Any]:
-    tag = uuid.uuid4().hex[:8]
-    kafka = settings.kafka.model_copy(
-        update={
-            "group_id": f"bench-{tag}",
-            "request_topic": f"bench-{tag}.requests",
-            "result_topic": f"bench-{tag}.results",
-            "dlq_topic": f"bench-{tag}.dlq",
-            "control_topic": f"bench-{tag}.control",
-            "progress_topic": f"bench-{tag}.progress",
-            "priority_topics": [],
-            "create_topics": True,  # throwaway topics of this run
-        }
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        subparsers,
+        "bench",
+        "benchmarks: orchestration (stand-in editor), adapters (LoRA costs), pipeline (random weights) or "
+        "quality (option sets against bf16)",
     )
-    worker_settings = settings.worker.model_copy(
-        update={"max_in_flight": max_in_flight, "http_port": None, "progress": progress}
+    parser.set_defaults(run=run)
+    modes = parser.add_subparsers(dest="subcommand", required=True, metavar="MODE")
+    b = modes.add_parser(
+        "orchestration",
+        help="GPU-thread duty cycle with real Kafka and S3, vs a serial loop",
+        description="GPU-thread duty cycle with real Kafka and S3 and a stand-in editor, vs a serial loop "
+        "(docs/benchmarks.md).",
+        formatter_class=HelpFormatter,
     )
-    run_settings = settings.model_copy(update={"kafka": kafka, "worker": worker_settings})
-    await kafka_io.ensure_topics(kafka, [kafka.request_topic, kafka.result_topic, kafka.dlq_topic])
-    spans = _EditSpans()
-    worker = build_worker(
-        run_settings, editor_factory=lambda: _TimedEditor(StandInEditor(edit_ms=edit_ms), spans)
+    b.add_argument(
+        "--jobs", type=positive_int, default=40, metavar="N", help="requests, 1 or more (default: 40)"
     )
-    async with EditClient(kafka) as client:
-        await client.watch_results()
-        # The backlog is published before the worker starts, as after an outage or a burst.
-        requests = [
-            EditRequest(
-                request_id=f"bench-{tag}-{i}",
-                image=image_uris[i % len(image_uris)],
-                prompt="recolor the product to #1E90FF",
-                num_inference_steps=25,
-                seed=i,
-            )
-            for i in range(jobs)
-        ]
-        for request in requests:
-            await client.submit(request)
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        started = time.perf_counter()
-        try:
-            seen: set[str] = set()
-            for request in requests:
-                if request.request_id not in seen:
-                    result = await client.wait_for(request.request_id, timeout_s=600)
-                    if result.status.value != "succeeded":
-                        raise RuntimeError(f"bench edit failed: {result.error}")
-                    seen.add(request.request_id)
-        finally:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        finished = time.perf_counter()
-    ordered = sorted(spans.spans)
-    busy = sum(end - start for start, end in ordered)
-    window = ordered[-1][1] - ordered[0][0]
-    gaps = [b[0] - a[1] for a, b in itertools.pairwise(ordered)]
-    return {
-        "jobs": jobs,
-        "max_in_flight": max_in_flight,
-        "gpu_duty_cycle": busy / window if window > 0 else 0.0,
-        "overhead_ms_per_edit": (window - busy) / max(1, len(ordered) - 1) * 1000.0,
-        "max_gap_ms": max(gaps) * 1000.0 if gaps else 0.0,
-        "edits_per_s": len(ordered) / window if window > 0 else 0.0,
-        "wall_s": finished - started,
+    b.add_argument(
+        "--edit-ms",
+        type=positive_float,
+        default=200.0,
+        metavar="MS",
+        help="GPU time of one stand-in edit, in milliseconds, more than 0 (default: 200)",
+    )
+    b.add_argument(
+        "--image-mb",
+        type=positive_float,
+        default=2.0,
+        metavar="MB",
+        help="size of each input image, in megabytes, more than 0 (default: 2)",
+    )
+    b.add_argument(
+        "--no-embedded",
+        action="store_true",
+        help="use the configured Kafka and S3 instead of local ones (default: off)",
+    )
+    b = modes.add_parser(
+        "adapters",
+        help="LoRA adapter costs: host cache miss and hit, GPU load and switch (tiny model by default)",
+        description="LoRA adapter costs on the production code paths: cache miss and hit against a local "
+        "S3 server, cold load, resident switch and switch to none on the GPU thread (docs/benchmarks.md).",
+        formatter_class=HelpFormatter,
+    )
+    b.add_argument(
+        "--rank", type=positive_int, default=16, metavar="N", help="LoRA rank, 1 or more (default: 16)"
+    )
+    b.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="runs per figure, 1 or more (default: 10)",
+    )
+    b = modes.add_parser(
+        "quality",
+        help="PSNR, SSIM, LPIPS, passes and speed-up of option sets against bf16 with everything off",
+        description="Runs each option set on the same images, prompts and seeds as the reference (bf16, "
+        "everything off) with the configured model and compares the outputs (docs/benchmarks.md: the "
+        "protocol; random weights cannot show the quality cost).",
+        formatter_class=HelpFormatter,
+    )
+    b.add_argument(
+        "--option-sets",
+        required=True,
+        metavar="A,B",
+        help="comma-separated, e.g. float8+compile,dbcache@0.12,interval@0.1-0.9,attn@sage (required)",
+    )
+    b.add_argument("--images", required=True, metavar="DIR", help="PNG/JPEG/WebP inputs (required)")
+    b.add_argument("--prompts", required=True, metavar="FILE", help="one prompt per line (required)")
+    b.add_argument("--seeds", default="0", metavar="0,1", help="comma-separated seeds (default: 0)")
+    b.add_argument(
+        "--steps",
+        type=positive_int,
+        default=50,
+        metavar="N",
+        help="denoising steps, 1 or more (default: 50)",
+    )
+    b.add_argument(
+        "--guidance", type=float, default=4.0, metavar="SCALE", help="guidance scale, 0 to 30 (default: 4.0)"
+    )
+    b.add_argument(
+        "--size",
+        type=positive_int,
+        default=1024,
+        metavar="PIXELS",
+        help="side of the square each input is fitted to, 1 or more (default: 1024)",
+    )
+    b.add_argument(
+        "--max-lpips",
+        type=float,
+        default=0.05,
+        metavar="SCALE",
+        help="gate on mean LPIPS, 0 to 1 (default: 0.05)",
+    )
+    b = modes.add_parser(
+        "pipeline",
+        help="the real Flux2KleinPipeline code path with random weights (its options: bench pipeline --help)",
+        add_help=False,
+    )
+    b.set_defaults(accepts_passthrough=True)  # main hands the rest of the command line on
+
+
+def run(args: argparse.Namespace) -> int:
+    modes: dict[str, Callable[[argparse.Namespace], int]] = {
+        "orchestration": _orchestration,
+        "adapters": _adapters,
+        "quality": _quality,
+        "pipeline": _pipeline,
     }
+    return modes[args.subcommand](args)
 
 
-async def run_orchestration_benchmark(
-    settings: Settings, *, jobs: int, edit_ms: float, image_mb: float, embedded: bool
-) -> dict[str, Any]:
-    with contextlib.ExitStack() as services:
-        if embedded:
-            broker = services.enter_context(TansuBroker())
-            s3_server = services.enter_context(MotoServer())
-            settings = on_local_services(
-                settings, bootstrap=broker.bootstrap_servers, s3_endpoint=s3_server.endpoint_url
+def _orchestration(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from consumer.cli.local_services import LOCAL_S3, ServiceError
+    from consumer.cli.orchestration_bench import print_orchestration_summary, run_orchestration_benchmark
+    from consumer.worker import KafkaAccessDenied
+
+    settings = configured(args, **({} if args.no_embedded else LOCAL_S3))
+    try:
+        summary = asyncio.run(
+            run_orchestration_benchmark(
+                settings,
+                jobs=args.jobs,
+                edit_ms=args.edit_ms,
+                image_mb=args.image_mb,
+                embedded=not args.no_embedded,
             )
-        store = ImageStore(settings.s3)
-        for bucket in (settings.s3.input_bucket, settings.s3.output_bucket):
-            store.ensure_bucket(bucket)
-        images = [noise_png(int(image_mb * 1_000_000), seed) for seed in range(4)]
-        uris = []
-        for i, data in enumerate(images):
-            location = S3Location(settings.s3.input_bucket, f"bench/noise-{i}.png")
-            store.put_object(location, data, content_type="image/png")
-            uris.append(location.uri)
-        overlapped = await _run_once(
-            settings, jobs=jobs, edit_ms=edit_ms, image_uris=uris, max_in_flight=settings.worker.max_in_flight
         )
-        serial = await _run_once(settings, jobs=jobs, edit_ms=edit_ms, image_uris=uris, max_in_flight=1)
-        # The same overlapped run with progress events on for every request: their cost, measured.
-        with_progress = await _run_once(
-            settings,
-            jobs=jobs,
-            edit_ms=edit_ms,
-            image_uris=uris,
-            max_in_flight=settings.worker.max_in_flight,
-            progress=True,
-        )
-    return {
-        "mode": "orchestration",
-        "jobs": jobs,
-        "edit_ms": edit_ms,
-        "image_bytes": len(images[0]),
-        "max_in_flight": overlapped["max_in_flight"],
-        "gpu_duty_cycle": round(overlapped["gpu_duty_cycle"], 4),
-        "overhead_ms_per_edit": round(overlapped["overhead_ms_per_edit"], 2),
-        "max_gap_ms": round(overlapped["max_gap_ms"], 2),
-        "edits_per_s": round(overlapped["edits_per_s"], 3),
-        "serial_gpu_duty_cycle": round(serial["gpu_duty_cycle"], 4),
-        "serial_overhead_ms_per_edit": round(serial["overhead_ms_per_edit"], 2),
-        "serial_edits_per_s": round(serial["edits_per_s"], 3),
-        "progress_gpu_duty_cycle": round(with_progress["gpu_duty_cycle"], 4),
-        "progress_overhead_ms_per_edit": round(with_progress["overhead_ms_per_edit"], 2),
-    }
+    except ServiceError as exc:
+        raise CommandFailed(str(exc)) from exc
+    except KafkaAccessDenied as exc:
+        raise CommandFailed(str(exc)) from exc
+    except KafkaError as exc:
+        raise kafka_unreachable(settings, exc) from exc
+    except KleinEditError as exc:
+        raise storage_failed(settings, exc) from exc
+    print_orchestration_summary(summary)
+    return 0
 
 
-def print_orchestration_summary(summary: dict[str, Any]) -> None:
-    print(
-        f"orchestration: {summary['jobs']} edits of {summary['edit_ms']:.0f} ms, "
-        f"{summary['image_bytes'] / 1e6:.1f} MB images\n"
-        f"  overlapped (max_in_flight={summary['max_in_flight']}): GPU busy {summary['gpu_duty_cycle']:.2%}, "
-        f"{summary['overhead_ms_per_edit']:.1f} ms overhead/edit, {summary['edits_per_s']:.2f} edits/s\n"
-        f"  serial:{'':19}GPU busy {summary['serial_gpu_duty_cycle']:.2%}, "
-        f"{summary['serial_overhead_ms_per_edit']:.1f} ms overhead/edit, "
-        f"{summary['serial_edits_per_s']:.2f} edits/s\n"
-        f"  overlapped + progress events: GPU busy {summary['progress_gpu_duty_cycle']:.2%}, "
-        f"{summary['progress_overhead_ms_per_edit']:.1f} ms overhead/edit"
-    )
-    print(json.dumps(summary))
+def _adapters(args: argparse.Namespace) -> int:
+    from consumer.cli.adapter_bench import print_adapter_summary, run_adapter_benchmark
+    from consumer.cli.local_services import LOCAL_S3, ServiceError
+
+    settings = configured(args, **LOCAL_S3)
+    try:
+        summary = run_adapter_benchmark(settings.pipeline, rank=args.rank, repeats=args.repeats)
+    except (ServiceError, ModelLoadError) as exc:
+        raise CommandFailed(str(exc), EXIT_FAILED) from exc
+    print_adapter_summary(summary)
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from pipeline.tools.quality import load_cases, print_quality_summary, run_quality_benchmark
+
+    settings = configured(args, **NO_S3)
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        cases = load_cases(Path(args.images), Path(args.prompts), seeds, args.size)
+        summary = run_quality_benchmark(
+            settings.pipeline,
+            [name for name in args.option_sets.split(",") if name.strip()],
+            cases,
+            steps=args.steps,
+            guidance=args.guidance,
+            max_lpips=args.max_lpips,
+        )
+    except ImportError as exc:
+        raise CommandFailed(
+            f"needs scikit-image for PSNR and SSIM: pip install 'klein-edit[quality]' ({exc})"
+        ) from exc
+    except (ValueError, OSError, ModelLoadError) as exc:
+        raise CommandFailed(str(exc), EXIT_FAILED) from exc
+    print_quality_summary(summary)
+    return 0
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from pipeline.tools.bench import main as pipeline_bench
+
+    return pipeline_bench(list(args.passthrough), prog="klein-edit bench pipeline")

@@ -3,28 +3,98 @@
 Starts a Tansu broker and a moto S3 server (unless told to use configured endpoints), uploads the
 bundled product shot, publishes a recolour request, runs the worker (the offline tiny model on the CPU
 unless a model is configured), prints the result event, saves the image, and stops what it started.
+
+The worker runtime, the Kafka and S3 clients and the embedded services are imported when the demo
+runs, not with this module: the parser is built from it on every `klein-edit --help`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import time
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from consumer.app import build_worker
-from consumer.cli.local_client import EditClient
-from consumer.cli.local_services import MotoServer, TansuBroker, on_local_services
-from consumer.kafka import clients as kafka_io
-from consumer.settings import Settings
+from consumer.cli.command import (
+    CommandFailed,
+    add_command,
+    configured,
+    kafka_unreachable,
+    positive_float,
+    storage_failed,
+)
 from pipeline.config import TINY_RANDOM
+from pipeline.errors import ModelLoadError
+from schemas.errors import KleinEditError
 from schemas.requests import EditRequest, RecolorInstruction
-from storage import ImageStore, S3Location
+
+if TYPE_CHECKING:
+    from consumer.settings import Settings
 
 SAMPLE_ASSET = "sneaker.png"
 REAL_MODEL_SECTION = "Running the real model"
 DEMO_RECOLOR = RecolorInstruction(target="the sneaker", color="#1E90FF")
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        subparsers,
+        "demo",
+        "run one recolour edit end to end on a local Kafka and S3, then stop",
+        description="Start a local Kafka broker (Tansu) and S3 server (moto), upload a bundled product shot, "
+        f"recolour it with the worker ({TINY_RANDOM} random weights on the CPU unless "
+        "KLEIN_EDIT_PIPELINE__MODEL is set: the output is noise by design), save input and output, "
+        "and stop everything.",
+    )
+    parser.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        default="demo-output",
+        help="where the input and the edited image are saved (default: demo-output)",
+    )
+    parser.add_argument(
+        "--no-embedded",
+        action="store_true",
+        help="use the configured Kafka and S3 (KLEIN_EDIT_KAFKA__*, KLEIN_EDIT_S3__*) instead of local "
+        "ones (default: off, local ones are started)",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=positive_float,
+        default=600.0,
+        help="how long to wait for the result, in seconds, more than 0 (default: 600)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from consumer.cli.local_services import LOCAL_S3, ServiceError
+    from consumer.worker import KafkaAccessDenied
+
+    embedded = not args.no_embedded
+    settings = configured(args, **(LOCAL_S3 if embedded else {}))
+    try:
+        return asyncio.run(
+            run_demo(settings, out_dir=Path(args.out_dir), embedded=embedded, timeout_s=args.timeout)
+        )
+    except ModelLoadError as exc:
+        raise CommandFailed(f"cannot load the model: {exc}") from exc
+    except ServiceError as exc:
+        raise CommandFailed(str(exc)) from exc
+    except KafkaAccessDenied as exc:
+        raise CommandFailed(str(exc)) from exc
+    except KafkaError as exc:
+        raise kafka_unreachable(settings, exc) from exc
+    except KleinEditError as exc:
+        raise storage_failed(settings, exc) from exc
+    except TimeoutError as exc:
+        raise CommandFailed(f"{exc}; raise --timeout (seconds)") from exc
 
 
 class _Progress:
@@ -37,6 +107,8 @@ class _Progress:
 
 def demo_settings(settings: Settings, *, bootstrap: str | None, s3_endpoint: str | None) -> Settings:
     """The configured settings with the demo's defaults filled in where nothing was configured."""
+    from consumer.cli.local_services import on_local_services
+
     pipeline = settings.pipeline
     if "model" not in pipeline.model_fields_set:
         pipeline = pipeline.model_copy(update={"model": TINY_RANDOM, "device": "cpu", "warmup": False})
@@ -47,6 +119,8 @@ def demo_settings(settings: Settings, *, bootstrap: str | None, s3_endpoint: str
 
 
 async def run_demo(settings: Settings, *, out_dir: Path, embedded: bool, timeout_s: float) -> int:
+    from consumer.cli.local_services import MotoServer, TansuBroker
+
     say = _Progress()
     with contextlib.ExitStack() as services:
         bootstrap = s3_endpoint = None
@@ -62,6 +136,11 @@ async def run_demo(settings: Settings, *, out_dir: Path, embedded: bool, timeout
 
 
 async def _run(settings: Settings, *, out_dir: Path, timeout_s: float, say: _Progress) -> int:
+    from consumer.app import build_worker
+    from consumer.cli.local_client import EditClient
+    from consumer.kafka import clients as kafka_io
+    from storage import ImageStore, S3Location
+
     kafka, s3 = settings.kafka, settings.s3
     say(f"Kafka at {kafka.bootstrap_servers}, S3 at {s3.endpoint_url or 'AWS'}")
     store = ImageStore(s3)

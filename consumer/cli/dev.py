@@ -4,10 +4,14 @@ Starts the same embedded services as the demo (`consumer.cli.local_services`), c
 of the configured settings, prints the `export` lines a worker and `submit` need in other terminals,
 and stays in the foreground until Ctrl-C, SIGTERM or SIGHUP (the terminal closed), then stops both.
 Everything lives in memory.
+
+The embedded services, the Kafka clients and the S3 store are imported in the functions that use them,
+not with this module: the parser is built from it on every `klein-edit --help`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import shlex
@@ -17,13 +21,14 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
-from consumer.cli.local_services import LocalService, MotoServer, ServiceError, TansuBroker
-from consumer.kafka import clients as kafka_io
-from consumer.settings import Settings
+from consumer.cli.command import CommandFailed, HelpFormatter, add_command, configured, port_number
 from pipeline.config import TINY_RANDOM
-from storage import ImageStore
+
+if TYPE_CHECKING:
+    from consumer.cli.local_services import LocalService
+    from consumer.settings import Settings
 
 # The embedded S3 server accepts any key pair; fixed ones keep boto3 off the host's own credentials.
 LOCAL_S3_KEY = "local"
@@ -35,11 +40,53 @@ LOCAL_GROUP_TIMEOUTS = {
 }
 
 
-_Service = TypeVar("_Service", bound=LocalService)
+_Service = TypeVar("_Service", bound="LocalService")
 
 
 class DevServicesFailed(RuntimeError):
     """The local services could not be started or stopped unexpectedly; the message says what to do."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(subparsers, "dev", "local services for trying `worker` and `submit` by hand")
+    parser.set_defaults(run=run)
+    dev = parser.add_subparsers(dest="subcommand", required=True, metavar="DEV_COMMAND")
+    up = dev.add_parser(
+        "up",
+        help="start a local Kafka broker and S3 server, create the buckets and topics, print the "
+        "variables to export; Ctrl-C stops them",
+        description="Start a Kafka broker (Tansu) and an S3 server (moto) on this machine, create the "
+        "buckets and topics, print the `export` lines for a worker and submit in other terminals, and "
+        "stay in the foreground until Ctrl-C (or SIGTERM, or SIGHUP when the terminal closes), which stops "
+        "both. State lives in memory.",
+        formatter_class=HelpFormatter,
+    )
+    up.add_argument(
+        "--kafka-port",
+        metavar="PORT",
+        type=port_number,
+        default=9092,
+        help="the broker's port on 127.0.0.1, 0-65535, 0 picks a free one (default: 9092)",
+    )
+    up.add_argument(
+        "--s3-port",
+        metavar="PORT",
+        type=port_number,
+        default=9000,
+        help="the S3 server's port on 127.0.0.1, 0-65535, 0 picks a free one (default: 9000)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """`dev up`, the one dev command."""
+    try:
+        return run_dev_services(
+            lambda **overrides: configured(args, **overrides),
+            kafka_port=args.kafka_port,
+            s3_port=args.s3_port,
+        )
+    except DevServicesFailed as exc:
+        raise CommandFailed(str(exc)) from exc
 
 
 def run_dev_services(
@@ -47,6 +94,8 @@ def run_dev_services(
 ) -> int:
     """Run the services until SIGINT, SIGTERM or SIGHUP. `configure(**overrides)` builds the settings once the
     services' addresses are known. A port of 0 picks a free one. Returns the exit code (0)."""
+    from consumer.cli.local_services import MotoServer, ServiceError, TansuBroker
+
     for flag, port in (("--kafka-port", kafka_port), ("--s3-port", s3_port)):
         if port and not _port_free(port):
             raise DevServicesFailed(
@@ -125,6 +174,9 @@ def _print_exports(settings: Settings, out: TextIO) -> None:
 
 
 def _create_buckets_and_topics(settings: Settings) -> None:
+    from consumer.kafka import clients as kafka_io
+    from storage import ImageStore
+
     store = ImageStore(settings.s3)
     for bucket in (settings.s3.input_bucket, settings.s3.output_bucket):
         store.ensure_bucket(bucket)

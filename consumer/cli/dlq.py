@@ -19,23 +19,77 @@ A record is done when it lies below the offset of `G` or of `G.<its code>`; a ru
 of its codes that are not done and commits only the groups of the codes it replayed. So
 `--code X --group G` followed by `--code Y --group G` replays every X and every Y record once, and a
 later run with no `--code` replays only what neither of them did.
+
+aiokafka and the Kafka clients are imported in the functions that use them, not with this module: the
+parser is built from it on every `klein-edit --help`.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from consumer.cli.command import NO_S3, HelpFormatter, add_command, configured, kafka_unreachable
 
-from consumer.kafka import clients as kafka_io
-from consumer.kafka.settings import KafkaSettings
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+    from consumer.kafka.settings import KafkaSettings
 
 REPLAYED_FROM_OFFSET = "klein-edit.replayed-from-offset"
-# The headers the worker adds when it dead-letters a record; a replayed request carries the rest of
-# its original headers, as its producer sent them.
-_DLQ_HEADERS = kafka_io.DLQ_HEADERS | {REPLAYED_FROM_OFFSET}
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(subparsers, "dlq", "dead-letter topic tools")
+    parser.set_defaults(run=run)
+    dlq = parser.add_subparsers(dest="subcommand", required=True, metavar="DLQ_COMMAND")
+    replay = dlq.add_parser(
+        "replay",
+        help="re-publish dead-lettered requests to their original topics",
+        description="Re-publish dead-lettered requests (KLEIN_EDIT_KAFKA__DLQ_TOPIC) to their original "
+        "topics.",
+        formatter_class=HelpFormatter,
+    )
+    replay.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="only records with this error code, e.g. STORAGE_UNAVAILABLE; repeatable (default: all codes)",
+    )
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would be replayed; publish and commit nothing (default: off)",
+    )
+    replay.add_argument(
+        "--group",
+        default=None,
+        metavar="NAME",
+        help="remember what was replayed, per error code (groups NAME and NAME.<CODE>), so a rerun "
+        "replays nothing twice (default: none, every record in the DLQ is replayed)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """`dlq replay`, the one dlq command: prints the summary as one JSON line."""
+    from aiokafka.errors import KafkaError
+
+    settings = configured(args, **NO_S3)
+    try:
+        summary = asyncio.run(
+            replay_dead_letters(
+                settings.kafka, codes=set(args.code), dry_run=args.dry_run, group_id=args.group
+            )
+        )
+    except KafkaError as exc:
+        raise kafka_unreachable(settings, exc) from exc
+    print(json.dumps(summary))
+    return 0
 
 
 def progress_group(group_id: str, code: str | None) -> str:
@@ -45,7 +99,12 @@ def progress_group(group_id: str, code: str | None) -> str:
 
 def replay_headers(record: ConsumerRecord[bytes, bytes]) -> list[tuple[str, bytes]]:
     """The record's original headers (without the dead-letter ones), plus where it was replayed from."""
-    kept = [(key, bytes(value)) for key, value in record.headers or () if key not in _DLQ_HEADERS]
+    from consumer.kafka import clients as kafka_io
+
+    # The headers the worker adds when it dead-letters a record; a replayed request carries the rest of
+    # its original headers, as its producer sent them.
+    dead_letter_headers = kafka_io.DLQ_HEADERS | {REPLAYED_FROM_OFFSET}
+    kept = [(key, bytes(value)) for key, value in record.headers or () if key not in dead_letter_headers]
     return [*kept, (REPLAYED_FROM_OFFSET, f"{record.partition}:{record.offset}".encode())]
 
 
@@ -61,6 +120,8 @@ class _Progress:
 
     async def mark(self, code: str | None) -> dict[TopicPartition, int]:
         """Per partition, the offset below which this group's records are replayed (0: none yet)."""
+        from consumer.kafka import clients as kafka_io
+
         group = progress_group(self.group_id, code)
         if group not in self.marks:
             consumer = kafka_io.make_consumer(self.kafka, group_id=group)
@@ -85,7 +146,8 @@ class _Progress:
             await consumer.stop()
 
 
-OnReplayed = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+# A string inside: aiokafka is imported only when a replay runs (see `run`).
+OnReplayed = Callable[["ConsumerRecord[bytes, bytes]"], Awaitable[None]]
 
 
 async def replay_dead_letters(
@@ -106,6 +168,10 @@ async def replay_dead_letters(
     after each record is replayed (or listed), e.g. to report progress. Raises aiokafka's
     `KafkaError` when the brokers cannot be reached.
     """
+    from aiokafka import TopicPartition
+
+    from consumer.kafka import clients as kafka_io
+
     reader = kafka_io.make_consumer(kafka, group_id=None)
     producer = None if dry_run else kafka_io.make_producer(kafka)
     try:
@@ -189,6 +255,8 @@ async def _handle(
     summary: dict[str, Any],
 ) -> bool:
     """Replay (or list) one record when it is selected and not done yet; returns whether it was."""
+    from consumer.kafka import clients as kafka_io
+
     code = kafka_io.header(record.headers, kafka_io.DLQ_ERROR_CODE) or ""
     topic = kafka_io.header(record.headers, kafka_io.DLQ_ORIGINAL_TOPIC)
     if codes and code not in codes:

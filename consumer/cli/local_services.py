@@ -16,11 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from pydantic import SecretStr
 
 from consumer.settings import Settings
+from storage.config import LOCAL_INPUT_BUCKET, LOCAL_OUTPUT_BUCKET
+
+# Settings overrides for commands that start an S3 server of their own (demo, bench): it is fresh, so
+# the local bucket names fit.
+LOCAL_S3: dict[str, Any] = {"s3": {"input_bucket": LOCAL_INPUT_BUCKET, "output_bucket": LOCAL_OUTPUT_BUCKET}}
 
 TANSU_HINT = (
     "The embedded Kafka broker (Tansu) was not found. Install it with "

@@ -4,30 +4,216 @@ Everything that can be checked here is checked before anything leaves the machin
 request itself (the same model the worker decodes), the local files and the output location. Then
 the broker connection is opened, and only then are local files uploaded, so a rejected or
 unreachable submit never leaves an orphan object in S3.
+
+The Kafka client, the S3 store and the image decoder are imported in the functions that use them, not
+with this module: the parser is built from it on every `klein-edit --help`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import mimetypes
 import re
+import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from consumer.cli.local_client import EditClient
-from consumer.settings import Settings
+from consumer.cli.command import (
+    CommandFailed,
+    add_command,
+    configured,
+    kafka_unreachable,
+    positive_float,
+    storage_failed,
+)
 from pipeline.errors import InvalidImage
-from pipeline.images import identify_image
 from schemas.errors import KleinEditError
 from schemas.requests import HEX_COLOR_PATTERN, REQUEST_ID_PATTERN, EditRequest, OutputFormat
 from schemas.results import EditCompleted
-from storage import ImageStore, S3Location, parse_input_location, resolve_output_location
+
+if TYPE_CHECKING:
+    from consumer.settings import Settings
+    from storage import ImageStore, S3Location
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_command(
+        subparsers,
+        "submit",
+        "publish one edit request built from flags; with --wait, print its result",
+        description="Build an edit request from flags, check it, upload local images to the input bucket "
+        "(s3://<input bucket>/uploads/<request id>/), publish it, and with --wait print the result event "
+        "(exit 0 only if the edit succeeded).",
+        epilog="example:\n  klein-edit submit --image shot.png --recolor 'the sneakers=#1E90FF' --wait "
+        "--out edited.png",
+    )
+    parser.add_argument(
+        "--image",
+        required=True,
+        metavar="FILE|S3_URI",
+        help="the image to edit: a local file (uploaded first) or s3://bucket/key (required)",
+    )
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="FILE|S3_URI",
+        help="a reference image, same forms as --image; repeatable, at most "
+        "KLEIN_EDIT_PIPELINE__MAX_REFERENCES (default: none)",
+    )
+    parser.add_argument(
+        "--prompt",
+        metavar="TEXT",
+        help="the edit instruction, 1-2000 characters; required unless --recolor is given (default: none)",
+    )
+    parser.add_argument(
+        "--recolor",
+        action="append",
+        default=[],
+        metavar="TARGET=#HEX",
+        help="recolour TARGET to #RRGGBB or #RGB, e.g. 'the sneakers=#1E90FF'; repeatable, at most 16 "
+        "(default: none)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="denoising steps, an integer 25-50 (default: 50)",
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        metavar="SCALE",
+        help="guidance scale, a number 0-30 (default: 4.0)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="random seed, an integer 0 to 2**63-1 (default: the worker picks one and reports it)",
+    )
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="output width in pixels, a multiple of 16, 64-4096, with --height (default: the input's "
+        "size scaled to at most KLEIN_EDIT_PIPELINE__MAX_MEGAPIXELS)",
+    )
+    parser.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="output height in pixels, a multiple of 16, 64-4096, with --width (default: like --width, the "
+        "input's size scaled to at most KLEIN_EDIT_PIPELINE__MAX_MEGAPIXELS)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["png", "jpeg", "webp"],
+        default=None,
+        help="output image format: png, jpeg or webp (default: png)",
+    )
+    parser.add_argument(
+        "--output-uri",
+        default=None,
+        metavar="S3_URI",
+        help="where the worker writes the output, inside its output bucket and prefix (default: "
+        "s3://<output bucket>/edits/<request id>.<format>)",
+    )
+    parser.add_argument(
+        "--request-id",
+        default=None,
+        metavar="ID",
+        help="the idempotency key, 1-128 characters of A-Za-z0-9._:- (default: req-<16 random hex>)",
+    )
+    parser.add_argument(
+        "--topic",
+        default=None,
+        metavar="TOPIC",
+        help="the request topic, e.g. a priority lane (default: KLEIN_EDIT_KAFKA__REQUEST_TOPIC, "
+        "edit.requests)",
+    )
+    parser.add_argument(
+        "--progress", action="store_true", help="ask the worker for progress events (default: off)"
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the result and print it; exit 1 unless it succeeded (default: off)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        default=None,
+        help="save the edited image to FILE; implies --wait (default: not saved)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=900.0,
+        metavar="SECONDS",
+        help="how long --wait waits for the result, in seconds, more than 0 (default: 900)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from consumer.kafka.clients import TopicsMissing
+
+    settings = configured(args)
+    try:
+        submission = prepare_submission(settings, args)
+    except SubmitRejected as exc:
+        raise CommandFailed(str(exc)) from exc
+    wait = args.wait or submission.out is not None
+    topic = args.topic or settings.kafka.request_topic
+
+    async def submit_and_wait() -> int:
+        try:
+            result = await submit(settings, submission, wait=wait, timeout_s=args.timeout, topic=topic)
+        except TopicsMissing as exc:
+            raise CommandFailed(str(exc)) from exc
+        except KafkaError as exc:
+            raise kafka_unreachable(settings, exc) from exc
+        except KleinEditError as exc:
+            raise storage_failed(settings, exc) from exc
+        except TimeoutError as exc:
+            raise CommandFailed(
+                f"{exc}; is a worker running (`klein-edit worker`) on {topic}? Raise --timeout (seconds) "
+                "for a long edit"
+            ) from exc
+        if result is None:
+            print(json.dumps({"submitted": submission.request.request_id, "topic": topic}))
+            return 0
+        print(result.model_dump_json(indent=2))
+        if result.output is None:
+            error = f" with {result.error.code}: {result.error.message}" if result.error else ""
+            raise CommandFailed(
+                f"edit {result.request_id} {result.status}{error} (the result event is on stdout)"
+            )
+        if submission.out is not None:
+            try:
+                await download(settings, result, submission.out)
+            except KleinEditError as exc:
+                raise storage_failed(settings, exc) from exc
+            print(f"saved {result.output.uri} to {submission.out}", file=sys.stderr)
+        return 0
+
+    return asyncio.run(submit_and_wait())
+
 
 _RECOLOR_FLAG = re.compile(r"^(?P<target>.+)=(?P<color>#[0-9A-Fa-f]{3}(?:[0-9A-Fa-f]{3})?)$")
 
@@ -85,6 +271,9 @@ def prepare_submission(settings: Settings, args: argparse.Namespace) -> Submissi
     `--image` and `--reference` are `s3://bucket/key` or a local file (uploaded to
     `s3://<input bucket>/uploads/<request_id>/`).
     """
+    from pipeline.images import identify_image
+    from storage import S3Location, parse_input_location, resolve_output_location
+
     request_id = args.request_id or new_request_id()
     uploads: list[Upload] = []
 
@@ -174,6 +363,9 @@ async def submit(
     Raises aiokafka's `KafkaError` when the broker cannot be reached (before any upload),
     `storage.StorageError` when an upload fails, and `TimeoutError` when no result arrives in time.
     """
+    from consumer.cli.local_client import EditClient
+    from storage import ImageStore
+
     loop = asyncio.get_running_loop()
     async with EditClient(settings.kafka) as client:
         if wait:
@@ -190,6 +382,8 @@ async def submit(
 
 async def download(settings: Settings, result: EditCompleted, out: Path) -> None:
     """Save the output object of a succeeded `result` to `out`."""
+    from storage import ImageStore, S3Location
+
     assert result.output is not None
     bucket, key = result.output.uri.removeprefix("s3://").split("/", 1)
     data = await asyncio.to_thread(ImageStore(settings.s3).fetch, S3Location(bucket, key))
