@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from schemas.provenance import Provenance
 from schemas.requests import EditRequest
-from schemas.results import EditParams, Timing
+from schemas.results import ColorQa, EditParams, ModerationReport, Timing
 
 
 @dataclass
@@ -34,6 +34,9 @@ class EditContext:
     transformer_passes: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     provenance: Provenance | None = None
+    moderation: ModerationReport | None = None
+    color_qa: ColorQa | None = None
+    qa_ms: float = 0.0
 
     @property
     def queued_ms(self) -> float:
@@ -50,5 +53,6 @@ class EditContext:
             inference=round(self.inference_ms, 1),
             upload=round(self.upload_ms, 1),
             adapter_load=round(self.adapter_load_ms, 1),
+            qa=round(self.qa_ms, 1),
             total=round(total, 1),
         )

@@ -25,6 +25,7 @@ from consumer.gpu import GpuThread
 from consumer.http.metrics import WorkerMetrics
 from consumer.kafka.codec import decode_record
 from consumer.kafka.tracing import Headers, trace_headers
+from consumer.moderation import Moderation
 from consumer.outcomes import Outcomes
 from consumer.policy import Action, InternalError, PoisonMessage, decide
 from consumer.progress import ProgressReporter
@@ -64,6 +65,7 @@ def build_record_handler(
     cancels: CancelRegistry,
     abandon: asyncio.Event,
     signer: OutputSigner | None = None,
+    moderation: Moderation | None = None,
 ) -> RecordHandler:
     """The one place that builds a record's path: results, stages, publisher and handler. The worker
     calls it with the real store, ledger and producer, the record-path tests with `consumer.fakes`."""
@@ -71,6 +73,7 @@ def build_record_handler(
         model=editor.model_name,
         worker=settings.worker.name,
         usd_per_megapixel=settings.cost.usd_per_megapixel,
+        bill_moderated_outputs=settings.cost.bill_moderated_outputs,
     )
     stages = EditStages(
         settings,
@@ -81,6 +84,7 @@ def build_record_handler(
         outcomes=outcomes,
         metrics=metrics,
         signer=signer,
+        moderation=moderation,
     )
     return RecordHandler(
         settings,

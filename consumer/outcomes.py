@@ -19,29 +19,56 @@ class Outcomes:
     """Builds results for one worker: `model` and `worker` name it in every event; `usd_per_megapixel`
     prices outputs ($ per output megapixel, `Cost.for_output`)."""
 
-    def __init__(self, *, model: str, worker: str, usd_per_megapixel: float) -> None:
+    def __init__(
+        self, *, model: str, worker: str, usd_per_megapixel: float, bill_moderated_outputs: bool = False
+    ) -> None:
         self._model = model
         self._worker = worker
         self._usd_per_megapixel = usd_per_megapixel
+        self._bill_moderated = bill_moderated_outputs
 
-    def succeeded(self, ctx: EditContext, output: OutputInfo) -> EditCompleted:
-        """The `succeeded` result for `output`, billed per output megapixel; `ctx.params` is set."""
-        loras = ctx.params.loras if ctx.params is not None else []
-        cost = Cost.for_output(
-            width=output.width,
-            height=output.height,
-            input_megapixels=ctx.input_megapixels,
-            usd_per_megapixel=self._usd_per_megapixel,
-            adapters=len(loras),
-            adapter_bytes=sum(info.bytes for info in loras),
+    def succeeded(self, ctx: EditContext, output: OutputInfo, *, images: int = 1) -> EditCompleted:
+        """The `succeeded` result for `output`, billed per output megapixel for each of the `images`
+        generated (colour candidates); `ctx.params` is set."""
+        return self._event(
+            ctx, EditStatus.SUCCEEDED, output=output, cost=self._billed(ctx, images), error=None
         )
-        return self._event(ctx, EditStatus.SUCCEEDED, output=output, cost=cost, error=None)
+
+    def out_of_tolerance(
+        self, ctx: EditContext, output: OutputInfo, error: KleinEditError, *, images: int = 1
+    ) -> EditCompleted:
+        """`failed` with COLOR_OUT_OF_TOLERANCE: the kept output is stored for review and named here, and
+        every generated image is billed (the GPU ran)."""
+        return self._event(
+            ctx,
+            EditStatus.FAILED,
+            output=output,
+            cost=self._billed(ctx, images),
+            error=ErrorInfo.from_error(error),
+        )
 
     def unsuccessful(self, ctx: EditContext, error: KleinEditError) -> EditCompleted:
-        """The `failed` (or `canceled`) result for an error: costs nothing, reports the GPU time used."""
+        """The `failed` (or `canceled`) result for an error: costs nothing (an output withheld by moderation
+        costs its megapixels when the operator bills those), reports the GPU time used."""
         status = EditStatus.CANCELED if error.code is ErrorCode.CANCELED else EditStatus.FAILED
-        cost = Cost.free(input_megapixels=ctx.input_megapixels, usd_per_megapixel=self._usd_per_megapixel)
+        if error.code is ErrorCode.OUTPUT_MODERATED and self._bill_moderated and ctx.params is not None:
+            cost = self._billed(ctx, 1)
+        else:
+            cost = Cost.free(input_megapixels=ctx.input_megapixels, usd_per_megapixel=self._usd_per_megapixel)
         return self._event(ctx, status, output=None, cost=cost, error=ErrorInfo.from_error(error))
+
+    def _billed(self, ctx: EditContext, images: int) -> Cost:
+        params = ctx.params
+        assert params is not None
+        return Cost.for_output(
+            width=params.width,
+            height=params.height,
+            input_megapixels=ctx.input_megapixels,
+            usd_per_megapixel=self._usd_per_megapixel,
+            adapters=len(params.loras),
+            adapter_bytes=sum(info.bytes for info in params.loras),
+            images=images,
+        )
 
     def _event(
         self,
@@ -72,4 +99,6 @@ class Outcomes:
             else [],
             provenance=ctx.provenance if succeeded else None,
             transformer_passes=ctx.transformer_passes if succeeded else None,
+            color_qa=ctx.color_qa,
+            moderation=ctx.moderation,
         )

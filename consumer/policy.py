@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from schemas.errors import ErrorCode, KleinEditError
+from schemas.results import ModerationReport
 
 
 class Action(Enum):
@@ -49,6 +50,37 @@ class RequestRejected(KleinEditError):
     """The request is valid JSON but breaks a limit configured on this worker (e.g. too many references)."""
 
     code = ErrorCode.INVALID_EVENT
+    retryable = False
+
+
+class InputModerated(KleinEditError):
+    """The prompt or an input image was flagged by moderation: no edit work is spent. `report` holds the
+    scores (or the rule) for the result."""
+
+    code = ErrorCode.INPUT_MODERATED
+    retryable = False
+
+    def __init__(self, message: str, *, report: ModerationReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class OutputModerated(KleinEditError):
+    """The output was flagged by moderation and withheld (nothing stored). Not retried, not dead-lettered."""
+
+    code = ErrorCode.OUTPUT_MODERATED
+    retryable = False
+
+    def __init__(self, message: str, *, report: ModerationReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class ColorOutOfTolerance(KleinEditError):
+    """A recolour's kept output is outside `color_qa.max_delta_e` and the request said `on_fail: fail`.
+    The output is stored for review and named in the result."""
+
+    code = ErrorCode.COLOR_OUT_OF_TOLERANCE
     retryable = False
 
 

@@ -36,12 +36,36 @@ from pydantic_settings import (
 
 from consumer.kafka.settings import KafkaSettings
 from pipeline.config import PipelineSettings, ProvenanceSettings
+from pipeline.moderation.settings import ModerationSettings
 from schemas.results import DEFAULT_USD_PER_MEGAPIXEL
 from storage.config import S3Settings
 
 
 class CostSettings(BaseModel):
     usd_per_megapixel: float = Field(default=DEFAULT_USD_PER_MEGAPIXEL, ge=0.0)
+    bill_moderated_outputs: bool = Field(
+        default=False,
+        description="Bill an output withheld by moderation (OUTPUT_MODERATED) as if delivered: the GPU ran.",
+    )
+
+
+class ColorQaSettings(BaseModel):
+    """Defaults and caps of the colour check (request `color_qa`)."""
+
+    default_mode: Literal["off", "measure", "correct"] = Field(
+        default="measure", description="The mode of a recolour whose request names none."
+    )
+    max_delta_e: float = Field(
+        default=3.0,
+        ge=0.5,
+        le=20.0,
+        description="Default tolerance, CIEDE2000 (2 strict, 3 usual, 5 lenient).",
+    )
+    k_l: float = Field(
+        default=1.0, ge=0.5, le=4.0, description="CIEDE2000 lightness weight kL: 1, or 2 for textiles."
+    )
+    max_candidates: int = Field(default=4, ge=1, le=4, description="Cap of a request's color_qa.candidates.")
+    on_fail: Literal["fail", "deliver"] = Field(default="deliver", description="Default color_qa.on_fail.")
 
 
 class WorkerSettings(BaseModel):
@@ -135,6 +159,8 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
     cost: CostSettings = Field(default_factory=CostSettings)
+    color_qa: ColorQaSettings = Field(default_factory=ColorQaSettings)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

@@ -10,6 +10,7 @@ new stage between the edit and the upload, and nothing else changes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 import time
@@ -26,8 +27,9 @@ from consumer.events import EditObserver, GpuRunStarting, GpuStarted, StageStart
 from consumer.gpu import GpuThread
 from consumer.http.metrics import WorkerMetrics
 from consumer.lora_cache import AdapterCache, AdapterResolver, ResolvedAdapter
+from consumer.moderation import Moderation
 from consumer.outcomes import Outcomes
-from consumer.policy import DeadlineExceeded, RequestRejected
+from consumer.policy import DeadlineExceeded, InputModerated, OutputModerated, RequestRejected
 from consumer.provenance import FetchedInput, OutputSigner, ProvenanceRecorder
 from consumer.settings import Settings
 from consumer.sink import OUTPUT_PROFILE, output_metadata, read_stored
@@ -44,6 +46,7 @@ from pipeline import (
     to_conditioning_size,
 )
 from schemas.progress import EditStage
+from schemas.provenance import ModelRef
 from schemas.requests import (
     WHITE,
     AdapterRef,
@@ -54,7 +57,7 @@ from schemas.requests import (
     hex6,
     hex_to_rgb,
 )
-from schemas.results import EditCompleted, EditParams, OutputInfo
+from schemas.results import EditCompleted, EditParams, ModerationReport, OutputInfo
 from storage import (
     FetchedObject,
     InvalidLocation,
@@ -114,8 +117,10 @@ class EditStages:
         outcomes: Outcomes,
         metrics: WorkerMetrics | None = None,
         signer: OutputSigner | None = None,
+        moderation: Moderation | None = None,
     ) -> None:
-        """`signer`: embeds a signed C2PA manifest in every marked output; None signs nothing."""
+        """`signer`: embeds a signed C2PA manifest in every marked output; None signs nothing.
+        `moderation`: the loaded classifiers; None when the operator turned moderation off."""
         self._settings = settings
         self._store = store
         self._editor = editor
@@ -130,6 +135,7 @@ class EditStages:
             metrics=metrics,
         )
         self._provenance = ProvenanceRecorder(editor, signer=signer)
+        self._moderation = moderation
 
     @property
     def editor(self) -> Editor:
@@ -146,8 +152,9 @@ class EditStages:
         ctx.metadata = dict(request.metadata)
         observer.on_event(StageStarted(EditStage.FETCHING))
 
-        # 1. Check the request against this worker's limits, before any I/O.
+        # 1. Check the request against this worker's limits, and its prompt against moderation.
         await self._check_limits(request)
+        await self._moderate_prompt(ctx, request)
 
         # 2. Locate its inputs, adapters and output (allow-listed buckets, deterministic output key).
         locations = self._locate(request)
@@ -162,15 +169,17 @@ class EditStages:
         # 4. Read and check the adapters: a bad one fails the request before any image is read.
         adapters = await self._resolve_adapters(ctx, request, locations)
 
-        # 5. Fetch and decode the inputs, and size them for the pipeline (I/O threads).
+        # 5. Fetch and decode the inputs, size them for the pipeline (I/O threads), moderate them.
         conditioning = await self._fetch_inputs(ctx, request, locations, adapters)
         ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
+        await self._moderate_inputs(ctx, request, conditioning)
 
         # 6. Edit on the GPU thread.
         await observer.before_gpu()
         edited = await self._edit(ctx, conditioning, adapters, observer)
 
-        # 7. Post-edit checks go here, off the GPU thread (none yet).
+        # 7. Post-edit checks: moderation of the output (nothing flagged is ever stored).
+        await self._moderate_output(ctx, edited)
 
         # 8. Encode, mark and upload the output; the result.
         observer.on_event(StageStarted(EditStage.UPLOADING))
@@ -384,6 +393,58 @@ class EditStages:
         ctx.transformer_passes = result.transformer_passes
         return result.image
 
+    # -- moderation (1, 5, 7) ------------------------------------------------------------------------
+
+    async def _moderate_prompt(self, ctx: EditContext, request: EditRequest) -> None:
+        moderation = self._moderation
+        if moderation is None:
+            return
+        rules = moderation.for_request(request, allow_disable=moderation.settings.allow_request_disable)
+        if not rules.enabled:
+            return
+        ctx.moderation = moderation.report(rules)
+        ctx.moderation = await self._moderated(
+            ctx, moderation.check_prompt, request.compiled_prompt, ctx.moderation
+        )
+
+    async def _moderate_inputs(
+        self, ctx: EditContext, request: EditRequest, conditioning: Conditioning
+    ) -> None:
+        moderation, report = self._moderation, ctx.moderation
+        if moderation is None or report is None or not moderation.settings.check_inputs:
+            return
+        names = ["image", *(f"references[{i}]" for i in range(len(request.references)))]
+        images = dict(zip(names, conditioning.images, strict=True))
+        ctx.moderation = await self._on_classifier(ctx, moderation, moderation.check_inputs, images, report)
+
+    async def _moderate_output(self, ctx: EditContext, edited: Image.Image) -> None:
+        moderation, report = self._moderation, ctx.moderation
+        if moderation is None or report is None:
+            return
+        ctx.moderation = await self._on_classifier(ctx, moderation, moderation.check_output, edited, report)
+
+    async def _on_classifier(
+        self, ctx: EditContext, moderation: Moderation, check: Callable[..., ModerationReport], *args: Any
+    ) -> ModerationReport:
+        """Run an image check where the classifier lives: the GPU thread (in the record's lane) or an I/O
+        thread; a flagged verdict's report is kept in `ctx` for the failure result."""
+        if not moderation.on_gpu:
+            return await self._moderated(ctx, check, *args)
+        try:
+            return await self._gpu.submit(functools.partial(check, *args), lane=ctx.lane)
+        except (InputModerated, OutputModerated) as exc:
+            ctx.moderation = exc.report
+            raise
+
+    async def _moderated(
+        self, ctx: EditContext, check: Callable[..., ModerationReport], *args: Any
+    ) -> ModerationReport:
+        try:
+            return await self._in_io(check, *args)
+        except (InputModerated, OutputModerated) as exc:
+            ctx.moderation = exc.report
+            raise
+
     # -- 8. upload ---------------------------------------------------------------------------------------
 
     async def _upload(
@@ -414,6 +475,14 @@ class EditStages:
         provenance = self._provenance.provenance(
             params, conditioning.fetched, xmp=encoded.xmp, c2pa=encoded.c2pa
         )
+        if ctx.moderation is not None:
+            revision = ctx.moderation.revision
+            moderated_by = ModelRef(
+                id=ctx.moderation.model,
+                revision=revision or "",
+                revision_source="hub" if revision else "none",
+            )
+            provenance = provenance.model_copy(update={"moderation": moderated_by})
         metadata = output_metadata(
             request_id=request.request_id,
             params=params,

@@ -56,6 +56,7 @@ from consumer.kafka import clients as kafka_io
 from consumer.kafka.codec import salvage_request_id
 from consumer.kafka.lag import LagReporter
 from consumer.kafka.settings import KafkaSettings
+from consumer.moderation import Moderation
 from consumer.provenance import OutputSigner
 from consumer.settings import Settings
 from consumer.stages import Store
@@ -126,6 +127,7 @@ class EditWorker:
         self._admission: Admission | None = None
         # Set once, by the record task whose error says the process is unusable (`ProcessUnusable`).
         self._fatal: KleinEditError | None = None
+        self._moderation: Moderation | None = None
         self._crashed = asyncio.Event()
         self._exit_stack = contextlib.AsyncExitStack()  # replaced by `run`'s own
         self._clean_exit = False
@@ -177,6 +179,7 @@ class EditWorker:
             return False
         self._handler = build_record_handler(
             self.settings,
+            moderation=self._moderation,
             editor=editor,
             store=self._store,
             ledger=self._ledger,
@@ -262,6 +265,21 @@ class EditWorker:
             editor = await self.gpu.run(self._editor_factory)
             if self.settings.pipeline.warmup:
                 await self.gpu.run(editor.warm_up)
+            moderation = self.settings.moderation
+            if moderation.enabled:
+                # With the editor, on the GPU thread: a missing classifier stops start-up with one line.
+                self._moderation = await self.gpu.run(
+                    Moderation.load,
+                    moderation,
+                    pipeline_device=self.settings.pipeline.device,
+                    cache_dir=self.settings.pipeline.cache_dir,
+                )
+                log.info(
+                    "moderation.ready",
+                    model=self._moderation.images.model_id,
+                    threshold=moderation.threshold,
+                    on_gpu=self._moderation.on_gpu,
+                )
         finally:
             heartbeat.cancel()
         seconds = time.perf_counter() - started

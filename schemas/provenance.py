@@ -72,3 +72,6 @@ class Provenance(WireModel):
     )
     xmp: bool = Field(description="The object carries XMP with the IPTC digital source type.")
     c2pa: bool = Field(description="The object carries a C2PA manifest signed with the operator's key.")
+    moderation: ModelRef | None = Field(
+        default=None, description="The moderation classifier that passed the output; null when off."
+    )

@@ -156,6 +156,61 @@ class AdapterRef(WireModel):
     )
 
 
+class ColorQaMode(StrEnum):
+    """What the colour check does with a recolour (`color_qa.mode`)."""
+
+    OFF = "off"
+    MEASURE = "measure"  # report the colour each target came out in (CIEDE2000 against the request)
+    CORRECT = "correct"  # measure, then correct the hue and chroma in OKLCh where that brings it closer
+
+
+class ColorQaOnFail(StrEnum):
+    FAIL = "fail"  # the result is `failed` with COLOR_OUT_OF_TOLERANCE; the best output is stored for review
+    DELIVER = "deliver"  # the result succeeds with `color_qa.passed: false`
+
+
+class ColorQaSpec(WireModel):
+    """The colour check of a recolour. Every field is optional: the operator's settings
+    (`KLEIN_EDIT_COLOR_QA__*`) give the defaults and caps."""
+
+    mode: ColorQaMode | None = Field(
+        default=None, description="Default: 'measure' when the request has recolor, else 'off'."
+    )
+    max_delta_e: StrictFloat | None = Field(
+        default=None,
+        ge=0.5,
+        le=20.0,
+        description="Tolerance in CIEDE2000 units: 2 strict (print brand colours), 3 the usual default, 5 "
+        "lenient (GenColorBench's match threshold).",
+    )
+    candidates: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=4,
+        description="Images generated with seeds seed..seed+N-1; the one closest to the colours (and not a "
+        "global change) is kept. Every generated image is billed.",
+    )
+    on_fail: ColorQaOnFail | None = Field(
+        default=None, description="When the kept image is out of tolerance."
+    )
+
+
+class ModerationRequest(WireModel):
+    """Per-request moderation: stricter than the operator's, never looser."""
+
+    threshold: StrictFloat | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Flag above this classifier score; at most the operator's threshold (lower is stricter).",
+    )
+    enabled: StrictBool | None = Field(
+        default=None,
+        description="false turns moderation off for this request, only where the operator allows it "
+        "(KLEIN_EDIT_MODERATION__ALLOW_REQUEST_DISABLE); elsewhere the request is refused.",
+    )
+
+
 class EditRequest(WireModel):
     """One edit: a base image, optional references, an instruction and sampling options."""
 
@@ -197,6 +252,14 @@ class EditRequest(WireModel):
         default=None, description="ISO-8601; a request picked up after it fails with DEADLINE_EXCEEDED."
     )
     progress: StrictBool | None = Field(default=None, description="Publish progress events for this request.")
+    color_qa: ColorQaSpec | None = Field(
+        default=None,
+        description="The colour check of a recolour (measure, correct, gate, best of N). Added in "
+        "edit-request v1 without a version bump.",
+    )
+    moderation: ModerationRequest | None = Field(
+        default=None, description="Stricter moderation for this request. Added in edit-request v1."
+    )
     # Not on the wire: fields of the record this worker does not know and ignored (see
     # `consumer.kafka.codec.decode_request`); reported back in the result's `warnings`.
     _ignored_fields: tuple[str, ...] = PrivateAttr(default=())

@@ -55,6 +55,11 @@ class Cost(WireModel):
         default=0, description="LoRA adapters used (params.loras); not priced here, reported for billing."
     )
     adapter_bytes: int = Field(default=0, description="Total size of those adapters' files in bytes.")
+    images: int = Field(
+        default=1,
+        ge=0,
+        description="Images billed: more than 1 with color_qa.candidates (every one generated is billed).",
+    )
 
     @classmethod
     def for_output(
@@ -66,8 +71,10 @@ class Cost(WireModel):
         usd_per_megapixel: float,
         adapters: int = 0,
         adapter_bytes: int = 0,
+        images: int = 1,
     ) -> Cost:
-        output_megapixels = width * height / 1e6
+        """Billing for `images` generated images of `width` x `height` pixels each."""
+        output_megapixels = width * height * images / 1e6
         return cls(
             usd=round(output_megapixels * usd_per_megapixel, USD_DECIMALS),
             output_megapixels=output_megapixels,
@@ -75,6 +82,7 @@ class Cost(WireModel):
             usd_per_output_megapixel=usd_per_megapixel,
             adapters=adapters,
             adapter_bytes=adapter_bytes,
+            images=images,
         )
 
     @classmethod
@@ -84,6 +92,7 @@ class Cost(WireModel):
             output_megapixels=0.0,
             input_megapixels=input_megapixels,
             usd_per_output_megapixel=usd_per_megapixel,
+            images=0,
         )
 
 
@@ -95,10 +104,82 @@ class Timing(WireModel):
     inference: float = 0.0
     upload: float = 0.0
     total: float = 0.0
+    qa: float = Field(default=0.0, description="The colour check (measure and correct), off the GPU thread.")
     adapter_load: float = Field(
         default=0.0,
         description="Reading and checking the request's LoRA adapters (a host-cache miss, inside fetch) "
         "plus loading them into the transformer (GPU time); 0 when every adapter was already resident.",
+    )
+
+
+class TargetColor(WireModel):
+    """How one recolour target came out. Colours are sRGB hex and CIELAB (D65); differences CIEDE2000."""
+
+    target: str
+    requested: str = Field(description="The requested colour, #RRGGBB.")
+    achieved: str | None = Field(description="The colour the target came out in, #RRGGBB (null: not found).")
+    requested_lab: list[float] = Field(description="CIELAB L*, a*, b* of the requested colour.")
+    achieved_lab: list[float] | None = None
+    delta_e: float | None = Field(description="CIEDE2000 between requested and achieved (kL as configured).")
+    delta_e_before_correction: float | None = Field(
+        default=None, description="The measurement before color_qa.mode 'correct' changed the pixels."
+    )
+    pixels: int = Field(description="Pixels of the changed region attributed to this target.")
+    ambiguous: bool = Field(
+        default=False, description="Another target's colour is within CIEDE2000 10: the split may be wrong."
+    )
+    passed: bool
+
+
+class Preservation(WireModel):
+    """Outside the changed region, the output against the baseline (the conditioned base image)."""
+
+    delta_e_mean: float
+    delta_e_p95: float
+    ssim_l: float = Field(description="SSIM on L* (1 = identical structure).")
+
+
+class CandidateColor(WireModel):
+    index: int = Field(description="0-based; generated with seed params.seed + index.")
+    seed: int
+    delta_e: float | None = Field(description="The worst target's CIEDE2000 (null: nothing measurable).")
+    global_change: bool
+
+
+class ColorQa(WireModel):
+    """The colour check of a recolour (request `color_qa`). Added in edit-completed v1 without a bump."""
+
+    mode: Literal["measure", "correct"]
+    max_delta_e: float
+    k_l: float = Field(description="CIEDE2000 lightness weight kL (2 for textiles).")
+    passed: bool = Field(description="Every target within max_delta_e.")
+    changed_fraction: float = Field(description="Share of the image that changed (0-1).")
+    no_change_detected: bool
+    global_change: bool
+    corrected: bool = Field(default=False, description="A correction was applied (mode 'correct').")
+    targets: list[TargetColor]
+    preservation: Preservation | None = None
+    chosen_candidate: int = 0
+    candidates: list[CandidateColor] = Field(default_factory=list)
+
+
+class ModerationScore(WireModel):
+    part: str = Field(description="'image', 'references[i]' or 'output'.")
+    score: float = Field(description="The classifier's probability of the watched label (0-1).")
+    flagged: bool
+
+
+class ModerationReport(WireModel):
+    """What moderation saw. Added in edit-completed v1 without a version bump."""
+
+    model: str
+    revision: str | None = None
+    label: str
+    threshold: float
+    inputs: list[ModerationScore] = Field(default_factory=list)
+    output: ModerationScore | None = None
+    prompt_rule: str | None = Field(
+        default=None, description="The rule that flagged the prompt (never the matched text)."
     )
 
 
@@ -175,4 +256,10 @@ class EditCompleted(WireModel):
         description="Transformer passes actually run for this edit: steps x 2 with guidance, fewer when the "
         "operator's step cache or guidance interval skipped some; set when succeeded. Added in "
         "edit-completed v1 without a version bump.",
+    )
+    color_qa: ColorQa | None = Field(
+        default=None, description="The colour check of a recolour; null when it did not run."
+    )
+    moderation: ModerationReport | None = Field(
+        default=None, description="Moderation scores; null when moderation is off or never ran."
     )

@@ -72,6 +72,20 @@ def _dlq_message() -> dict[str, Any]:
             f"{kafka_io.DLQ_PREVIEW_BYTES} bytes are kept.",
         },
         kafka_io.DLQ_ORIGINAL_SIZE: {**header, "description": "With truncated: the value's size in bytes."},
+        kafka_io.DLQ_KEY_TRUNCATED: {
+            **header,
+            "const": "true",
+            "description": f"Present when the key was over {kafka_io.DLQ_PREVIEW_BYTES} bytes and only its "
+            "first bytes are kept.",
+        },
+        kafka_io.DLQ_ORIGINAL_KEY_SIZE: {
+            **header,
+            "description": "With key-truncated: the key's size in bytes.",
+        },
+        kafka_io.DLQ_ORIGINAL_KEY_SHA256: {
+            **header,
+            "description": "With key-truncated: the hex SHA-256 of the whole original key.",
+        },
         kafka_io.DLQ_HEADERS_DROPPED: {
             **header,
             "description": f"How many of the record's own headers were left out (they are kept up to "

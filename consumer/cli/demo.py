@@ -28,6 +28,7 @@ from consumer.cli.command import (
 )
 from pipeline.config import TINY_RANDOM
 from pipeline.errors import ModelLoadError
+from pipeline.moderation.settings import TINY_IMAGE_CLASSIFIER
 from schemas.errors import KleinEditError
 from schemas.requests import EditRequest, RecolorInstruction
 
@@ -112,9 +113,14 @@ def demo_settings(settings: Settings, *, bootstrap: str | None, s3_endpoint: str
     pipeline = settings.pipeline
     if "model" not in pipeline.model_fields_set:
         pipeline = pipeline.model_copy(update={"model": TINY_RANDOM, "device": "cpu", "warmup": False})
+    moderation = settings.moderation
+    if "model" not in moderation.model_fields_set:
+        moderation = moderation.model_copy(update={"model": TINY_IMAGE_CLASSIFIER})
     worker = settings.worker.model_copy(update={"http_port": None})
     kafka = settings.kafka.model_copy(update={"create_topics": True})  # the demo brings its own topics
-    settings = settings.model_copy(update={"pipeline": pipeline, "worker": worker, "kafka": kafka})
+    settings = settings.model_copy(
+        update={"pipeline": pipeline, "worker": worker, "kafka": kafka, "moderation": moderation}
+    )
     return on_local_services(settings, bootstrap=bootstrap, s3_endpoint=s3_endpoint)
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from consumer.cli.command import CommandFailed, HelpFormatter, add_command, configured, port_number
 from pipeline.config import TINY_RANDOM
+from pipeline.moderation.settings import TINY_IMAGE_CLASSIFIER
 
 if TYPE_CHECKING:
     from consumer.cli.local_services import LocalService
@@ -157,6 +158,9 @@ def exports(settings: Settings) -> dict[str, str]:
         # No weights needed: random weights of the real pipeline classes, on the CPU (output is noise).
         variables["KLEIN_EDIT_PIPELINE__MODEL"] = TINY_RANDOM
         variables["KLEIN_EDIT_PIPELINE__WARMUP"] = "false"
+    if "model" not in settings.moderation.model_fields_set:
+        # A random-weight classifier of the real class (scores ~0.45, under the 0.85 threshold).
+        variables["KLEIN_EDIT_MODERATION__MODEL"] = TINY_IMAGE_CLASSIFIER
     return variables
 
 

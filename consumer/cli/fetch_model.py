@@ -7,10 +7,14 @@ step that puts them there. `--tiny-random DIR` writes the offline random-weight 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from consumer.cli.command import NO_S3, CommandFailed, add_command, configured
 from pipeline.config import DEFAULT_MODEL, TINY_RANDOM
 from pipeline.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from consumer.settings import Settings
 
 EPILOG = f"""\
 variables:
@@ -19,7 +23,9 @@ variables:
   KLEIN_EDIT_PIPELINE__MODEL        the Hub id (default {DEFAULT_MODEL})
   KLEIN_EDIT_PIPELINE__REVISION     a branch, tag or commit (default: main)
   KLEIN_EDIT_PIPELINE__CACHE_DIR    the Hugging Face cache (default: HF_HOME/hub, ~/.cache/huggingface/hub)
-Resumable: run it again after an interruption. Prints the local snapshot directory."""
+  KLEIN_EDIT_MODERATION__MODEL      the moderation classifier, fetched too while moderation is on
+                                    (default Falconsai/nsfw_image_detection); __TEXT_MODEL likewise
+Resumable: run it again after an interruption. Prints each local snapshot directory."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,6 +46,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "real model and needs CUDA, so without a GPU also set KLEIN_EDIT_PIPELINE__DEVICE=cpu (default: "
         "not used)",
     )
+    parser.add_argument(
+        "--moderation",
+        action="store_true",
+        help="fetch only the moderation classifiers (KLEIN_EDIT_MODERATION__MODEL and __TEXT_MODEL), not "
+        "the editing model (default: both, while moderation is on)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -55,13 +67,42 @@ def run(args: argparse.Namespace) -> int:
     p = settings.pipeline
     token = p.hf_token.get_secret_value() if p.hf_token else None
     try:
-        if p.model == TINY_RANDOM:
-            from pipeline.loader import locate_model
+        if not args.moderation:
+            if p.model == TINY_RANDOM:
+                from pipeline.loader import locate_model
 
-            path = str(locate_model(p))  # written into the cache on first use
-        else:
-            path = fetch_model(p.model, cache_dir=p.cache_dir, token=token, revision=p.revision)
+                print(locate_model(p))  # written into the cache on first use
+            else:
+                print(fetch_model(p.model, cache_dir=p.cache_dir, token=token, revision=p.revision))
+        if settings.moderation.enabled or args.moderation:
+            for path in _fetch_classifiers(settings, token):
+                print(path)
     except ModelLoadError as exc:
         raise CommandFailed(str(exc)) from exc
-    print(path)
     return 0
+
+
+def _fetch_classifiers(settings: Settings, token: str | None) -> list[str]:
+    """The moderation classifiers' snapshot directories, fetched where they are Hub ids (a local directory
+    or a tiny name needs nothing; a tiny one is written on first use)."""
+    import os
+
+    from pipeline.moderation import FETCH_PATTERNS
+    from pipeline.moderation.settings import TINY_IMAGE_CLASSIFIER, TINY_TEXT_CLASSIFIER
+    from pipeline.tools.fetch import fetch_model
+
+    m = settings.moderation
+    found: list[str] = []
+    for model, revision in ((m.model, m.revision), (m.text_model, m.text_revision)):
+        if model is None or model in (TINY_IMAGE_CLASSIFIER, TINY_TEXT_CLASSIFIER) or os.path.isdir(model):
+            continue
+        found.append(
+            fetch_model(
+                model,
+                cache_dir=settings.pipeline.cache_dir,
+                token=token,
+                revision=revision,
+                allow_patterns=list(FETCH_PATTERNS),
+            )
+        )
+    return found

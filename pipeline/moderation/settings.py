@@ -6,13 +6,20 @@ Composed into the worker's `Settings` as `moderation` (environment: `KLEIN_EDIT_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, Field, model_validator
+
+if TYPE_CHECKING:
+    import torch
 
 # ViT-B/16 fine-tuned for NSFW detection, Apache-2.0, labels `normal` and `nsfw`.
 DEFAULT_IMAGE_CLASSIFIER = "Falconsai/nsfw_image_detection"
+
+
+# Names of the random-weight classifiers of the real classes (`pipeline.moderation.tiny` writes them).
+TINY_IMAGE_CLASSIFIER = "tiny-random-nsfw"
+TINY_TEXT_CLASSIFIER = "tiny-random-unsafe-text"
 
 
 class ModerationSettings(BaseModel):
@@ -82,4 +89,6 @@ class ModerationSettings(BaseModel):
 def classifier_device(settings: ModerationSettings, pipeline_device: torch.device) -> torch.device:
     """Where the classifiers run: the edit pipeline's device (`gpu`, which is the CPU for a CPU
     pipeline), or the CPU."""
+    import torch
+
     return torch.device("cpu") if settings.device == "cpu" else pipeline_device

@@ -28,9 +28,8 @@ import torch
 
 from pipeline.loader import untyped_attr
 from pipeline.moderation.loading import quiet_transformers
+from pipeline.moderation.settings import TINY_IMAGE_CLASSIFIER, TINY_TEXT_CLASSIFIER
 
-TINY_IMAGE_CLASSIFIER = "tiny-random-nsfw"
-TINY_TEXT_CLASSIFIER = "tiny-random-unsafe-text"
 IMAGE_LABELS = {0: "normal", 1: "nsfw"}
 TEXT_LABELS = {0: "safe", 1: "unsafe"}
 FLAGGING_BIAS = 8.0

@@ -28,10 +28,12 @@ def fetch_model(
     token: str | None,
     revision: str | None,
     endpoint: str | None = None,
+    allow_patterns: list[str] | None = None,
 ) -> str:
     """Download (or complete) `model` in the cache and return the local snapshot directory.
 
-    `endpoint` overrides the Hub URL (a mirror, or an unreachable address in tests).
+    `endpoint` overrides the Hub URL (a mirror, or an unreachable address in tests); `allow_patterns`
+    the files fetched (default: a diffusers pipeline's configs, safetensors weights and tokenizer).
     """
     where = f"{model}" + (f"@{revision}" if revision else "")
     try:
@@ -41,7 +43,7 @@ def fetch_model(
             cache_dir=cache_dir,
             token=token or None,
             endpoint=endpoint,
-            allow_patterns=ALLOW_PATTERNS,
+            allow_patterns=allow_patterns or ALLOW_PATTERNS,
         )
     except GatedRepoError as exc:
         raise ModelLoadError(

@@ -38,6 +38,7 @@ from consumer.settings import Settings, WorkerSettings
 from consumer.worker import EditWorker
 from pipeline import Editor
 from pipeline.config import TINY_RANDOM, PipelineSettings
+from pipeline.moderation.settings import TINY_IMAGE_CLASSIFIER, ModerationSettings
 from schemas.requests import EditRequest
 from schemas.results import EditCompleted
 from storage import AttemptLedger, ImageStore, S3Location, S3Settings
@@ -79,6 +80,10 @@ def integration_settings(kafka_bootstrap: str, s3_endpoint: str, **sections: dic
         "retry_backoff_s": 0.2,
         "drain_grace_s": 20,
     }
+    # Moderation is on by default: the tests run the random-weight classifier of the real class (it
+    # scores about 0.45, under the 0.85 threshold, so nothing is flagged unless a test says so).
+    moderation: dict[str, Any] = {"model": TINY_IMAGE_CLASSIFIER}
+    moderation.update(sections.get("moderation", {}))
     kafka.update(sections.get("kafka", {}))
     s3.update(sections.get("s3", {}))
     pipeline.update(sections.get("pipeline", {}))
@@ -88,7 +93,8 @@ def integration_settings(kafka_bootstrap: str, s3_endpoint: str, **sections: dic
         s3=S3Settings(**s3),
         pipeline=PipelineSettings(**pipeline),
         worker=WorkerSettings(**worker),
-        **{k: v for k, v in sections.items() if k not in ("kafka", "s3", "pipeline", "worker")},
+        moderation=ModerationSettings(**moderation),
+        **{k: v for k, v in sections.items() if k not in ("kafka", "s3", "pipeline", "worker", "moderation")},
     )
 
 

@@ -23,9 +23,11 @@ from consumer.handler import RecordHandler, build_record_handler
 from consumer.http.metrics import WorkerMetrics
 from consumer.kafka.codec import decode_event, encode_event
 from consumer.kafka.settings import KafkaSettings
+from consumer.moderation import Moderation
 from consumer.settings import Settings, WorkerSettings
 from pipeline import Editor
 from pipeline.config import TINY_RANDOM, PipelineSettings
+from pipeline.moderation.settings import TINY_IMAGE_CLASSIFIER, ModerationSettings
 from schemas.requests import EditRequest
 from schemas.results import EditCompleted
 from storage import S3Location, S3Settings
@@ -43,11 +45,14 @@ def path_settings(**sections: dict[str, Any]) -> Settings:
     s3.update(sections.pop("s3", {}))
     kafka: dict[str, Any] = {"request_topic": TOPIC}
     kafka.update(sections.pop("kafka", {}))
+    moderation: dict[str, Any] = {"model": TINY_IMAGE_CLASSIFIER, "device": "cpu"}
+    moderation.update(sections.pop("moderation", {}))
     return Settings(
         kafka=KafkaSettings(**kafka),
         s3=S3Settings(**s3),
         pipeline=PipelineSettings(**pipeline),
         worker=WorkerSettings(**worker),
+        moderation=ModerationSettings(**moderation),
         **sections,
     )
 
@@ -62,7 +67,14 @@ class RecordPath:
     """One worker's record path on fakes. `handle` feeds one record and returns whether it may be
     committed; `results`, `dead_letters` and `progress` read what the fake producer was sent."""
 
-    def __init__(self, settings: Settings, editor: Editor) -> None:
+    def __init__(self, settings: Settings, editor: Editor, moderation: Moderation | None = None) -> None:
+        """`moderation`: the loaded classifiers; by default loaded from `settings.moderation` as the worker
+        loads them (None when it is off)."""
+        if moderation is None and settings.moderation.enabled:
+            moderation = Moderation.load(
+                settings.moderation, pipeline_device="cpu", cache_dir=settings.pipeline.cache_dir
+            )
+        self.moderation = moderation
         self.settings = settings
         self.store = FakeStore(settings.s3)
         self.ledger = FakeLedger()
@@ -84,6 +96,7 @@ class RecordPath:
             metrics=self.metrics,
             cancels=self.cancels,
             abandon=self.abandon,
+            moderation=moderation,
         )
         self._offset = 0
 
