@@ -23,6 +23,7 @@ from consumer.kafka.settings import KafkaSettings
 from consumer.settings import Settings, WorkerSettings
 from consumer.worker import EXIT_OK, EditWorker, KafkaAccessDenied
 from pipeline import StandInEditor
+from pipeline.moderation.settings import TINY_IMAGE_CLASSIFIER, ModerationSettings
 from storage import ImageStore, S3Settings
 from tests.consumer.harness import png_bytes, prepare, publish, request, results, stage_image
 
@@ -44,6 +45,7 @@ def offline_settings(bootstrap: str, **kafka: object) -> Settings:
             output_bucket="out",
         ),
         worker=WorkerSettings(http_port=None),
+        moderation=ModerationSettings(model=TINY_IMAGE_CLASSIFIER),
     )
 
 

@@ -140,6 +140,7 @@ def test_timing_defaults_to_zero() -> None:
         "inference": 0.0,
         "upload": 0.0,
         "total": 0.0,
+        "qa": 0.0,
         "adapter_load": 0.0,
     }
 
@@ -165,6 +166,9 @@ def test_error_codes_are_stable_strings() -> None:
         "DEADLINE_EXCEEDED",
         "CANCELED",
         "INTERNAL",
+        "INPUT_MODERATED",
+        "OUTPUT_MODERATED",
+        "COLOR_OUT_OF_TOLERANCE",
     }
     assert {status.value for status in EditStatus} == {"succeeded", "failed", "canceled"}
 
