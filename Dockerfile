@@ -46,6 +46,12 @@ hf-xet==1.8.0
 numpy==2.4.6
 pillow==13.0.0
 pillow-heif==1.8.1
+scikit-image==0.26.0
+scipy==1.17.1
+networkx==3.6.1
+imageio==2.38.2
+tifffile==2026.3.3
+lazy-loader==0.6
 aiokafka==0.14.0
 cramjam==2.14.0
 async-timeout==5.0.1

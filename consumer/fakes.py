@@ -93,6 +93,10 @@ class FakeStore:
                 return PutOutcome(created=True)
         return PutOutcome(created=False, existing=self.find_output(location))
 
+    def presign(self, location: S3Location, expires_s: int = 3600) -> str:
+        """A URL of the form a presigned GET has (nothing is signed: there is no server)."""
+        return f"http://fake-s3.invalid/{location.bucket}/{location.key}?X-Amz-Expires={expires_s}"
+
     def read(self, uri: str) -> bytes:
         """The bytes stored at an s3:// URI."""
         return self.objects[uri.removeprefix("s3://")].data

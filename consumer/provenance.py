@@ -76,6 +76,8 @@ class ProvenanceRecorder:
         request_id: str,
         inputs: Sequence[FetchedInput],
         marked: bool,
+        quality: int | None = None,
+        lossless: bool = False,
     ) -> MarkedOutput:
         """Encode `image`; when `marked`, with XMP and (given a signer) a signed C2PA manifest.
         Blocking: call on an I/O thread. Raises `SigningFailed` rather than return an unsigned output."""
@@ -90,7 +92,7 @@ class ProvenanceRecorder:
                     software=f"klein-edit {self._versions.get('klein-edit', 'unknown')}",
                 )
             )
-        data = encode_image(image, fmt, alpha=alpha, xmp=xmp)
+        data = encode_image(image, fmt, alpha=alpha, xmp=xmp, quality=quality, lossless=lossless)
         if not marked or self._signer is None:
             return MarkedOutput(data=data, xmp=marked, c2pa=False)
         facts = ManifestFacts(

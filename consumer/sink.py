@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from consumer.provenance import adapters_of
 from schemas.provenance import AdapterInfo, Provenance
 from schemas.requests import WHITE, EditRequest, OutputFormat
-from schemas.results import EditParams, OutputInfo
+from schemas.results import ColorQa, EditParams, OutputInfo
 from storage import InvalidLocation, StoredObject
 
 META_REQUEST_ID = "request-id"
@@ -26,6 +26,8 @@ META_ADAPTERS = "adapters"
 # The provenance (JSON, ASCII; the inputs' URIs and the adapters left out: a redelivered request names the
 # same inputs, and its params.loras are replayed already).
 META_PROVENANCE = "provenance"
+# The colour check's result block (JSON), so a redelivered recolour is answered with the same figures.
+META_COLOR_QA = "color-qa"
 _META_BUDGET = 1800  # bytes of S3's 2 KB of user metadata this module may use
 OUTPUT_PROFILE = "sRGB"  # every output is encoded in sRGB with that ICC profile embedded
 
@@ -39,8 +41,10 @@ def output_metadata(
     model: str,
     has_alpha: bool,
     provenance: Provenance | None,
+    color_qa: ColorQa | None = None,
 ) -> dict[str, str]:
-    """The user metadata stored with an output; the provenance is left out when it would not fit."""
+    """The user metadata stored with an output; the provenance, then the colour check, are left out when
+    they would not fit (a redelivery then reports none)."""
     metadata = {
         META_REQUEST_ID: request_id,
         "seed": str(params.seed),
@@ -60,10 +64,16 @@ def output_metadata(
     if params.loras:
         metadata[META_ADAPTERS] = ",".join(f"{info.sha256}:{info.bytes}" for info in params.loras)
     if provenance is not None:
-        metadata.update(
-            _provenance_metadata(provenance, used=sum(len(k) + len(v) for k, v in metadata.items()))
-        )
+        metadata.update(_provenance_metadata(provenance, used=_used(metadata)))
+    if color_qa is not None:
+        text = color_qa.model_dump_json(exclude_defaults=True)
+        if _used(metadata) + len(META_COLOR_QA) + len(text) <= _META_BUDGET and text.isascii():
+            metadata[META_COLOR_QA] = text
     return metadata
+
+
+def _used(metadata: dict[str, str]) -> int:
+    return sum(len(k) + len(v) for k, v in metadata.items())
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class StoredEdit:
     input_megapixels: float
     output: OutputInfo
     provenance: Provenance | None
+    color_qa: ColorQa | None = None
 
 
 def read_stored(
@@ -132,7 +143,18 @@ def read_stored(
         input_megapixels=input_megapixels,
         output=output,
         provenance=_stored_provenance(meta, input_uris, params),
+        color_qa=_stored_color_qa(meta),
     )
+
+
+def _stored_color_qa(metadata: dict[str, str]) -> ColorQa | None:
+    text = metadata.get(META_COLOR_QA)
+    if not text:
+        return None
+    try:
+        return ColorQa.model_validate_json(text)
+    except ValidationError:
+        return None
 
 
 def _stored_adapters(request: EditRequest, stored: str, adapter_uris: Sequence[str]) -> list[AdapterInfo]:

@@ -16,12 +16,13 @@ import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
+from consumer.color_qa import ColorPlan, check_candidates, plan_color_qa
 from consumer.context import EditContext
 from consumer.events import EditObserver, GpuRunStarting, GpuStarted, StageStarted, StepFinished
 from consumer.gpu import GpuThread
@@ -29,7 +30,13 @@ from consumer.http.metrics import WorkerMetrics
 from consumer.lora_cache import AdapterCache, AdapterResolver, ResolvedAdapter
 from consumer.moderation import Moderation
 from consumer.outcomes import Outcomes
-from consumer.policy import DeadlineExceeded, InputModerated, OutputModerated, RequestRejected
+from consumer.policy import (
+    ColorOutOfTolerance,
+    DeadlineExceeded,
+    InputModerated,
+    OutputModerated,
+    RequestRejected,
+)
 from consumer.provenance import FetchedInput, OutputSigner, ProvenanceRecorder
 from consumer.settings import Settings
 from consumer.sink import OUTPUT_PROFILE, output_metadata, read_stored
@@ -57,7 +64,7 @@ from schemas.requests import (
     hex6,
     hex_to_rgb,
 )
-from schemas.results import EditCompleted, EditParams, ModerationReport, OutputInfo
+from schemas.results import ColorQa, EditCompleted, EditParams, ModerationReport, OutputInfo
 from storage import (
     FetchedObject,
     InvalidLocation,
@@ -83,6 +90,7 @@ class Store(Protocol):
     def put_output(
         self, location: S3Location, data: bytes, *, content_type: str, metadata: dict[str, str]
     ) -> PutOutcome: ...
+    def presign(self, location: S3Location, expires_s: int = 3600) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,7 @@ class EditStages:
 
         # 1. Check the request against this worker's limits, and its prompt against moderation.
         await self._check_limits(request)
+        color_plan = plan_color_qa(request, self._settings.color_qa)
         await self._moderate_prompt(ctx, request)
 
         # 2. Locate its inputs, adapters and output (allow-listed buckets, deterministic output key).
@@ -164,7 +173,7 @@ class EditStages:
         existing = await self._in_io(self._store.find_output, locations.output)
         if existing is not None:
             ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
-            return self._answer_from_store(ctx, request, existing, locations)
+            return await self._answer_from_store(ctx, request, existing, locations)
 
         # 4. Read and check the adapters: a bad one fails the request before any image is read.
         adapters = await self._resolve_adapters(ctx, request, locations)
@@ -174,16 +183,26 @@ class EditStages:
         ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
         await self._moderate_inputs(ctx, request, conditioning)
 
-        # 6. Edit on the GPU thread.
+        # 6. Edit on the GPU thread: one image, or the colour check's candidates as one job.
         await observer.before_gpu()
-        edited = await self._edit(ctx, conditioning, adapters, observer)
+        images = color_plan.candidates if color_plan is not None else 1
+        candidates = await self._edit(ctx, conditioning, adapters, observer, images=images)
 
-        # 7. Post-edit checks: moderation of the output (nothing flagged is ever stored).
+        # 7. Post-edit checks, off the GPU thread: the colour of each target (keep the best candidate,
+        #    correct it when asked), then moderation of what would be stored (nothing flagged ever is).
+        edited = await self._check_color(ctx, color_plan, conditioning, candidates)
         await self._moderate_output(ctx, edited)
 
-        # 8. Encode, mark and upload the output; the result.
+        # 8. Encode, mark and upload the output; the result (a failed colour gate keeps its output).
         observer.on_event(StageStarted(EditStage.UPLOADING))
-        return await self._upload(ctx, request, locations, conditioning, edited)
+        output = await self._upload(ctx, request, locations, conditioning, edited)
+        if isinstance(output, EditCompleted):
+            return output  # another worker stored it first: its answer
+        gate = ctx.color_qa
+        if color_plan is not None and color_plan.on_fail == "fail" and gate is not None and not gate.passed:
+            error = ColorOutOfTolerance(_out_of_tolerance(gate))
+            return self._outcomes.out_of_tolerance(ctx, output, error, images=images)
+        return self._outcomes.succeeded(ctx, output, images=images)
 
     # -- 1. limits ---------------------------------------------------------------------------------------
 
@@ -232,7 +251,7 @@ class EditStages:
 
     # -- 3. the stored output ----------------------------------------------------------------------------
 
-    def _answer_from_store(
+    async def _answer_from_store(
         self, ctx: EditContext, request: EditRequest, existing: StoredObject, locations: Locations
     ) -> EditCompleted:
         stored = read_stored(
@@ -242,10 +261,18 @@ class EditStages:
             adapter_uris=[loc.uri for loc in locations.adapters],
             uses_guidance=self._editor.uses_guidance,
         )
+        stored = replace(stored, output=await self._with_link(stored.output, locations.output))
         ctx.params = stored.params
         ctx.input_megapixels = stored.input_megapixels
         ctx.provenance = stored.provenance
-        return self._outcomes.succeeded(ctx, stored.output)
+        ctx.color_qa = gate = stored.color_qa
+        images = max(1, len(gate.candidates)) if gate is not None else 1
+        plan = plan_color_qa(request, self._settings.color_qa)
+        if plan is not None and plan.on_fail == "fail" and gate is not None and not gate.passed:
+            return self._outcomes.out_of_tolerance(
+                ctx, stored.output, ColorOutOfTolerance(_out_of_tolerance(gate)), images=images
+            )
+        return self._outcomes.succeeded(ctx, stored.output, images=images)
 
     # -- 4. adapters -------------------------------------------------------------------------------------
 
@@ -354,32 +381,39 @@ class EditStages:
         conditioning: Conditioning,
         adapters: list[ResolvedAdapter],
         observer: EditObserver,
-    ) -> Image.Image:
-        """Queue the edit on the GPU thread; `GpuRunStarting` and each `StepFinished` are delivered there,
-        `GpuStarted` on the event loop."""
+        *,
+        images: int = 1,
+    ) -> list[Image.Image]:
+        """Generate `images` images (seeds params.seed, +1, ...) as one job on the GPU thread, one after
+        another; `GpuRunStarting` and each `StepFinished` (counted across the images) are delivered there,
+        `GpuStarted` on the event loop. A cancel stops it between steps, so between images too."""
         params = ctx.params
         assert params is not None
-        total = params.num_inference_steps
-        job = EditJob(
-            images=conditioning.images,
-            prompt=params.prompt,
-            num_inference_steps=total,
-            guidance_scale=params.guidance_scale,
-            seed=params.seed,
-            width=params.width,
-            height=params.height,
-            on_step=lambda done, steps: observer.on_event(StepFinished(done, steps)),
-            adapters=[adapter.active for adapter in adapters],
-        )
+        steps = params.num_inference_steps
+        total = steps * images
+
+        def job(index: int) -> EditJob:
+            return EditJob(
+                images=conditioning.images,
+                prompt=params.prompt,
+                num_inference_steps=steps,
+                guidance_scale=params.guidance_scale,
+                seed=params.seed + index,
+                width=params.width,
+                height=params.height,
+                on_step=lambda done, _: observer.on_event(StepFinished(index * steps + done, total)),
+                adapters=[adapter.active for adapter in adapters],
+            )
+
         gpu_started: list[float] = []
 
-        def run_on_gpu() -> EditOutput:
+        def run_on_gpu() -> list[EditOutput]:
             gpu_started.append(time.perf_counter())
             observer.on_event(GpuRunStarting(total))  # a cancel that came while queued stops it here
-            return self._editor.edit(job)
+            return [self._editor.edit(job(index)) for index in range(images)]
 
         try:
-            result = await self._gpu.submit(
+            results = await self._gpu.submit(
                 run_on_gpu, lane=ctx.lane, on_start=lambda: observer.on_event(GpuStarted(total))
             )
         finally:
@@ -388,10 +422,34 @@ class EditStages:
                 # Canceled or failed mid-edit: the editor reported nothing, so the result's
                 # timing_ms.inference is the GPU time actually spent (as gpu_ms), not 0.
                 ctx.inference_ms = ctx.gpu_ms
-        ctx.inference_ms = result.inference_ms
-        ctx.adapter_load_ms += result.adapter_load_ms
-        ctx.transformer_passes = result.transformer_passes
-        return result.image
+        ctx.inference_ms = sum(result.inference_ms for result in results)
+        ctx.adapter_load_ms += sum(result.adapter_load_ms for result in results)
+        passes = [result.transformer_passes for result in results]
+        ctx.transformer_passes = None if None in passes else sum(p for p in passes if p is not None)
+        return [result.image for result in results]
+
+    # -- 7. colour -------------------------------------------------------------------------------------
+
+    async def _check_color(
+        self,
+        ctx: EditContext,
+        plan: ColorPlan | None,
+        conditioning: Conditioning,
+        candidates: list[Image.Image],
+    ) -> Image.Image:
+        if plan is None:
+            return candidates[0]
+        params = ctx.params
+        assert params is not None
+        started = time.perf_counter()
+        checked = await self._in_io(
+            functools.partial(check_candidates, plan, conditioning.images[0], candidates, seed=params.seed)
+        )
+        ctx.qa_ms = (time.perf_counter() - started) * 1000.0
+        ctx.color_qa = checked.result
+        if checked.index:
+            ctx.params = params.model_copy(update={"seed": params.seed + checked.index})
+        return checked.image
 
     # -- moderation (1, 5, 7) ------------------------------------------------------------------------
 
@@ -454,7 +512,9 @@ class EditStages:
         locations: Locations,
         conditioning: Conditioning,
         edited: Image.Image,
-    ) -> EditCompleted:
+    ) -> OutputInfo | EditCompleted:
+        """Encode, mark and store the output; its `OutputInfo`, or the stored answer (an `EditCompleted`)
+        when another worker stored this request's output first."""
         started = time.perf_counter()
         params = ctx.params
         assert params is not None
@@ -470,6 +530,8 @@ class EditStages:
                 request_id=request.request_id,
                 inputs=conditioning.fetched,
                 marked=marked,
+                quality=request.output.quality if request.output else None,
+                lossless=bool(request.output and request.output.lossless),
             )
         )
         provenance = self._provenance.provenance(
@@ -491,6 +553,7 @@ class EditStages:
             model=self._editor.model_name,
             has_alpha=alpha is not None,
             provenance=provenance,
+            color_qa=ctx.color_qa,
         )
         outcome = await self._in_io(
             lambda: self._store.put_output(
@@ -502,7 +565,7 @@ class EditStages:
             # Another worker finished the same request first; its object is the answer, ours is dropped.
             if outcome.existing is None:
                 raise InvalidLocation(f"output.uri: {locations.output.uri} exists but could not be read back")
-            return self._answer_from_store(ctx, request, outcome.existing, locations)
+            return await self._answer_from_store(ctx, request, outcome.existing, locations)
         ctx.provenance = provenance
         output = OutputInfo(
             uri=locations.output.uri,
@@ -514,10 +577,33 @@ class EditStages:
             alpha=alpha is not None,
             color_profile=OUTPUT_PROFILE,
         )
-        return self._outcomes.succeeded(ctx, output)
+        return await self._with_link(output, locations.output)
+
+    async def _with_link(self, output: OutputInfo, location: S3Location) -> OutputInfo:
+        """`output` with a presigned GET link when the operator sets a lifetime (signed locally)."""
+        ttl = self._settings.s3.presign_ttl_s
+        if ttl <= 0:
+            return output
+        url = await self._in_io(self._store.presign, location, ttl)
+        expires = datetime.now(UTC) + timedelta(seconds=ttl)
+        return output.model_copy(update={"url": url, "url_expires_at": expires})
 
     async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+
+def _out_of_tolerance(color_qa: ColorQa) -> str:
+    missed = [t for t in color_qa.targets if not t.passed]
+    parts = [
+        f"{t.target}: {t.achieved or 'not found'} for {t.requested} (CIEDE2000 "
+        f"{'n/a' if t.delta_e is None else f'{t.delta_e:.2f}'})"
+        for t in missed
+    ]
+    return (
+        f"colour out of tolerance ({color_qa.max_delta_e:g}): "
+        + "; ".join(parts)
+        + "; the output is stored for review"
+    )
 
 
 def _requested_size(request: EditRequest) -> tuple[int, int] | None:

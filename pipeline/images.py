@@ -345,15 +345,23 @@ def check_edit_input(image: Image.Image, name: str) -> None:
 
 
 def encode_image(
-    image: Image.Image, fmt: OutputFormat, *, alpha: Image.Image | None = None, xmp: bytes | None = None
+    image: Image.Image,
+    fmt: OutputFormat,
+    *,
+    alpha: Image.Image | None = None,
+    xmp: bytes | None = None,
+    quality: int | None = None,
+    lossless: bool = False,
 ) -> bytes:
     """Encode as PNG, JPEG or WebP with an sRGB ICC profile; identical inputs give identical bytes.
 
     `alpha` (mode L, any size: it is resized to the image's) becomes the output's alpha channel; only
     PNG and WebP have one (`ValueError` for JPEG). `xmp` (a packet, `pipeline.marking.xmp_packet`) goes
     in each format's standard place: PNG `iTXt XML:com.adobe.xmp` (uncompressed), JPEG `APP1`, WebP
-    `XMP ` chunk.
+    `XMP ` chunk. `quality` (1-100, default `QUALITY`) sets JPEG and WebP quality; `lossless` makes WebP
+    lossless (quality is then its effort).
     """
+    quality = QUALITY if quality is None else quality
     # Rebuild from raw pixels so no metadata (ICC profile, EXIF, text chunks) of the source leaks in.
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     clean = Image.frombytes("RGB", rgb.size, rgb.tobytes())
@@ -374,10 +382,18 @@ def encode_image(
     elif fmt is OutputFormat.JPEG:
         # 4:4:4 keeps exact colours of small recoloured regions that 4:2:0 chroma subsampling would blur.
         clean.save(
-            out, format="JPEG", quality=QUALITY, subsampling=0, icc_profile=SRGB_PROFILE, xmp=xmp or b""
+            out, format="JPEG", quality=quality, subsampling=0, icc_profile=SRGB_PROFILE, xmp=xmp or b""
         )
     elif fmt is OutputFormat.WEBP:
-        clean.save(out, format="WEBP", quality=QUALITY, method=4, icc_profile=SRGB_PROFILE, xmp=xmp or b"")
+        clean.save(
+            out,
+            format="WEBP",
+            quality=quality,
+            lossless=lossless,
+            method=4,
+            icc_profile=SRGB_PROFILE,
+            xmp=xmp or b"",
+        )
     else:  # pragma: no cover - exhaustive over OutputFormat
         raise ValueError(f"unsupported output format {fmt!r}")
     return out.getvalue()

@@ -132,12 +132,26 @@ class OutputSpec(WireModel):
         "profile stays).",
     )
 
+    quality: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Encoder quality for jpeg and webp, 1-100 (default 95); png is lossless and refuses it.",
+    )
+    lossless: StrictBool | None = Field(
+        default=None, description="webp only: lossless encoding (quality then sets the effort)."
+    )
+
     @model_validator(mode="after")
     def _alpha_needs_a_format_with_alpha(self) -> OutputSpec:
         if self.alpha is OutputAlpha.KEEP and not self.format.supports_alpha:
             raise ValueError(
                 f"alpha 'keep' needs a format with an alpha channel (png or webp), not {self.format.value}"
             )
+        if self.quality is not None and self.format is OutputFormat.PNG:
+            raise ValueError("quality applies to jpeg and webp; png is lossless")
+        if self.lossless and self.format is not OutputFormat.WEBP:
+            raise ValueError(f"lossless applies to webp only, not {self.format.value}")
         return self
 
 

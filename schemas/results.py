@@ -38,6 +38,13 @@ class OutputInfo(WireModel):
         description="The ICC profile embedded in the object: 'sRGB' (null only for objects stored by "
         "workers that embedded none).",
     )
+    url: str | None = Field(
+        default=None,
+        description="A presigned GET link to the object (when the operator sets "
+        "KLEIN_EDIT_S3__PRESIGN_TTL_S); "
+        "a redelivered request gets a fresh one.",
+    )
+    url_expires_at: datetime | None = Field(default=None, description="When `url` stops working (UTC).")
 
 
 USD_DECIMALS = 8

@@ -42,6 +42,13 @@ class S3Settings(BaseModel):
         ge=1,
         description="Largest adapter file read (bytes); a larger one fails with INVALID_ADAPTER.",
     )
+    presign_ttl_s: int = Field(
+        default=0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="Lifetime (seconds) of the presigned GET link a result carries in output.url; 0 (the "
+        "default) gives no link. Signed locally: no extra request to S3.",
+    )
     output_bucket: str = Field(
         description="Bucket every output is written to (and nothing else). Required on AWS; "
         f"'{LOCAL_OUTPUT_BUCKET}' with an endpoint_url."

@@ -128,3 +128,28 @@ async def test_same_request_id_twice_is_answered_from_the_stored_output(
     assert first.cost == second.cost
     assert second.timing_ms.inference == 0.0  # no GPU work the second time
     assert len(output_objects(store, settings)) == 1
+
+
+async def test_the_presigned_link_downloads_exactly_the_stored_object(
+    make_settings: Callable[..., Settings], tiny_editor: Editor
+) -> None:
+    import aiohttp
+    import yarl
+
+    settings = make_settings(s3={"presign_ttl_s": 600})
+    store = await prepare(settings)
+    image = stage_image(store, settings, "shots/a.png", png_bytes(64, 64))
+    req = request(settings, image, output={"format": "jpeg", "quality": 80})
+
+    async with running_worker(settings, lambda: tiny_editor):
+        await publish(settings, req)
+        (result,) = await results(settings, count=1)
+
+    assert result.output is not None
+    assert result.output.url is not None
+    url = yarl.URL(result.output.url, encoded=True)  # as signed: never re-quoted
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        body = await response.read()
+    assert hashlib.sha256(body).hexdigest() == result.output.sha256
+    assert output_objects(store, settings)[f"edits/{req.request_id}.jpg"] == body
