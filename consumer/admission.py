@@ -72,17 +72,20 @@ class Admission:
         return self._lanes.get(tp.topic, len(self._lanes))
 
     def admit(
-        self, tp: TopicPartition, records: Iterable[ConsumerRecord[bytes, bytes]]
+        self, tp: TopicPartition, records: Iterable[ConsumerRecord[bytes, bytes]], *, limit: int | None = None
     ) -> list[tuple[ConsumerRecord[bytes, bytes], int]]:
-        """The records whose turn it is, in offset order, each with the GPU lane it queues in; seeks back
-        to the first that must wait. The caller starts them all before admitting more."""
+        """The records whose turn it is, in offset order, each with the GPU lane it queues in, at most
+        `limit` of them; seeks back to the first that must wait. The caller starts them all before
+        admitting more."""
         admitted: list[tuple[ConsumerRecord[bytes, bytes], int]] = []
         for record in records:
             if (tp, record.offset) in self._flights:
                 continue  # refetched after a rebalance while it still runs here
             lane = self.lane_of(tp)
             waiting = self._waiting_lanes() | {lane}
-            full = len(self._flights) + len(admitted) >= self._max_in_flight
+            full = len(self._flights) + len(admitted) >= self._max_in_flight or (
+                limit is not None and len(admitted) >= limit
+            )
             if full or self._share.due(waiting) != lane:
                 # Full, or not this lane's turn (fetched despite a pause, or in the same batch): read it
                 # again later.

@@ -260,6 +260,10 @@ class RecordHandler:
             max_attempts=worker.max_attempts,
         )
 
+    def memory_stats(self) -> dict[str, float]:
+        """The editor's GPU memory figures (bytes; 0 on the CPU)."""
+        return self._stages.editor.memory_stats()
+
     def _clear_ledger(self, tp: TopicPartition, offset: int) -> None:
         """On an I/O thread. A failed clear loses nothing (the record is finished) but leaves the
         object behind: counted in `klein_edit_ledger_clear_failures_total` so a missing

@@ -105,6 +105,22 @@ class WorkerSettings(BaseModel):
         "INVALID_EVENT. Off: unknown fields are ignored and listed in the result's warnings (names "
         "close to a known field are rejected either way).",
     )
+    max_edits: int = Field(
+        default=0,
+        ge=0,
+        description="Recycle after this many records handled (0: never): the worker stops taking records, "
+        "finishes and commits what it holds and exits with status 75 for the orchestrator to restart it.",
+    )
+    max_rss_mb: int = Field(
+        default=0,
+        ge=0,
+        description="Recycle once the process's resident host memory exceeds this (MB; 0: never).",
+    )
+    max_gpu_reserved_mb: int = Field(
+        default=0,
+        ge=0,
+        description="Recycle once the GPU memory the allocator reserves exceeds this (MB; 0: never).",
+    )
     progress: bool = Field(default=False, description="Publish progress events for every request.")
     progress_interval_s: float = Field(default=1.0, gt=0.0)
     canceled_ids_capacity: int = Field(default=10_000, ge=1)

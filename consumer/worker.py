@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
 from collections.abc import Callable, Coroutine
@@ -70,6 +71,7 @@ log = structlog.get_logger("klein_edit.worker")
 
 EXIT_OK = 0
 EXIT_FATAL = 70  # EX_SOFTWARE: the device is unusable; the orchestrator should replace the process
+EXIT_RECYCLE = 75  # EX_TEMPFAIL: a recycling limit was reached and the worker drained; restart it
 # While the model loads, one more line every this many seconds (jittered by +-20 %).
 MODEL_LOADING_LOG_S = 30.0
 # Topics are checked this often while all exist (every tick while one is missing), seconds.
@@ -130,6 +132,8 @@ class EditWorker:
         self._moderation: Moderation | None = None
         self._crashed = asyncio.Event()
         self._exit_stack = contextlib.AsyncExitStack()  # replaced by `run`'s own
+        self._edits_done = 0
+        self._recycling: tuple[str, str] | None = None  # (reason label, what was reached)
         self._clean_exit = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -157,6 +161,14 @@ class EditWorker:
         if self._fatal is not None:
             log.error("worker.fatal", code=self._fatal.code.value, error=self._fatal.message)
             return EXIT_FATAL
+        if self._recycling is not None:
+            log.info(
+                "worker.recycled",
+                reason=self._recycling[0],
+                detail=self._recycling[1],
+                exit_code=EXIT_RECYCLE,
+            )
+            return EXIT_RECYCLE
         log.info("worker.stopped")
         return EXIT_OK
 
@@ -299,7 +311,7 @@ class EditWorker:
         assert consumer is not None
         assert admission is not None
         next_tick_at = 0.0
-        while not stop.is_set() and not self._crashed.is_set():
+        while not stop.is_set() and not self._crashed.is_set() and self._recycling is None:
             self.state.last_loop_at = time.monotonic()
             free = admission.free
             admission.apply_pauses(full=free <= 0)
@@ -307,9 +319,14 @@ class EditWorker:
                 batches = await consumer.getmany(timeout_ms=100, max_records=max(free, 1))
             except _ACCESS_ERRORS as exc:
                 raise KafkaAccessDenied(_access_message(self.settings.kafka, exc)) from exc
+            budget = self._edit_budget()
             for tp, records in batches.items():
-                for record, lane in admission.admit(tp, records):
+                admitted = admission.admit(tp, records, limit=budget)
+                for record, lane in admitted:
                     self._start(tp, record, lane)
+                if budget is not None:
+                    budget -= len(admitted)
+            self._check_edit_limit()
             await self._commits.commit_ready(consumer)
             if admission.several_lanes:
                 await admission.learn_positions()
@@ -323,6 +340,7 @@ class EditWorker:
         assert consumer is not None
         assert admission is not None
         await self._check_topics(consumer)
+        self._check_memory_limits()
         self._observe_stuck(admission)
         await self._lag.observe(consumer)
         self.metrics.gpu_busy_ratio.set(self.gpu.duty_cycle)
@@ -377,6 +395,40 @@ class EditWorker:
             consumer.unsubscribe()
             consumer.subscribe(kafka.request_topics, listener=_Rebalance(self))
 
+    def _edit_budget(self) -> int | None:
+        """Records this process may still admit under `max_edits` (None: no limit)."""
+        limit = self.settings.worker.max_edits
+        return max(0, limit - self._edits_done - len(self._commits.flights)) if limit else None
+
+    def _check_edit_limit(self) -> None:
+        limit = self.settings.worker.max_edits
+        # Records admitted count: the ones in flight will finish in the drain, so stop admitting at the limit.
+        if limit and self._recycling is None and self._edits_done + len(self._commits.flights) >= limit:
+            self._recycle("edits", f"{limit} records (KLEIN_EDIT_WORKER__MAX_EDITS)")
+
+    def _check_memory_limits(self) -> None:
+        worker = self.settings.worker
+        if self._recycling is not None:
+            return
+        if worker.max_rss_mb:
+            rss_mb = _resident_mb()
+            if rss_mb > worker.max_rss_mb:
+                self._recycle("host_memory", f"{rss_mb:.0f} MB resident > {worker.max_rss_mb} MB")
+                return
+        if worker.max_gpu_reserved_mb and self._handler is not None:
+            reserved_mb = self._handler.memory_stats().get("reserved_bytes", 0.0) / 2**20
+            if reserved_mb > worker.max_gpu_reserved_mb:
+                self._recycle(
+                    "gpu_memory", f"{reserved_mb:.0f} MB reserved > {worker.max_gpu_reserved_mb} MB"
+                )
+
+    def _recycle(self, reason: str, detail: str) -> None:
+        """Stop taking records, drain, exit with EXIT_RECYCLE: not ready from now on."""
+        self._recycling = (reason, detail)
+        self.metrics.recycles.labels(reason=reason).inc()
+        self.state.problems["recycling"] = f"recycling after {detail}: draining, then exit {EXIT_RECYCLE}"
+        log.warning("worker.recycling", reason=reason, detail=detail, in_flight=len(self._commits.flights))
+
     def _observe_stuck(self, admission: Admission) -> None:
         """Report records in flight past `worker.stuck_after_s` on /readyz and in metrics."""
         limit = self.settings.worker.stuck_after_s
@@ -411,6 +463,7 @@ class EditWorker:
         done = False
         try:
             done = await self._handler.handle(record, request_id, lane)
+            self._edits_done += 1
         except ProcessUnusable as exc:
             if self._fatal is None:
                 self._fatal = exc.error
@@ -476,6 +529,16 @@ def _request_id_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
         return salvage_request_id(record.value, record.key, record.headers)
     except Exception:
         return None
+
+
+def _resident_mb() -> float:
+    """This process's resident set size in MB (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 async def _stop_task(stop: asyncio.Event, task: asyncio.Task[Any]) -> None:

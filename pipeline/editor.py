@@ -523,10 +523,11 @@ class KleinEditor:
 
     def memory_stats(self) -> dict[str, float]:
         if self._device.type != "cuda":
-            return {"allocated_bytes": 0.0, "peak_bytes": 0.0}
+            return {"allocated_bytes": 0.0, "peak_bytes": 0.0, "reserved_bytes": 0.0}
         return {
             "allocated_bytes": float(torch.cuda.memory_allocated(self._device)),
             "peak_bytes": float(torch.cuda.max_memory_allocated(self._device)),
+            "reserved_bytes": float(torch.cuda.memory_reserved(self._device)),
         }
 
     def prompt_cache_len(self) -> int:

@@ -108,6 +108,13 @@ class WorkerMetrics:
             "Highest GPU memory held by tensors since start (torch.cuda.max_memory_allocated); 0 on CPU.",
             registry=r,
         )
+        self.recycles = Counter(
+            "klein_edit_recycles",
+            "Times this process decided to recycle itself (exit 75 after draining), by reason: edits, "
+            "host_memory or gpu_memory.",
+            ["reason"],
+            registry=r,
+        )
         self.billed_megapixels = Counter(
             "klein_edit_billed_megapixels", "Output megapixels billed.", registry=r
         )
