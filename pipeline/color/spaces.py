@@ -26,7 +26,7 @@ _skcolor: Any = skimage.color
 FloatArray = npt.NDArray[np.floating[Any]]
 Rgb8 = tuple[int, int, int]
 
-_HEX = re.compile(r"#?([0-9a-fA-F]{6})")
+_HEX = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
 
 # Ottosson 2020: linear sRGB -> LMS (M1 folded with the sRGB primaries), XYZ (D65) -> LMS, and
 # cube-rooted LMS -> Lab (M2). The inverses are his published inverses, not numerical inversions.
@@ -68,14 +68,17 @@ _LMS_TO_RGB = np.array(
 
 
 def parse_hex(color: str) -> Rgb8:
-    """`"#1E90FF"` (or `"1e90ff"`) -> `(30, 144, 255)`.
+    """`"#1E90FF"` (or `"1e90ff"`, or the CSS short form `"#0A0"` = `"#00AA00"`) -> `(30, 144, 255)`.
 
-    Raises `ValueError` for anything but six hex digits with an optional leading `#`.
+    Raises `ValueError` for anything but six or three hex digits with an optional leading `#` (the forms
+    a request's `recolor[].color` accepts).
     """
     match = _HEX.fullmatch(color.strip())
     if match is None:
-        raise ValueError(f"not a #RRGGBB colour: {color!r}")
+        raise ValueError(f"not a #RRGGBB or #RGB colour: {color!r}")
     digits = match.group(1)
+    if len(digits) == 3:
+        digits = "".join(d * 2 for d in digits)
     return int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16)
 
 

@@ -116,3 +116,10 @@ def test_hue_difference_wraps_around_zero() -> None:
     assert float(hue_difference(350.0, 10.0)) == pytest.approx(-20.0)
     assert float(hue_difference(10.0, 350.0)) == pytest.approx(20.0)
     assert float(hue_difference(0.0, 359.0)) == pytest.approx(1.0)
+
+
+def test_the_short_form_a_request_accepts_is_parsed_as_css_does() -> None:
+    from pipeline.color import parse_hex
+
+    assert parse_hex("#0A0") == (0, 170, 0)
+    assert parse_hex("#0a0") == parse_hex("#00AA00")
