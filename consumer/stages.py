@@ -52,9 +52,11 @@ from pipeline import (
     plan_geometry,
     to_conditioning_size,
 )
+from pipeline.images import size_for_area
 from schemas.progress import EditStage
 from schemas.provenance import ModelRef
 from schemas.requests import (
+    IMAGE_SIZE_PRESETS,
     WHITE,
     AdapterRef,
     EditRequest,
@@ -221,6 +223,11 @@ class EditStages:
                 f"exceeds the output limit of {limits.max_output_megapixels:g} MP "
                 "(KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS)"
             )
+        if request.megapixels is not None and request.megapixels > limits.max_output_megapixels:
+            raise RequestRejected(
+                f"megapixels: {request.megapixels:g} exceeds the output limit of "
+                f"{limits.max_output_megapixels:g} MP (KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS)"
+            )
         if len(request.loras) > limits.max_adapters:
             raise RequestRejected(
                 f"loras: {len(request.loras)} given, at most {limits.max_adapters} allowed on this worker "
@@ -324,7 +331,9 @@ class EditStages:
         # GPU thread never resamples a 40 MP photo and the pipeline crops nothing.
         limits = self._settings.pipeline
         geometry = plan_geometry(
-            [image.size for image in images], _requested_size(request), limits.max_megapixels
+            [image.size for image in images],
+            _output_size(request, images[0].size, limits.max_megapixels),
+            limits.max_megapixels,
         )
         images = list(
             await asyncio.gather(
@@ -607,4 +616,25 @@ def _out_of_tolerance(color_qa: ColorQa) -> str:
 
 
 def _requested_size(request: EditRequest) -> tuple[int, int] | None:
-    return (request.width, request.height) if request.width and request.height else None
+    """The output size the request names exactly (width/height or a preset), else None."""
+    if request.width and request.height:
+        return request.width, request.height
+    if request.image_size is not None:
+        return IMAGE_SIZE_PRESETS[request.image_size]
+    return None
+
+
+def _output_size(
+    request: EditRequest, base_size: tuple[int, int], default_megapixels: float
+) -> tuple[int, int] | None:
+    """The output size from any of the request's size forms (None: the base image's, fitted to the default
+    area). `aspect_ratio` and `megapixels` resolve through the one geometry rule (`size_for_area`)."""
+    exact = _requested_size(request)
+    if exact is not None or (request.aspect_ratio is None and request.megapixels is None):
+        return exact
+    if request.aspect_ratio in (None, "match_input"):
+        aspect = base_size[0] / base_size[1]
+    else:
+        width, height = (int(part) for part in request.aspect_ratio.split(":"))
+        aspect = width / height
+    return size_for_area(aspect, request.megapixels or default_megapixels)

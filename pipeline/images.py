@@ -482,6 +482,12 @@ def plan_geometry(
     return Geometry(output=output, inputs=tuple(inputs))
 
 
+def size_for_area(aspect: float, megapixels: float) -> tuple[int, int]:
+    """The output size of `megapixels` (area, MP) at `aspect` (width / height), by the one rule of
+    `fit_size`: multiples of 16, the closest aspect within the area, 8:1 at most."""
+    return fit_size((round(aspect * 100_000), 100_000), megapixels * 1e6)
+
+
 def to_conditioning_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """`image` resized and centre-cropped to exactly `size` (a no-op when it already has that size).
 

@@ -225,6 +225,21 @@ class ModerationRequest(WireModel):
     )
 
 
+ImageSizePreset = Literal[
+    "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
+]
+AspectRatio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "match_input"]
+# The presets' sizes (as fal's image_size names them), width x height.
+IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+
+
 class EditRequest(WireModel):
     """One edit: a base image, optional references, an instruction and sampling options."""
 
@@ -250,6 +265,23 @@ class EditRequest(WireModel):
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     width: StrictInt | None = Field(default=None, ge=64, le=4096, multiple_of=16)
     height: StrictInt | None = Field(default=None, ge=64, le=4096, multiple_of=16)
+    image_size: ImageSizePreset | None = Field(
+        default=None,
+        description="A named output size instead of width/height: square_hd 1024x1024, square 512x512, "
+        "portrait_4_3 768x1024, portrait_16_9 576x1024, landscape_4_3 1024x768, landscape_16_9 1024x576.",
+    )
+    aspect_ratio: AspectRatio | None = Field(
+        default=None,
+        description="Output aspect instead of width/height ('match_input': the base image's); with "
+        "megapixels or the worker's default area.",
+    )
+    megapixels: StrictFloat | None = Field(
+        default=None,
+        ge=0.25,
+        le=16.0,
+        description="Output area in megapixels instead of width/height (at most the worker's "
+        "KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS); the aspect is aspect_ratio's or the base image's.",
+    )
     output: OutputSpec | None = None
     loras: list[AdapterRef] = Field(
         default_factory=list,
@@ -291,6 +323,18 @@ class EditRequest(WireModel):
             raise ValueError("either prompt or recolor is required")
         if (self.width is None) != (self.height is None):
             raise ValueError("width and height must be given together")
+        forms = [
+            name
+            for name, value in (
+                ("width/height", self.width),
+                ("image_size", self.image_size),
+                ("aspect_ratio", self.aspect_ratio),
+                ("megapixels", self.megapixels),
+            )
+            if value is not None
+        ]
+        if ("width/height" in forms and len(forms) > 1) or ("image_size" in forms and len(forms) > 1):
+            raise ValueError(f"{forms[0]} and {forms[1]} conflict: give one way of sizing the output")
         return self
 
     @property
