@@ -104,7 +104,10 @@ async def prepare(settings: Settings) -> ImageStore:
     store.ensure_bucket(settings.s3.input_bucket)
     store.ensure_bucket(settings.s3.output_bucket)
     k = settings.kafka
-    await kafka_io.ensure_topics(k, [*k.request_topics, k.result_topic, k.dlq_topic])
+    # As an operator creates them: the worker never creates topics (nor does any client it opens).
+    await kafka_io.ensure_topics(
+        k, [*k.request_topics, k.result_topic, k.dlq_topic, k.progress_topic, k.control_topic]
+    )
     return store
 
 
