@@ -153,7 +153,9 @@ async def _run(settings: Settings, *, out_dir: Path, timeout_s: float, say: _Pro
     loop = asyncio.get_running_loop()
     for bucket in (s3.input_bucket, s3.output_bucket):
         await loop.run_in_executor(None, store.ensure_bucket, bucket)
-    await kafka_io.ensure_topics(kafka, [*kafka.request_topics, kafka.result_topic, kafka.dlq_topic])
+    await kafka_io.ensure_topics(
+        kafka, [*kafka.request_topics, kafka.result_topic, kafka.dlq_topic, kafka.progress_topic]
+    )
 
     sample = resources.files("consumer.assets").joinpath(SAMPLE_ASSET).read_bytes()
     image = S3Location(s3.input_bucket, f"demo/{SAMPLE_ASSET}")
