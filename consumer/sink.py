@@ -121,7 +121,13 @@ def read_stored(
             alpha="keep" if meta.get("alpha") == "keep" else "flatten",
             loras=_stored_adapters(request, meta.get(META_ADAPTERS, ""), adapter_uris),
         )
-        params = params.model_copy(update={"guidance_applied": uses_guidance(params.guidance_scale)})
+        guided = uses_guidance(params.guidance_scale)
+        params = params.model_copy(
+            update={
+                "guidance_applied": guided,
+                "negative_prompt": request.negative_prompt if guided else None,
+            }
+        )
         input_megapixels = float(meta.get("input-megapixels", 0.0))
         fmt = OutputFormat(meta.get("format", OutputFormat.PNG.value))
     except (KeyError, ValueError) as exc:

@@ -45,6 +45,7 @@ from pipeline import (
     EditJob,
     Editor,
     EditOutput,
+    PromptTooLong,
     check_edit_input,
     decode_image,
     keeps_alpha,
@@ -234,6 +235,11 @@ class EditStages:
                 "(KLEIN_EDIT_PIPELINE__MAX_ADAPTERS)"
             )
         await self._in_io(self._editor.check_prompt, request.compiled_prompt)
+        if request.negative_prompt is not None:
+            try:
+                await self._in_io(self._editor.check_prompt, request.negative_prompt)
+            except PromptTooLong as exc:
+                raise PromptTooLong(f"negative_{exc.message}") from exc
 
     # -- 2. locations ------------------------------------------------------------------------------------
 
@@ -360,6 +366,9 @@ class EditStages:
             alpha="keep" if keep else "flatten",
             guidance_applied=self._editor.uses_guidance(request.guidance_scale),
             loras=[adapter.info for adapter in adapters],
+            negative_prompt=request.negative_prompt
+            if self._editor.uses_guidance(request.guidance_scale)
+            else None,
         )
         return Conditioning(images=images, alpha=kept_alpha, fetched=[fetched for _, fetched in decoded])
 
@@ -412,6 +421,7 @@ class EditStages:
                 height=params.height,
                 on_step=lambda done, _: observer.on_event(StepFinished(index * steps + done, total)),
                 adapters=[adapter.active for adapter in adapters],
+                negative_prompt=params.negative_prompt or "",
             )
 
         gpu_started: list[float] = []

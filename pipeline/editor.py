@@ -105,6 +105,9 @@ class EditJob:
     height: int
     on_step: Callable[[int, int], None] | None = None  # (steps_done, total); may raise EditCanceled
     adapters: Sequence[ActiveAdapter] = ()  # LoRA adapters for this edit only, parsed by `parse_adapter`
+    # What the unconditional pass is steered away from (classifier-free guidance only); "" is the default
+    # empty negative prompt, encoded once.
+    negative_prompt: str = ""
 
 
 @dataclass(frozen=True)
@@ -398,7 +401,11 @@ class KleinEditor:
         self._set_vae_tiling(job.width * job.height)
         extra: dict[str, Any] = {}
         if self.uses_guidance(job.guidance_scale):
-            extra["negative_prompt_embeds"] = self._negative_prompt_embeds()
+            extra["negative_prompt_embeds"] = (
+                self._prompt_embeds(job.negative_prompt)
+                if job.negative_prompt
+                else self._negative_prompt_embeds()
+            )
         total = job.num_inference_steps
         on_step = job.on_step
 

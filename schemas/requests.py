@@ -259,6 +259,13 @@ class EditRequest(WireModel):
         Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NOT_BLANK)] | None
     ) = None
     recolor: list[RecolorInstruction] | None = Field(default=None, min_length=1, max_length=16)
+    negative_prompt: (
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NOT_BLANK)] | None
+    ) = Field(
+        default=None,
+        description="What to steer away from; used only with classifier-free guidance (guidance_scale > 1), "
+        "within the same token limit as the prompt. Added in edit-request v1.",
+    )
     # Strict numbers: `"seed": true` or `"num_inference_steps": "30"` are producer bugs, not values to coerce.
     num_inference_steps: StrictInt = Field(default=50, ge=MIN_STEPS, le=MAX_STEPS)
     guidance_scale: StrictFloat = Field(default=4.0, ge=0.0, le=30.0)

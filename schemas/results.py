@@ -226,6 +226,9 @@ class EditParams(WireModel):
     loras: list[AdapterInfo] = Field(
         default_factory=list, description="The LoRA adapters applied, in request order (empty: none)."
     )
+    negative_prompt: str | None = Field(
+        default=None, description="The negative prompt used (null: none, or guidance did not run)."
+    )
 
 
 class EditCompleted(WireModel):
