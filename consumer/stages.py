@@ -229,6 +229,13 @@ class EditStages:
                 f"megapixels: {request.megapixels:g} exceeds the output limit of "
                 f"{limits.max_output_megapixels:g} MP (KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS)"
             )
+        tier = request.acceleration or limits.default_acceleration
+        if tier != "none" and tier not in limits.acceleration_tiers:
+            offered = ", ".join(["none", *sorted(limits.acceleration_tiers)])
+            raise RequestRejected(
+                f"acceleration: {tier!r} is not offered on this worker (offered: {offered}; "
+                "KLEIN_EDIT_PIPELINE__ACCELERATION_TIERS)"
+            )
         if len(request.loras) > limits.max_adapters:
             raise RequestRejected(
                 f"loras: {len(request.loras)} given, at most {limits.max_adapters} allowed on this worker "
@@ -369,6 +376,7 @@ class EditStages:
             negative_prompt=request.negative_prompt
             if self._editor.uses_guidance(request.guidance_scale)
             else None,
+            acceleration=request.acceleration or limits.default_acceleration,
         )
         return Conditioning(images=images, alpha=kept_alpha, fetched=[fetched for _, fetched in decoded])
 
@@ -422,6 +430,9 @@ class EditStages:
                 on_step=lambda done, _: observer.on_event(StepFinished(index * steps + done, total)),
                 adapters=[adapter.active for adapter in adapters],
                 negative_prompt=params.negative_prompt or "",
+                guidance_interval=self._settings.pipeline.acceleration_tiers.get(params.acceleration)  # type: ignore[call-overload]
+                if params.acceleration != "none"
+                else None,
             )
 
         gpu_started: list[float] = []

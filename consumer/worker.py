@@ -274,12 +274,10 @@ class EditWorker:
         log.info("model.loading", model=self.settings.pipeline.model)
         heartbeat = asyncio.create_task(_log_while_loading(started), name="model-loading-log")
         try:
-            editor = await self.gpu.run(self._editor_factory)
-            if self.settings.pipeline.warmup:
-                await self.gpu.run(editor.warm_up)
             moderation = self.settings.moderation
             if moderation.enabled:
-                # With the editor, on the GPU thread: a missing classifier stops start-up with one line.
+                # First, on the GPU thread: a missing classifier (seconds to find) stops start-up with one
+                # line before the editor (minutes to load) is loaded.
                 self._moderation = await self.gpu.run(
                     Moderation.load,
                     moderation,
@@ -292,6 +290,9 @@ class EditWorker:
                     threshold=moderation.threshold,
                     on_gpu=self._moderation.on_gpu,
                 )
+            editor = await self.gpu.run(self._editor_factory)
+            if self.settings.pipeline.warmup:
+                await self.gpu.run(editor.warm_up)
         finally:
             heartbeat.cancel()
         seconds = time.perf_counter() - started

@@ -98,6 +98,17 @@ class PipelineSettings(BaseModel):
         description="[start, end) fractions of the schedule on which the unconditional pass runs (step i of "
         "n when start <= i/n < end); elsewhere the step uses the conditional prediction alone. Default: all.",
     )
+    acceleration_tiers: dict[Literal["regular", "high"], tuple[float, float]] = Field(
+        default_factory=dict,
+        description="Speed tiers a request may choose (`acceleration`), each a guidance interval "
+        "[start, end) applied to that request alone (switching never recompiles or reloads). Unlisted tiers "
+        "are refused. "
+        'E.g. {"regular": [0.0, 0.6], "high": [0.0, 0.4]}. The step cache cannot be switched per request, '
+        "so it is not a tier.",
+    )
+    default_acceleration: Literal["none", "regular", "high"] = Field(
+        default="none", description="The tier of a request that names none (it must be listed, unless none)."
+    )
     warmup_sizes: list[tuple[int, int]] = Field(
         default_factory=lambda: [(1024, 1024)], description="(width, height) buckets warmed before ready."
     )
@@ -137,6 +148,18 @@ class PipelineSettings(BaseModel):
             raise ValueError(f"guidance_interval must satisfy 0 <= start < end <= 1, got {value}")
         return value
 
+    @field_validator("acceleration_tiers")
+    @classmethod
+    def _tiers_within_schedule(
+        cls, value: dict[Literal["regular", "high"], tuple[float, float]]
+    ) -> dict[Literal["regular", "high"], tuple[float, float]]:
+        for tier, (start, end) in value.items():
+            if not 0.0 <= start < end <= 1.0:
+                raise ValueError(
+                    f"acceleration_tiers.{tier} must satisfy 0 <= start < end <= 1, got {(start, end)}"
+                )
+        return value
+
     @field_validator("dtype")
     @classmethod
     def _refuse_float16(cls, value: str) -> str:
@@ -146,6 +169,20 @@ class PipelineSettings(BaseModel):
                 "use bfloat16 or auto"
             )
         return value
+
+    @model_validator(mode="after")
+    def _default_tier_is_listed(self) -> PipelineSettings:
+        if self.default_acceleration != "none" and self.default_acceleration not in self.acceleration_tiers:
+            raise ValueError(
+                f"default_acceleration {self.default_acceleration!r} is not in acceleration_tiers "
+                f"({sorted(self.acceleration_tiers) or 'none listed'})"
+            )
+        if self.acceleration_tiers and self.step_cache != "off":
+            raise ValueError(
+                "acceleration_tiers cannot be combined with step_cache: cache-dit keeps the CFG branches "
+                "apart by the parity of transformer calls, which a tier's guidance interval changes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _resident_adapters_hold_one_request(self) -> PipelineSettings:

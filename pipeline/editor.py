@@ -108,6 +108,8 @@ class EditJob:
     # What the unconditional pass is steered away from (classifier-free guidance only); "" is the default
     # empty negative prompt, encoded once.
     negative_prompt: str = ""
+    # A speed tier's guidance interval for this edit alone (None: the operator's default).
+    guidance_interval: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,9 @@ class KleinEditor:
         else:
             self._adapter_targets = linear_shapes(pipe.transformer)
             self._adapters = AdapterApplier(pipe, resident=settings.resident_adapters)
-        self._gate = PassGate(pipe.transformer, settings.guidance_interval)
+        self._gate = PassGate(
+            pipe.transformer, settings.guidance_interval, per_call=bool(settings.acceleration_tiers)
+        )
         self._rules = checkpoint_rules(pipe)
 
     @classmethod
@@ -416,7 +420,9 @@ class KleinEditor:
                 on_step(step + 1, total)
             return callback_kwargs
 
-        with self._gate.edit(steps=total, guided=self.uses_guidance(job.guidance_scale)):
+        with self._gate.edit(
+            steps=total, guided=self.uses_guidance(job.guidance_scale), interval=job.guidance_interval
+        ):
             result = self._call_pipeline(job, generator, step_end, extra)
         image: Image.Image = result.images[0]
         return image

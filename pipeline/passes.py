@@ -78,7 +78,15 @@ def _quiet_cache_dit() -> None:
 class PassGate:
     """Counts the transformer passes of each edit and skips unconditional passes outside the interval."""
 
-    def __init__(self, transformer: torch.nn.Module, interval: tuple[float, float] = FULL_SCHEDULE) -> None:
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        interval: tuple[float, float] = FULL_SCHEDULE,
+        *,
+        per_call: bool = False,
+    ) -> None:
+        """`interval`: the operator's guidance interval; `per_call`: an edit may give its own (speed tiers),
+        so the gate wraps the transformer's forward even when the default is the full schedule."""
         self._interval = (float(interval[0]), float(interval[1]))
         blocks: Any = getattr(transformer, "single_transformer_blocks", None) or getattr(
             transformer, "transformer_blocks", None
@@ -86,7 +94,8 @@ class PassGate:
         last: torch.nn.Module = blocks[-1] if blocks else transformer
         last.register_forward_hook(self._count)
         self._passes = 0
-        if self._interval != FULL_SCHEDULE:
+        self._default = self._interval
+        if self._interval != FULL_SCHEDULE or per_call:
             original = transformer.forward
 
             def forward(*args: Any, **kwargs: Any) -> Any:
@@ -119,15 +128,20 @@ class PassGate:
         return output
 
     @contextmanager
-    def edit(self, *, steps: int, guided: bool) -> Iterator[None]:
-        """Around one pipeline call (the editor's lock makes calls sequential)."""
+    def edit(
+        self, *, steps: int, guided: bool, interval: tuple[float, float] | None = None
+    ) -> Iterator[None]:
+        """Around one pipeline call (the editor's lock makes calls sequential); `interval` replaces the
+        default guidance interval for this call (a speed tier; needs `per_call`)."""
         self._steps, self._guided, self._calls, self._passes = max(1, steps), guided, 0, 0
+        self._interval = interval if interval is not None else self._default
         self._active = True
         try:
             yield
         finally:
             self._active = False
             self._cond_output = None
+            self._interval = self._default
 
     @property
     def passes(self) -> int:

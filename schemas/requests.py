@@ -289,6 +289,12 @@ class EditRequest(WireModel):
         description="Output area in megapixels instead of width/height (at most the worker's "
         "KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS); the aspect is aspect_ratio's or the base image's.",
     )
+    acceleration: Literal["none", "regular", "high"] | None = Field(
+        default=None,
+        description="Speed tier: 'none' runs every pass; 'regular' and 'high' skip unconditional passes as "
+        "the operator defined them (KLEIN_EDIT_PIPELINE__ACCELERATION_TIERS); a tier the worker does not "
+        "offer is INVALID_EVENT. Default: the worker's (KLEIN_EDIT_PIPELINE__DEFAULT_ACCELERATION).",
+    )
     output: OutputSpec | None = None
     loras: list[AdapterRef] = Field(
         default_factory=list,

@@ -229,6 +229,9 @@ class EditParams(WireModel):
     negative_prompt: str | None = Field(
         default=None, description="The negative prompt used (null: none, or guidance did not run)."
     )
+    acceleration: Literal["none", "regular", "high"] = Field(
+        default="none", description="The speed tier that ran (transformer_passes says what it skipped)."
+    )
 
 
 class EditCompleted(WireModel):

@@ -197,6 +197,8 @@ def _start(services: contextlib.ExitStack, service: _Service) -> _Service:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As a server binds: a socket of a stopped server lingering in TIME_WAIT does not hold the port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -13,6 +13,7 @@ import sys
 from consumer.cli.command import CommandFailed, add_command, configured
 from pipeline.config import DEFAULT_MODEL, TINY_RANDOM
 from pipeline.errors import ModelLoadError
+from pipeline.moderation.settings import DEFAULT_IMAGE_CLASSIFIER, TINY_IMAGE_CLASSIFIER
 
 EPILOG = f"""\
 variables that matter (all KLEIN_EDIT_* are listed in README.md, "Configuration"):
@@ -25,8 +26,15 @@ variables that matter (all KLEIN_EDIT_* are listed in README.md, "Configuration"
   KLEIN_EDIT_PIPELINE__DEVICE           auto, cpu or cuda (default auto)
   KLEIN_EDIT_WORKER__HTTP_PORT          /livez, /readyz, /metrics; 1-65535, 0 picks a free one (logged
                                         as http.listening), off serves none (default 8080)
-The worker never downloads weights: run `klein-edit fetch-model` first (it needs HF_TOKEN), or use
-KLEIN_EDIT_PIPELINE__MODEL={TINY_RANDOM} for random weights on the CPU. SIGTERM drains the edit in flight."""
+  KLEIN_EDIT_MODERATION__MODEL          the moderation classifier, loaded with the editor (default
+                                        {DEFAULT_IMAGE_CLASSIFIER}); __ENABLED=false turns it off
+  KLEIN_EDIT_WORKER__MAX_EDITS          recycle after this many records (also __MAX_RSS_MB,
+                                        __MAX_GPU_RESERVED_MB; default 0: never)
+The worker never downloads weights: run `klein-edit fetch-model` first (it needs HF_TOKEN; it fetches
+the moderation classifier too), or use KLEIN_EDIT_PIPELINE__MODEL={TINY_RANDOM} and
+KLEIN_EDIT_MODERATION__MODEL={TINY_IMAGE_CLASSIFIER} for random weights on the CPU. SIGTERM drains the
+edit in flight. Exit status: 0 stopped, 2 configuration, 3 a model or classifier cannot load, 4 Kafka
+or S3 refused or unreachable, 70 the GPU is unusable, 75 recycled (restart it)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
