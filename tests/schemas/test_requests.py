@@ -483,7 +483,7 @@ def test_unknown_top_level_fields_are_rejected(field: str) -> None:
 
 def test_unknown_nested_fields_are_rejected() -> None:
     assert error_types(recolor=[{"target": "x", "color": "#fff", "strength": 1}]) == ["extra_forbidden"]
-    assert error_locs(output={"format": "png", "quality": 90}) == [("output", "quality")]
+    assert error_locs(output={"format": "png", "dpi": 300}) == [("output", "dpi")]
 
 
 def test_unknown_fields_are_rejected_from_json_too() -> None:
