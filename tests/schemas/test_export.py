@@ -42,7 +42,7 @@ INVALID_REQUESTS: dict[str, dict[str, Any]] = {
     "bad colour": {**VALID_REQUEST, "recolor": [{"target": "the sneakers", "color": "blue"}]},
     "colour without #": {**VALID_REQUEST, "recolor": [{"target": "the sneakers", "color": "1E90FF"}]},
     "five-digit colour": {**VALID_REQUEST, "recolor": [{"target": "the sneakers", "color": "#1E90F"}]},
-    "extra field": {**VALID_REQUEST, "negative_prompt": "blurry"},
+    "extra field": {**VALID_REQUEST, "negativePrompt": "blurry"},
     "extra nested field": {**VALID_REQUEST, "output": {"format": "png", "dpi": 300}},
     "extra recolor field": {**VALID_REQUEST, "recolor": [{"target": "x", "color": "#fff", "alpha": 1}]},
     "missing image": {k: v for k, v in VALID_REQUEST.items() if k != "image"},

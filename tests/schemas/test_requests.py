@@ -474,7 +474,7 @@ def test_progress_is_an_optional_bool() -> None:
 # --- strictness ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field", ["promt", "steps", "negative_prompt", "requestId", "schemaVersion"])
+@pytest.mark.parametrize("field", ["promt", "steps", "negativePrompt", "requestId", "schemaVersion"])
 def test_unknown_top_level_fields_are_rejected(field: str) -> None:
     with pytest.raises(ValidationError) as info:
         EditRequest.model_validate({**BASE, field: "x"})
