@@ -53,27 +53,27 @@ class RequestRejected(KleinEditError):
     retryable = False
 
 
-class InputModerated(KleinEditError):
-    """The prompt or an input image was flagged by moderation: no edit work is spent. `report` holds the
-    scores (or the rule) for the result."""
+class Moderated(KleinEditError):
+    """Flagged by moderation; `report` holds the scores (or the rule) for the result. Not retried, never
+    dead-lettered: the content, not the worker, is the cause."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, report: ModerationReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class InputModerated(Moderated):
+    """The prompt or an input image was flagged: no edit work is spent."""
 
     code = ErrorCode.INPUT_MODERATED
-    retryable = False
-
-    def __init__(self, message: str, *, report: ModerationReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
-class OutputModerated(KleinEditError):
-    """The output was flagged by moderation and withheld (nothing stored). Not retried, not dead-lettered."""
+class OutputModerated(Moderated):
+    """The output was flagged and withheld: nothing is stored."""
 
     code = ErrorCode.OUTPUT_MODERATED
-    retryable = False
-
-    def __init__(self, message: str, *, report: ModerationReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 class ColorOutOfTolerance(KleinEditError):

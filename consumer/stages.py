@@ -33,8 +33,7 @@ from consumer.outcomes import Outcomes
 from consumer.policy import (
     ColorOutOfTolerance,
     DeadlineExceeded,
-    InputModerated,
-    OutputModerated,
+    Moderated,
     RequestRejected,
 )
 from consumer.provenance import FetchedInput, OutputSigner, ProvenanceRecorder
@@ -520,7 +519,7 @@ class EditStages:
             return await self._moderated(ctx, check, *args)
         try:
             return await self._gpu.submit(functools.partial(check, *args), lane=ctx.lane)
-        except (InputModerated, OutputModerated) as exc:
+        except Moderated as exc:
             ctx.moderation = exc.report
             raise
 
@@ -529,7 +528,7 @@ class EditStages:
     ) -> ModerationReport:
         try:
             return await self._in_io(check, *args)
-        except (InputModerated, OutputModerated) as exc:
+        except Moderated as exc:
             ctx.moderation = exc.report
             raise
 

@@ -29,8 +29,9 @@ The whole tree, as httpx draws its own (code, retryable; "fatal" ends the proces
     ├── PoisonMessage (consumer.policy) ......... INTERNAL        no   dead-lettered: it crashed the worker
     ├── DeadlineExceeded (consumer.policy) ...... DEADLINE_EXCEEDED no
     ├── RequestRejected (consumer.policy) ....... INVALID_EVENT   no   over a limit of this worker
-    ├── InputModerated (consumer.policy) ........ INPUT_MODERATED no   the prompt or an input image
-    ├── OutputModerated (consumer.policy) ....... OUTPUT_MODERATED no  the output is withheld
+    ├── Moderated (consumer.policy) ............. INTERNAL        no   a base, never raised itself
+    │   ├── InputModerated ...................... INPUT_MODERATED no   the prompt or an input image
+    │   └── OutputModerated ..................... OUTPUT_MODERATED no  the output is withheld
     ├── ColorOutOfTolerance (consumer.policy) ... COLOR_OUT_OF_TOLERANCE no  color_qa.on_fail "fail"
     └── PublishRejected (consumer.publisher) .... INTERNAL        no   Kafka refused the result for good
 
