@@ -23,6 +23,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from schemas.errors import ErrorCode
 from schemas.results import EditCompleted
 
 if TYPE_CHECKING:  # the pipeline package imports torch; metrics are also used by light commands
@@ -106,6 +107,19 @@ class WorkerMetrics:
         self.gpu_memory_peak = Gauge(
             "klein_edit_gpu_memory_peak_bytes",
             "Highest GPU memory held by tensors since start (torch.cuda.max_memory_allocated); 0 on CPU.",
+            registry=r,
+        )
+        self.moderation = Counter(
+            "klein_edit_moderation_outcomes",
+            "Moderation verdicts, by kind: prompt_flagged, input_flagged, output_flagged, passed.",
+            ["kind"],
+            registry=r,
+        )
+        self.color_checks = Counter(
+            "klein_edit_color_checks",
+            "Colour checks of recolours, by outcome: passed, out_of_tolerance (delivered), failed "
+            "(on_fail fail), corrected (a correction was kept; counted besides the outcome).",
+            ["outcome"],
             registry=r,
         )
         self.recycles = Counter(
@@ -202,6 +216,27 @@ class WorkerMetrics:
         if event.cost.usd:
             self.billed_megapixels.inc(event.cost.output_megapixels)
             self.billed_usd.inc(event.cost.usd)
+        self._observe_checks(event)
+
+    def _observe_checks(self, event: EditCompleted) -> None:
+        code = event.error.code if event.error else None
+        report = event.moderation
+        if code is ErrorCode.INPUT_MODERATED:
+            self.moderation.labels(
+                kind="prompt_flagged" if report and report.prompt_rule else "input_flagged"
+            ).inc()
+        elif code is ErrorCode.OUTPUT_MODERATED:
+            self.moderation.labels(kind="output_flagged").inc()
+        elif report is not None and report.output is not None:
+            self.moderation.labels(kind="passed").inc()
+        qa = event.color_qa
+        if qa is not None:
+            if code is ErrorCode.COLOR_OUT_OF_TOLERANCE:
+                self.color_checks.labels(outcome="failed").inc()
+            else:
+                self.color_checks.labels(outcome="passed" if qa.passed else "out_of_tolerance").inc()
+            if qa.corrected:
+                self.color_checks.labels(outcome="corrected").inc()
 
     def observe_adapter(self, *, cached: bool, cache_bytes: int) -> None:
         self.adapter_lookups.labels(result="hit" if cached else "miss").inc()

@@ -138,3 +138,17 @@ async def test_an_operator_may_let_requests_turn_it_off(make_path: Callable[...,
     result = path.result()
     assert result.status is EditStatus.SUCCEEDED
     assert result.moderation is None
+
+
+async def test_metrics_count_moderation_outcomes_by_kind(make_path: Callable[..., RecordPath]) -> None:
+    path = make_path()
+    image = path.stage("a.png", png(64, 64))
+    assert await path.handle(path.request(image))
+    assert await path.handle(path.request(image, moderation={"threshold": 0.0}))
+    registry = path.metrics.registry
+
+    def count(kind: str) -> float:
+        return registry.get_sample_value("klein_edit_moderation_outcomes_total", {"kind": kind}) or 0.0
+
+    assert count("passed") == 1
+    assert count("input_flagged") == 1
