@@ -118,21 +118,21 @@ def test_missing_required_field() -> None:
 
 def test_unknown_fields_at_any_depth_are_ignored_and_remembered() -> None:
     body = raw(
-        negative_prompt="blurry",
+        style_preset="blurry",
         priority={"tier": "gold"},
         output={"format": "webp", "dpi": 300},
         recolor=[{"target": "the sneakers", "color": "#1E90FF", "finish": "matte"}],
     )
     request = decode_request(body, max_bytes=MAX)
-    assert set(request.ignored_fields) == {"negative_prompt", "priority", "output.dpi", "recolor[0].finish"}
+    assert set(request.ignored_fields) == {"style_preset", "priority", "output.dpi", "recolor[0].finish"}
     assert request.output is not None
     assert request.output.format.value == "webp"
     assert request.recolor is not None
     assert request.recolor[0].hex6 == "#1E90FF"
-    assert "negative_prompt" not in request.model_dump_json()  # never on the wire again
+    assert "style_preset" not in request.model_dump_json()  # never on the wire again
 
 
-@pytest.mark.parametrize("name", ["priority", "output_dpi", "negative_prompt", "tenant", "trace_id"])
+@pytest.mark.parametrize("name", ["priority", "output_dpi", "style_preset", "tenant", "trace_id"])
 def test_a_new_field_that_is_no_near_miss_is_ignored(name: str) -> None:
     assert decode_request(raw(**{name: "x"}), max_bytes=MAX).ignored_fields == (name,)
 
@@ -165,9 +165,9 @@ def test_other_errors_are_reported_without_the_ignored_fields() -> None:
 
 def test_strict_mode_rejects_every_unknown_field() -> None:
     with pytest.raises(InvalidEvent) as info:
-        decode_request(raw(negative_prompt="x", priority=1), max_bytes=MAX, strict=True)
+        decode_request(raw(style_preset="x", priority=1), max_bytes=MAX, strict=True)
     assert info.value.message == (
-        "negative_prompt: unknown field (the worker rejects unknown fields); "
+        "style_preset: unknown field (the worker rejects unknown fields); "
         "priority: unknown field (the worker rejects unknown fields)"
     )
     assert decode_request(raw(), max_bytes=MAX, strict=True).ignored_fields == ()
