@@ -112,6 +112,21 @@ class Moderation:
             )
         return report
 
+    def check_outputs(self, images: Mapping[int, Image.Image], report: ModerationReport) -> ModerationReport:
+        """Blocking, on the classifier's thread: a score per image (`outputs[i]`); the flagged ones are to be
+        withheld and the others delivered. Raises `OutputModerated` when every image is flagged."""
+        scores = [
+            ModerationScore(part=f"outputs[{index}]", score=round(score, 6), flagged=score > report.threshold)
+            for index, score in zip(images, self.images.score(list(images.values())), strict=True)
+        ]
+        report = report.model_copy(update={"outputs": scores, "output": scores[0] if scores else None})
+        if scores and all(s.flagged for s in scores):
+            raise OutputModerated(
+                f"outputs: all {len(scores)} images scored over the threshold {report.threshold:g}; withheld",
+                report=report,
+            )
+        return report
+
     def check_output(self, image: Image.Image, report: ModerationReport) -> ModerationReport:
         """Blocking, on the classifier's thread. Raises `OutputModerated`: the output is withheld."""
         (score,) = self.images.score([image])

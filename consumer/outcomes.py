@@ -27,15 +27,33 @@ class Outcomes:
         self._usd_per_megapixel = usd_per_megapixel
         self._bill_moderated = bill_moderated_outputs
 
-    def succeeded(self, ctx: EditContext, output: OutputInfo, *, images: int = 1) -> EditCompleted:
-        """The `succeeded` result for `output`, billed per output megapixel for each of the `images`
-        generated (colour candidates); `ctx.params` is set."""
+    def succeeded(
+        self,
+        ctx: EditContext,
+        output: OutputInfo,
+        *,
+        images: int = 1,
+        outputs: list[OutputInfo] | None = None,
+    ) -> EditCompleted:
+        """The `succeeded` result: `output` (the first image) and `outputs` (every image delivered), billed
+        per output megapixel for each of the `images` generated (num_images or colour candidates)."""
         return self._event(
-            ctx, EditStatus.SUCCEEDED, output=output, cost=self._billed(ctx, images), error=None
+            ctx,
+            EditStatus.SUCCEEDED,
+            output=output,
+            cost=self._billed(ctx, images),
+            error=None,
+            outputs=outputs or [output],
         )
 
     def out_of_tolerance(
-        self, ctx: EditContext, output: OutputInfo, error: KleinEditError, *, images: int = 1
+        self,
+        ctx: EditContext,
+        output: OutputInfo,
+        error: KleinEditError,
+        *,
+        images: int = 1,
+        outputs: list[OutputInfo] | None = None,
     ) -> EditCompleted:
         """`failed` with COLOR_OUT_OF_TOLERANCE: the kept output is stored for review and named here, and
         every generated image is billed (the GPU ran)."""
@@ -45,6 +63,7 @@ class Outcomes:
             output=output,
             cost=self._billed(ctx, images),
             error=ErrorInfo.from_error(error),
+            outputs=outputs or [output],
         )
 
     def unsuccessful(self, ctx: EditContext, error: KleinEditError) -> EditCompleted:
@@ -78,6 +97,7 @@ class Outcomes:
         output: OutputInfo | None,
         cost: Cost,
         error: ErrorInfo | None,
+        outputs: list[OutputInfo] | None = None,
     ) -> EditCompleted:
         succeeded = status is EditStatus.SUCCEEDED
         return EditCompleted(
@@ -101,4 +121,5 @@ class Outcomes:
             transformer_passes=ctx.transformer_passes if succeeded else None,
             color_qa=ctx.color_qa,
             moderation=ctx.moderation,
+            outputs=outputs or [],
         )

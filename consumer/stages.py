@@ -38,7 +38,7 @@ from consumer.policy import (
 )
 from consumer.provenance import FetchedInput, OutputSigner, ProvenanceRecorder
 from consumer.settings import Settings
-from consumer.sink import OUTPUT_PROFILE, output_metadata, read_stored
+from consumer.sink import OUTPUT_PROFILE, StoredEdit, output_metadata, read_stored
 from pipeline import (
     DecodedImage,
     EditJob,
@@ -101,8 +101,12 @@ class Locations:
 
     inputs: list[S3Location]
     adapters: list[S3Location]
-    output: S3Location
+    outputs: list[S3Location]  # one per image (num_images); the first is today's single output key
     output_format: OutputFormat
+
+    @property
+    def output(self) -> S3Location:
+        return self.outputs[0]
 
 
 @dataclass(frozen=True)
@@ -170,12 +174,16 @@ class EditStages:
         # 2. Locate its inputs, adapters and output (allow-listed buckets, deterministic output key).
         locations = self._locate(request)
 
-        # 3. Answer from the stored output when there is one: the sink is idempotent, no GPU work.
+        # 3. Answer from the stored outputs when every image is there: the sink is idempotent, no GPU
+        #    work; a redelivery that finds some of them stored generates only the rest.
         started = time.perf_counter()
-        existing = await self._in_io(self._store.find_output, locations.output)
-        if existing is not None:
+        existing = list(
+            await asyncio.gather(*(self._in_io(self._store.find_output, loc) for loc in locations.outputs))
+        )
+        if all(found is not None for found in existing):
             ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
-            return await self._answer_from_store(ctx, request, existing, locations)
+            return await self._answer_from_store(ctx, request, existing, locations)  # type: ignore[arg-type]
+        missing = [i for i, found in enumerate(existing) if found is None]
 
         # 4. Read and check the adapters: a bad one fails the request before any image is read.
         adapters = await self._resolve_adapters(ctx, request, locations)
@@ -185,26 +193,43 @@ class EditStages:
         ctx.fetch_ms = (time.perf_counter() - started) * 1000.0
         await self._moderate_inputs(ctx, request, conditioning)
 
-        # 6. Edit on the GPU thread: one image, or the colour check's candidates as one job.
+        # 6. Edit on the GPU thread, as one job: the missing images (seeds seed + i), or the colour
+        #    check's candidates (seed ... seed + N - 1, one kept).
         await observer.before_gpu()
-        images = color_plan.candidates if color_plan is not None else 1
-        candidates = await self._edit(ctx, conditioning, adapters, observer, images=images)
+        candidates = color_plan.candidates if color_plan is not None else 1
+        indexes = missing if request.num_images > 1 else list(range(candidates))
+        generated = await self._edit(ctx, conditioning, adapters, observer, indexes=indexes)
 
         # 7. Post-edit checks, off the GPU thread: the colour of each target (keep the best candidate,
         #    correct it when asked), then moderation of what would be stored (nothing flagged ever is).
-        edited = await self._check_color(ctx, color_plan, conditioning, candidates)
-        await self._moderate_output(ctx, edited)
+        if request.num_images == 1:
+            images = {0: await self._check_color(ctx, color_plan, conditioning, generated)}
+        else:
+            images = dict(zip(indexes, generated, strict=True))
+            if 0 in images:
+                images[0] = await self._check_color(ctx, color_plan, conditioning, [images[0]])
+        images = await self._moderate_outputs(ctx, images)
 
-        # 8. Encode, mark and upload the output; the result (a failed colour gate keeps its output).
+        # 8. Encode, mark and upload each output; the result (a failed colour gate keeps its output).
         observer.on_event(StageStarted(EditStage.UPLOADING))
-        output = await self._upload(ctx, request, locations, conditioning, edited)
-        if isinstance(output, EditCompleted):
-            return output  # another worker stored it first: its answer
+        outputs: dict[int, OutputInfo] = {}
+        for index, image in images.items():
+            uploaded = await self._upload(ctx, request, locations, conditioning, image, index=index)
+            if isinstance(uploaded, EditCompleted):
+                return uploaded  # another worker stored it first: its answer
+            outputs[index] = uploaded
+        for index, found in enumerate(existing):
+            if found is not None:
+                outputs[index] = await self._stored_output(request, found, locations, index)
+        if existing[0] is not None:  # the first image was stored by an earlier delivery: its provenance
+            ctx.provenance = self._read_stored(request, existing[0], locations).provenance
+        delivered = [outputs[i] for i in sorted(outputs)]
+        billed = candidates if request.num_images == 1 else request.num_images
         gate = ctx.color_qa
         if color_plan is not None and color_plan.on_fail == "fail" and gate is not None and not gate.passed:
             error = ColorOutOfTolerance(_out_of_tolerance(gate))
-            return self._outcomes.out_of_tolerance(ctx, output, error, images=images)
-        return self._outcomes.succeeded(ctx, output, images=images)
+            return self._outcomes.out_of_tolerance(ctx, delivered[0], error, images=billed, outputs=delivered)
+        return self._outcomes.succeeded(ctx, delivered[0], images=billed, outputs=delivered)
 
     # -- 1. limits ---------------------------------------------------------------------------------------
 
@@ -234,6 +259,11 @@ class EditStages:
             raise RequestRejected(
                 f"acceleration: {tier!r} is not offered on this worker (offered: {offered}; "
                 "KLEIN_EDIT_PIPELINE__ACCELERATION_TIERS)"
+            )
+        if request.num_images > limits.max_images:
+            raise RequestRejected(
+                f"num_images: {request.num_images} asked, at most {limits.max_images} allowed on this worker "
+                "(KLEIN_EDIT_PIPELINE__MAX_IMAGES)"
             )
         if len(request.loras) > limits.max_adapters:
             raise RequestRejected(
@@ -266,32 +296,46 @@ class EditStages:
             settings=s3,
             inputs=inputs,
         )
-        return Locations(inputs=inputs, adapters=adapters, output=output, output_format=fmt)
+        outputs = [output, *(_numbered(output, i) for i in range(1, request.num_images))]
+        return Locations(inputs=inputs, adapters=adapters, outputs=outputs, output_format=fmt)
 
     # -- 3. the stored output ----------------------------------------------------------------------------
 
     async def _answer_from_store(
-        self, ctx: EditContext, request: EditRequest, existing: StoredObject, locations: Locations
+        self, ctx: EditContext, request: EditRequest, existing: list[StoredObject], locations: Locations
     ) -> EditCompleted:
-        stored = read_stored(
+        stored = self._read_stored(request, existing[0], locations)
+        stored = replace(stored, output=await self._with_link(stored.output, locations.output))
+        delivered = [stored.output.model_copy(update={"seed": stored.params.seed})]
+        for index, found in enumerate(existing[1:], start=1):
+            delivered.append(await self._stored_output(request, found, locations, index))
+        ctx.params = stored.params
+        ctx.input_megapixels = stored.input_megapixels
+        ctx.provenance = stored.provenance
+        ctx.color_qa = gate = stored.color_qa
+        images = max(1, len(gate.candidates)) if gate is not None else request.num_images
+        plan = plan_color_qa(request, self._settings.color_qa)
+        if plan is not None and plan.on_fail == "fail" and gate is not None and not gate.passed:
+            error = ColorOutOfTolerance(_out_of_tolerance(gate))
+            return self._outcomes.out_of_tolerance(ctx, delivered[0], error, images=images, outputs=delivered)
+        return self._outcomes.succeeded(ctx, delivered[0], images=images, outputs=delivered)
+
+    def _read_stored(self, request: EditRequest, existing: StoredObject, locations: Locations) -> StoredEdit:
+        return read_stored(
             existing,
             request,
             input_uris=[loc.uri for loc in locations.inputs],
             adapter_uris=[loc.uri for loc in locations.adapters],
             uses_guidance=self._editor.uses_guidance,
         )
-        stored = replace(stored, output=await self._with_link(stored.output, locations.output))
-        ctx.params = stored.params
-        ctx.input_megapixels = stored.input_megapixels
-        ctx.provenance = stored.provenance
-        ctx.color_qa = gate = stored.color_qa
-        images = max(1, len(gate.candidates)) if gate is not None else 1
-        plan = plan_color_qa(request, self._settings.color_qa)
-        if plan is not None and plan.on_fail == "fail" and gate is not None and not gate.passed:
-            return self._outcomes.out_of_tolerance(
-                ctx, stored.output, ColorOutOfTolerance(_out_of_tolerance(gate)), images=images
-            )
-        return self._outcomes.succeeded(ctx, stored.output, images=images)
+
+    async def _stored_output(
+        self, request: EditRequest, existing: StoredObject, locations: Locations, index: int
+    ) -> OutputInfo:
+        """The `OutputInfo` of image `index` stored earlier (a redelivery), with a fresh link."""
+        stored = self._read_stored(request, existing, locations)
+        output = stored.output.model_copy(update={"seed": stored.params.seed})
+        return await self._with_link(output, locations.outputs[index])
 
     # -- 4. adapters -------------------------------------------------------------------------------------
 
@@ -407,17 +451,17 @@ class EditStages:
         adapters: list[ResolvedAdapter],
         observer: EditObserver,
         *,
-        images: int = 1,
+        indexes: list[int],
     ) -> list[Image.Image]:
-        """Generate `images` images (seeds params.seed, +1, ...) as one job on the GPU thread, one after
-        another; `GpuRunStarting` and each `StepFinished` (counted across the images) are delivered there,
-        `GpuStarted` on the event loop. A cancel stops it between steps, so between images too."""
+        """Generate the images `indexes` (seed params.seed + index each) as one job on the GPU thread, one
+        after another; `GpuRunStarting` and each `StepFinished` (counted across the images) are delivered
+        there, `GpuStarted` on the event loop. A cancel stops it between steps, so between images too."""
         params = ctx.params
         assert params is not None
         steps = params.num_inference_steps
-        total = steps * images
+        total = steps * len(indexes)
 
-        def job(index: int) -> EditJob:
+        def job(position: int, index: int) -> EditJob:
             return EditJob(
                 images=conditioning.images,
                 prompt=params.prompt,
@@ -426,7 +470,7 @@ class EditStages:
                 seed=params.seed + index,
                 width=params.width,
                 height=params.height,
-                on_step=lambda done, _: observer.on_event(StepFinished(index * steps + done, total)),
+                on_step=lambda done, _: observer.on_event(StepFinished(position * steps + done, total)),
                 adapters=[adapter.active for adapter in adapters],
                 negative_prompt=params.negative_prompt or "",
                 guidance_interval=self._settings.pipeline.acceleration_tiers.get(params.acceleration)  # type: ignore[call-overload]
@@ -439,7 +483,7 @@ class EditStages:
         def run_on_gpu() -> list[EditOutput]:
             gpu_started.append(time.perf_counter())
             observer.on_event(GpuRunStarting(total))  # a cancel that came while queued stops it here
-            return [self._editor.edit(job(index)) for index in range(images)]
+            return [self._editor.edit(job(position, index)) for position, index in enumerate(indexes)]
 
         try:
             results = await self._gpu.submit(
@@ -504,11 +548,29 @@ class EditStages:
         images = dict(zip(names, conditioning.images, strict=True))
         ctx.moderation = await self._on_classifier(ctx, moderation, moderation.check_inputs, images, report)
 
-    async def _moderate_output(self, ctx: EditContext, edited: Image.Image) -> None:
+    async def _moderate_outputs(
+        self, ctx: EditContext, images: dict[int, Image.Image]
+    ) -> dict[int, Image.Image]:
+        """The images that may be stored: all when moderation is off; else those not flagged (one image
+        flagged, or all of several, raises `OutputModerated`)."""
         moderation, report = self._moderation, ctx.moderation
         if moderation is None or report is None:
-            return
-        ctx.moderation = await self._on_classifier(ctx, moderation, moderation.check_output, edited, report)
+            return images
+        if len(images) == 1 and ctx.request is not None and ctx.request.num_images == 1:
+            (image,) = images.values()
+            ctx.moderation = await self._on_classifier(
+                ctx, moderation, moderation.check_output, image, report
+            )
+            return images
+        ctx.moderation = report = await self._on_classifier(
+            ctx, moderation, moderation.check_outputs, images, report
+        )
+        flagged = {
+            int(score.part.removeprefix("outputs[").removesuffix("]"))
+            for score in report.outputs
+            if score.flagged
+        }
+        return {index: image for index, image in images.items() if index not in flagged}
 
     async def _on_classifier(
         self, ctx: EditContext, moderation: Moderation, check: Callable[..., ModerationReport], *args: Any
@@ -541,12 +603,15 @@ class EditStages:
         locations: Locations,
         conditioning: Conditioning,
         edited: Image.Image,
+        *,
+        index: int = 0,
     ) -> OutputInfo | EditCompleted:
-        """Encode, mark and store the output; its `OutputInfo`, or the stored answer (an `EditCompleted`)
+        """Encode, mark and store image `index`; its `OutputInfo`, or the stored answer (an `EditCompleted`)
         when another worker stored this request's output first."""
         started = time.perf_counter()
-        params = ctx.params
-        assert params is not None
+        assert ctx.params is not None
+        params = ctx.params.model_copy(update={"seed": ctx.params.seed + index}) if index else ctx.params
+        location = locations.outputs[index]
         alpha = conditioning.alpha
         fmt = locations.output_format
         marked = request.output is None or request.output.metadata is OutputMetadata.MARK
@@ -586,18 +651,33 @@ class EditStages:
         )
         outcome = await self._in_io(
             lambda: self._store.put_output(
-                locations.output, encoded.data, content_type=fmt.content_type, metadata=metadata
+                location, encoded.data, content_type=fmt.content_type, metadata=metadata
             )
         )
-        ctx.upload_ms = (time.perf_counter() - started) * 1000.0
+        ctx.upload_ms += (time.perf_counter() - started) * 1000.0
         if not outcome.created:
-            # Another worker finished the same request first; its object is the answer, ours is dropped.
             if outcome.existing is None:
-                raise InvalidLocation(f"output.uri: {locations.output.uri} exists but could not be read back")
-            return await self._answer_from_store(ctx, request, outcome.existing, locations)
-        ctx.provenance = provenance
+                raise InvalidLocation(f"output.uri: {location.uri} exists but could not be read back")
+            if index:  # a racing worker stored this image too: same request, same seed; keep its object
+                return await self._stored_output(request, outcome.existing, locations, index)
+            # Another worker finished the same request first; its object is the answer, ours is dropped.
+            existing = [
+                outcome.existing,
+                *(
+                    found
+                    for found in [
+                        await self._in_io(self._store.find_output, loc) for loc in locations.outputs[1:]
+                    ]
+                    if found is not None
+                ),
+            ]
+            if len(existing) == len(locations.outputs):
+                return await self._answer_from_store(ctx, request, existing, locations)
+            return await self._stored_output(request, outcome.existing, locations, 0)
+        if not index:
+            ctx.provenance = provenance
         output = OutputInfo(
-            uri=locations.output.uri,
+            uri=location.uri,
             width=edited.width,
             height=edited.height,
             format=fmt,
@@ -605,8 +685,9 @@ class EditStages:
             sha256=hashlib.sha256(encoded.data).hexdigest(),
             alpha=alpha is not None,
             color_profile=OUTPUT_PROFILE,
+            seed=params.seed,
         )
-        return await self._with_link(output, locations.output)
+        return await self._with_link(output, location)
 
     async def _with_link(self, output: OutputInfo, location: S3Location) -> OutputInfo:
         """`output` with a presigned GET link when the operator sets a lifetime (signed locally)."""
@@ -619,6 +700,13 @@ class EditStages:
 
     async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+
+def _numbered(output: S3Location, index: int) -> S3Location:
+    """Image `index`'s key beside the first's: `edits/r-1.png` -> `edits/r-1-2.png` for index 2."""
+    stem, dot, extension = output.key.rpartition(".")
+    key = f"{stem}-{index}.{extension}" if dot else f"{output.key}-{index}"
+    return S3Location(output.bucket, key)
 
 
 def _out_of_tolerance(color_qa: ColorQa) -> str:

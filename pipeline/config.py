@@ -98,6 +98,9 @@ class PipelineSettings(BaseModel):
         description="[start, end) fractions of the schedule on which the unconditional pass runs (step i of "
         "n when start <= i/n < end); elsewhere the step uses the conditional prediction alone. Default: all.",
     )
+    max_images: int = Field(
+        default=4, ge=1, le=4, description="Most images one request may ask for (`num_images`)."
+    )
     acceleration_tiers: dict[Literal["regular", "high"], tuple[float, float]] = Field(
         default_factory=dict,
         description="Speed tiers a request may choose (`acceleration`), each a guidance interval "

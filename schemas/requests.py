@@ -289,6 +289,13 @@ class EditRequest(WireModel):
         description="Output area in megapixels instead of width/height (at most the worker's "
         "KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS); the aspect is aspect_ratio's or the base image's.",
     )
+    num_images: StrictInt = Field(
+        default=1,
+        ge=1,
+        le=4,
+        description="Images to generate, with seeds seed, seed+1, ... (at most the worker's "
+        "KLEIN_EDIT_PIPELINE__MAX_IMAGES); each is stored as its own object and billed. Added in v1.",
+    )
     acceleration: Literal["none", "regular", "high"] | None = Field(
         default=None,
         description="Speed tier: 'none' runs every pass; 'regular' and 'high' skip unconditional passes as "
@@ -346,6 +353,11 @@ class EditRequest(WireModel):
             )
             if value is not None
         ]
+        if self.num_images > 1 and self.color_qa is not None and (self.color_qa.candidates or 1) > 1:
+            raise ValueError(
+                "num_images and color_qa.candidates conflict: candidates keep one image of several, "
+                "num_images keeps them all; give one"
+            )
         if ("width/height" in forms and len(forms) > 1) or ("image_size" in forms and len(forms) > 1):
             raise ValueError(f"{forms[0]} and {forms[1]} conflict: give one way of sizing the output")
         return self

@@ -45,6 +45,9 @@ class OutputInfo(WireModel):
         "a redelivered request gets a fresh one.",
     )
     url_expires_at: datetime | None = Field(default=None, description="When `url` stops working (UTC).")
+    seed: int | None = Field(
+        default=None, description="The seed this image was generated with (params.seed + its index)."
+    )
 
 
 USD_DECIMALS = 8
@@ -185,6 +188,11 @@ class ModerationReport(WireModel):
     threshold: float
     inputs: list[ModerationScore] = Field(default_factory=list)
     output: ModerationScore | None = None
+    outputs: list[ModerationScore] = Field(
+        default_factory=list,
+        description="With num_images > 1: one score per generated image ('outputs[i]'); a flagged one is "
+        "withheld and the others delivered.",
+    )
     prompt_rule: str | None = Field(
         default=None, description="The rule that flagged the prompt (never the matched text)."
     )
@@ -270,8 +278,15 @@ class EditCompleted(WireModel):
         "operator's step cache or guidance interval skipped some; set when succeeded. Added in "
         "edit-completed v1 without a version bump.",
     )
+    outputs: list[OutputInfo] = Field(
+        default_factory=list,
+        description="Every image delivered, in seed order (num_images); `output` is the first of them. "
+        "Added in edit-completed v1 without a version bump.",
+    )
     color_qa: ColorQa | None = Field(
-        default=None, description="The colour check of a recolour; null when it did not run."
+        default=None,
+        description="The colour check of a recolour (of `output`, the first image); null when it did not "
+        "run.",
     )
     moderation: ModerationReport | None = Field(
         default=None, description="Moderation scores; null when moderation is off or never ran."

@@ -153,3 +153,26 @@ async def test_the_presigned_link_downloads_exactly_the_stored_object(
         body = await response.read()
     assert hashlib.sha256(body).hexdigest() == result.output.sha256
     assert output_objects(store, settings)[f"edits/{req.request_id}.jpg"] == body
+
+
+async def test_four_images_through_a_worker_are_four_objects_billed_as_their_sum(
+    make_settings: Callable[..., Settings], tiny_editor: Editor
+) -> None:
+    settings = make_settings()
+    store = await prepare(settings)
+    image = stage_image(store, settings, "shots/b.png", png_bytes(64, 64))
+    req = request(settings, image, seed=5, num_images=4)
+
+    async with running_worker(settings, lambda: tiny_editor):
+        await publish(settings, req)
+        (result,) = await results(settings, count=1)
+        assert await wait_for_no_lag(settings) == {f"{settings.kafka.request_topic}-{p}": 0 for p in range(2)}
+
+    assert result.status is EditStatus.SUCCEEDED, result.error
+    assert [o.seed for o in result.outputs] == [5, 6, 7, 8]
+    objects = output_objects(store, settings)
+    stems = [f"edits/{req.request_id}.png", *(f"edits/{req.request_id}-{i}.png" for i in (1, 2, 3))]
+    assert sorted(objects) == sorted(stems)
+    assert {hashlib.sha256(objects[key]).hexdigest() for key in stems} == {o.sha256 for o in result.outputs}
+    assert result.cost.images == 4
+    assert result.output == result.outputs[0]
