@@ -25,6 +25,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 log = structlog.get_logger("klein_edit.worker")
+COMMIT_TIMEOUT_S = 10.0  # one commit's longest wait; a failed or timed-out commit is retried next time
 
 
 @dataclass
@@ -146,8 +147,10 @@ class CommitTracker:
             if not to_commit:
                 return
             try:
-                await consumer.commit(to_commit)
-            except KafkaError as exc:
+                # Bounded: aiokafka retries a retriable error (a partition whose topic was just deleted:
+                # UnknownTopicOrPartition) forever, which would hold a rebalance open for good.
+                await asyncio.wait_for(consumer.commit(to_commit), timeout=COMMIT_TIMEOUT_S)
+            except (KafkaError, TimeoutError) as exc:
                 log.warning("commit.failed", error=repr(exc), partitions=len(to_commit))
                 return
             for tp, offset in to_commit.items():

@@ -156,10 +156,9 @@ class ControlReader:
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:
         for _ in range(50):
-            partitions = consumer.partitions_for_topic(self._kafka.control_topic)
+            partitions = await kafka_io.topic_partitions(consumer, self._kafka.control_topic)
             if partitions:
-                return set(partitions)
-            await consumer.topics()
+                return partitions
             await asyncio.sleep(0.1)
         raise RuntimeError(f"control topic {self._kafka.control_topic} has no partitions")
 

@@ -197,8 +197,7 @@ async def replay_dead_letters(
         summary["records"] = []
     progress: _Progress | None = None
     try:
-        await reader.topics()
-        partitions = sorted(reader.partitions_for_topic(kafka.dlq_topic) or ())
+        partitions = sorted(await kafka_io.topic_partitions(reader, kafka.dlq_topic))
         tps = [TopicPartition(kafka.dlq_topic, p) for p in partitions]
         if not tps:
             return {**summary, "note": f"topic {kafka.dlq_topic} does not exist"}

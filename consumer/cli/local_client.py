@@ -48,11 +48,10 @@ class EditClient:
         consumer = kafka_io.make_consumer(self._kafka, group_id=None, auto_offset_reset="latest")
         await consumer.start()
         deadline = time.monotonic() + 30
-        partitions = consumer.partitions_for_topic(self._kafka.result_topic)
+        partitions = await kafka_io.topic_partitions(consumer, self._kafka.result_topic)
         while not partitions and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(self._kafka.result_topic)
+            partitions = await kafka_io.topic_partitions(consumer, self._kafka.result_topic)
         tps = [TopicPartition(self._kafka.result_topic, p) for p in sorted(partitions or ())]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)

@@ -210,3 +210,14 @@ async def ensure_topics(kafka: KafkaSettings, topics: list[str]) -> None:
                 )
     finally:
         await admin.close()
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partitions of `topic` in a fresh read of the cluster's metadata (empty: it does not exist).
+
+    `consumer.partitions_for_topic` knows only the topics the consumer tracks, and `consumer.topics()`
+    does not add to them: on Apache Kafka a topic it merely listed stays unknown to it (Tansu answers
+    every metadata request with every topic, which hid this).
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    return set(cluster.partitions_for_topic(topic) or ())

@@ -287,10 +287,7 @@ async def lag(settings: Settings, topics: list[str] | None = None) -> dict[str, 
     try:
         out: dict[str, int] = {}
         for topic in topics or k.request_topics:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                await consumer.topics()
-                partitions = consumer.partitions_for_topic(topic) or set()
+            partitions = await kafka_io.topic_partitions(consumer, topic)
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             ends = await consumer.end_offsets(tps)
             for tp in tps:

@@ -41,7 +41,7 @@ async def true_lag(settings: Settings) -> int:
     consumer = kafka_io.make_consumer(kafka, group_id=kafka.group_id)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(kafka.request_topic) or set()
+        partitions = await kafka_io.topic_partitions(consumer, kafka.request_topic)
         tps = [TopicPartition(kafka.request_topic, p) for p in sorted(partitions)]
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
