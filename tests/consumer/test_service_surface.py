@@ -170,6 +170,8 @@ async def test_a_missing_output_bucket_keeps_the_worker_not_ready_with_one_line(
         try:
             await eventually(lambda: status_once_listening(port, "/livez") == 200)
             await eventually(lambda: "output_bucket" in get(port, "/readyz")[1])
+            # The model (and the moderation classifier, loaded first) load meanwhile: wait for that.
+            await eventually(lambda: worker.state.model_ready)
             # Longer than one retry interval: still not ready, and still only one line about it.
             deadline = time.monotonic() + OUTPUT_BUCKET_RETRY_S * 1.5
             while time.monotonic() < deadline:
