@@ -11,7 +11,6 @@ to do, because it is what an operator sees when the worker refuses to start.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,12 +20,11 @@ from typing import Any
 import torch
 
 from pipeline.errors import ModelLoadError
-from pipeline.loader import untyped_attr
+from pipeline.loader import first_line, untyped_attr
 
 # What `fetch-model --moderation` needs of a classifier's repository: configs, safetensors weights, and a
 # tokenizer's files (a text classifier); never pickled weights or other frameworks' exports.
 FETCH_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +184,6 @@ def label_probabilities(logits: torch.Tensor, classifier: LoadedClassifier) -> l
     probabilities = values.sigmoid() if classifier.multi_label else values.softmax(dim=-1)
     result: list[float] = probabilities[:, classifier.label_index].tolist()
     return result
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, without colour codes, at most 300 characters."""
-    lines = (line.strip() for line in _ANSI.sub("", str(exc)).splitlines())
-    line = next((line for line in lines if line), type(exc).__name__)
-    return line if len(line) <= 300 else line[:297] + "..."
 
 
 class _Discard(logging.Handler):
