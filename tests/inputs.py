@@ -15,6 +15,8 @@ from io import BytesIO
 import numpy as np
 from PIL import Image, ImageCms
 
+from schemas.results import OutputInfo
+
 D50 = (0.9642, 1.0, 0.8249)
 D65_XY = (0.3127, 0.3290)
 # Bradford cone-response matrix (ICC.1 Annex E).
@@ -278,3 +280,44 @@ def png16(samples: np.ndarray) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
     )
+
+
+def gradient(width: int, height: int) -> Image.Image:
+    """An RGB test card whose every pixel differs from its neighbours (x ramp in R, y ramp in G)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    pixels = np.stack([xx * 255 // (width - 1), yy * 255 // (height - 1), (xx * yy) % 256], axis=-1)
+    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+
+
+def cut_out(width: int, height: int) -> Image.Image:
+    """A product cut-out: a coloured disc on a fully transparent field whose hidden colour is black."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    inside = (xx - width / 2) ** 2 + (yy - height / 2) ** 2 < (min(width, height) / 3) ** 2
+    pixels = np.zeros((height, width, 4), dtype=np.uint8)
+    pixels[inside] = (200, 60, 40, 255)
+    edge = ((xx - width / 2) ** 2 + (yy - height / 2) ** 2 < (min(width, height) / 3 + 3) ** 2) & ~inside
+    pixels[edge] = (200, 60, 40, 128)  # a soft edge, as matting tools leave
+    return Image.fromarray(pixels, "RGBA")
+
+
+def plain_png(image: Image.Image) -> bytes:
+    """A plain PNG of the pixels alone: no ICC profile or other metadata carried over from a source."""
+    return encode(Image.frombytes(image.mode, image.size, image.tobytes()), "PNG")
+
+
+def check_stored(data: bytes, output: OutputInfo) -> Image.Image:
+    """Decode a stored output object and check it against the result's `output` block (an
+    `schemas.results.OutputInfo`): byte count, size, format, alpha and an embedded sRGB ICC profile."""
+    assert len(data) == output.bytes
+    image = Image.open(BytesIO(data))
+    image.load()
+    assert image.size == (output.width, output.height)
+    assert image.format == {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[output.format.value]
+    assert ("A" in image.getbands()) is output.alpha
+    icc = image.info.get("icc_profile")
+    assert icc, "every output embeds an ICC profile"
+    profile = ImageCms.ImageCmsProfile(BytesIO(icc)).profile
+    assert output.color_profile == "sRGB"
+    assert "sRGB" in profile.profile_description
+    assert profile.xcolor_space.strip() == "RGB"
+    return image

@@ -24,10 +24,12 @@ from consumer.http.metrics import WorkerMetrics
 from consumer.kafka.codec import decode_event, encode_event
 from consumer.kafka.settings import KafkaSettings
 from consumer.moderation import Moderation
+from consumer.provenance import OutputSigner
 from consumer.settings import Settings, WorkerSettings
 from pipeline import Editor
 from pipeline.config import TINY_RANDOM, PipelineSettings
 from pipeline.moderation.settings import TINY_IMAGE_CLASSIFIER, ModerationSettings
+from pipeline.signing import ManifestSigner
 from schemas.requests import EditRequest
 from schemas.results import EditCompleted
 from storage import S3Location, S3Settings
@@ -67,9 +69,16 @@ class RecordPath:
     """One worker's record path on fakes. `handle` feeds one record and returns whether it may be
     committed; `results`, `dead_letters` and `progress` read what the fake producer was sent."""
 
-    def __init__(self, settings: Settings, editor: Editor, moderation: Moderation | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        editor: Editor,
+        moderation: Moderation | None = None,
+        signer: OutputSigner | None = None,
+    ) -> None:
         """`moderation`: the loaded classifiers; by default loaded from `settings.moderation` as the worker
-        loads them (None when it is off)."""
+        loads them (None when it is off). `signer`: by default built from `settings.provenance` as the
+        worker builds it (None when no signing key is configured)."""
         if moderation is None and settings.moderation.enabled:
             moderation = Moderation.load(
                 settings.moderation, pipeline_device="cpu", cache_dir=settings.pipeline.cache_dir
@@ -97,6 +106,7 @@ class RecordPath:
             cancels=self.cancels,
             abandon=self.abandon,
             moderation=moderation,
+            signer=signer if signer is not None else ManifestSigner.from_settings(settings.provenance),
         )
         self._offset = 0
 
