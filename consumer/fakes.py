@@ -118,11 +118,13 @@ class FakeStore:
 
 
 class FakeLedger:
-    """Attempt counts per (topic, partition, offset) in a dict."""
+    """Attempt counts per (topic, partition, offset) in a dict; `gpu_runs` counts every GPU run recorded
+    (edits started on the GPU), also of entries cleared since."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.entries: dict[tuple[str, int, int], LedgerEntry] = {}
+        self.gpu_runs = 0
 
     def record_pickup(self, topic: str, partition: int, offset: int) -> LedgerEntry:
         return self._bump(topic, partition, offset, pickups=1)
@@ -141,6 +143,7 @@ class FakeLedger:
             old = self.entries.get((topic, partition, offset), LedgerEntry())
             new = LedgerEntry(pickups=old.pickups + pickups, gpu_runs=old.gpu_runs + gpu_runs)
             self.entries[(topic, partition, offset)] = new
+            self.gpu_runs += gpu_runs
             return new
 
 

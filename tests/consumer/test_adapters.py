@@ -1,7 +1,8 @@
 """LoRA adapters through the worker, on a real broker and S3 server with the tiny model.
 
 Adapters are made here with peft (tests/adapters.py) and uploaded to an allow-listed adapter bucket.
-Every request uses the same image and seed, so outputs can be compared byte for byte.
+Every request uses the same image and seed, so outputs can be compared byte for byte. Refused adapters
+(codes, cost 0, no DLQ) are rules of one record: tests/consumer/record_path/test_adapter_layouts.py.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from pipeline.config import TINY_RANDOM, PipelineSettings
 from schemas.requests import EditRequest
 from schemas.results import EditCompleted, EditStatus
 from storage import ImageStore, S3Location
-from tests.adapters import adapter_file, pickle_file, wrong_shape_file
+from tests.adapters import adapter_file
 from tests.consumer.harness import (
     png_bytes,
     prepare,
     publish,
-    read_topic,
     request,
     results,
     running_worker,
@@ -134,50 +134,3 @@ async def test_adapters_change_scale_combine_cache_and_never_leak(
     assert again.timing_ms.adapter_load == 0.0
     assert hits_after == hits_before + 1
     assert plain.timing_ms.adapter_load == 0.0
-
-
-async def test_bad_adapters_fail_with_their_code_cost_nothing_and_skip_the_dlq(
-    make_settings: Callable[..., Settings], fresh_editor: KleinEditor
-) -> None:
-    settings = adapter_settings(make_settings, max_adapter_bytes=60_000)
-    store = await prepare(settings)
-    store.ensure_bucket(settings.s3.adapter_buckets[0])
-    image = stage_image(store, settings, "base.png", png_bytes(96, 80))
-    good = adapter_file(seed=41)
-    big = adapter_file(seed=1, rank=64)  # about 130 kB, over the 60 kB limit of these settings
-    cases = {
-        "forbidden": ("s3://someone-elses-bucket/x.safetensors", "INPUT_FORBIDDEN"),
-        "pickle": (upload(store, settings, "p.safetensors", pickle_file()), "INVALID_ADAPTER"),
-        "truncated": (upload(store, settings, "t.safetensors", good[: len(good) - 100]), "INVALID_ADAPTER"),
-        "wrong-shape": (upload(store, settings, "w.safetensors", wrong_shape_file()), "INVALID_ADAPTER"),
-        "not-safetensors-name": (upload(store, settings, "a.bin", good), "INVALID_ADAPTER"),
-        "too-large": (upload(store, settings, "big.safetensors", big), "INVALID_ADAPTER"),
-        "missing": (f"s3://{settings.s3.adapter_buckets[0]}/nope.safetensors", "INPUT_NOT_FOUND"),
-    }
-    requests = {
-        name: request(settings, image, seed=SEED, loras=[{"uri": uri}]) for name, (uri, _) in cases.items()
-    }
-
-    async with running_worker(settings, lambda: fresh_editor):
-        for req in requests.values():
-            await publish(settings, req)
-        got = {r.request_id: r for r in await results(settings, count=len(cases), timeout_s=90)}
-        assert await wait_for_no_lag(settings) == {f"{settings.kafka.request_topic}-{p}": 0 for p in range(2)}
-        dead = await read_topic(settings, settings.kafka.dlq_topic, count=0, timeout_s=2)
-
-    assert dead == []
-    for name, (_uri, code) in cases.items():
-        result = got[requests[name].request_id]
-        assert result.status is EditStatus.FAILED, name
-        assert result.error is not None, name
-        assert result.error.code.value == code, (name, result.error)
-        assert not result.error.retryable
-        assert result.attempt == 1
-        assert result.cost.usd == 0.0
-        assert result.gpu_ms == 0.0  # refused in the prepare stage, before any GPU time
-    wrong = got[requests["wrong-shape"].request_id].error
-    assert wrong is not None
-    assert "transformer_blocks.0.attn.to_q" in wrong.message
-    pickled = got[requests["pickle"].request_id].error
-    assert pickled is not None
-    assert "pickle" in pickled.message

@@ -93,7 +93,6 @@ class RecordPath:
         self.cancels = CancelRegistry(100)
         self.metrics = WorkerMetrics()
         self.abandon = asyncio.Event()
-        self.gpu_runs = 0
         self.handler: RecordHandler = build_record_handler(
             settings,
             editor=editor,
@@ -109,6 +108,11 @@ class RecordPath:
             signer=signer if signer is not None else ManifestSigner.from_settings(settings.provenance),
         )
         self._offset = 0
+
+    @property
+    def gpu_runs(self) -> int:
+        """Edits started on the GPU so far (as the handler records them in the ledger before stage 6)."""
+        return self.ledger.gpu_runs
 
     def close(self) -> None:
         self.gpu.shutdown(wait=True)

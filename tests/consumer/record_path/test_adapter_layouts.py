@@ -25,6 +25,8 @@ from tests.adapters import (
     kohya_layout,
     kohya_text_encoder_keys,
     onetrainer_layout,
+    pickle_file,
+    wrong_shape_file,
 )
 from tests.consumer.record_path.path import RecordPath, png
 
@@ -89,3 +91,49 @@ async def test_trainer_layouts_are_accepted_where_diffusers_accepts_them_and_ref
         assert word in result.error.message, (key, result.error.message)
         assert result.attempt == 1
     assert path.dead_letters() == []
+
+
+async def test_bad_adapters_fail_with_their_code_cost_nothing_and_skip_the_dlq(
+    make_path: Callable[..., RecordPath],
+) -> None:
+    path = make_path(s3={"adapter_buckets": [ADAPTERS], "max_adapter_bytes": 60_000})
+    image = path.stage("base.png", png(96, 80))
+    good = diffusers_file(seed=41)
+    big = diffusers_file(seed=1, rank=64)  # about 130 kB, over the 60 kB limit of these settings
+    assert len(big) > 60_000
+
+    def upload(key: str, data: bytes) -> str:
+        path.store.put_object(S3Location(ADAPTERS, key), data)
+        return S3Location(ADAPTERS, key).uri
+
+    cases = {
+        "forbidden": ("s3://someone-elses-bucket/x.safetensors", ErrorCode.INPUT_FORBIDDEN),
+        "pickle": (upload("p.safetensors", pickle_file()), ErrorCode.INVALID_ADAPTER),
+        "truncated": (upload("t.safetensors", good[: len(good) - 100]), ErrorCode.INVALID_ADAPTER),
+        "wrong-shape": (upload("w.safetensors", wrong_shape_file()), ErrorCode.INVALID_ADAPTER),
+        "not-safetensors-name": (upload("a.bin", good), ErrorCode.INVALID_ADAPTER),
+        "too-large": (upload("big.safetensors", big), ErrorCode.INVALID_ADAPTER),
+        "missing": (S3Location(ADAPTERS, "nope.safetensors").uri, ErrorCode.INPUT_NOT_FOUND),
+    }
+    requests = {name: path.request(image, loras=[{"uri": uri}]) for name, (uri, _) in cases.items()}
+    for req in requests.values():
+        assert await path.handle(req)  # answered: the offset may be committed
+
+    got = {event.request_id: event for event in path.results()}
+    assert path.dead_letters() == []
+    assert path.gpu_runs == 0
+    for name, (_uri, code) in cases.items():
+        result = got[requests[name].request_id]
+        assert result.status is EditStatus.FAILED, name
+        assert result.error is not None, name
+        assert result.error.code is code, (name, result.error)
+        assert not result.error.retryable
+        assert result.attempt == 1
+        assert result.cost.usd == 0.0
+        assert result.gpu_ms == 0.0  # refused in the adapters stage, before any GPU time
+    wrong = got[requests["wrong-shape"].request_id].error
+    assert wrong is not None
+    assert "transformer_blocks.0.attn.to_q" in wrong.message
+    pickled = got[requests["pickle"].request_id].error
+    assert pickled is not None
+    assert "pickle" in pickled.message

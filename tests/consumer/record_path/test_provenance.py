@@ -155,6 +155,7 @@ async def test_adapters_are_part_of_the_provenance_also_when_redelivered(
     req = path.request(path.stage("a.png", png(64, 64)), loras=[{"uri": lora_uri, "scale": 0.5}])
     assert await path.handle(req)
     runs = path.gpu_runs
+    assert runs == 1
     assert await path.handle(req)  # answered from the stored object
     first, again = path.results()
 
