@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from PIL import Image
 
 from pipeline import EditJob, StandInEditor
 from pipeline.moderation.tiny import ensure_tiny_image_classifier
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorCode, InvalidEvent
 from schemas.results import EditStatus
 from tests.consumer.record_path.path import RecordPath, path_settings, png
 
@@ -111,3 +112,28 @@ async def test_more_images_than_the_operator_allows_are_refused(make_path: Calla
     assert error is not None
     assert error.code is ErrorCode.INVALID_EVENT
     assert "MAX_IMAGES" in error.message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvalidEvent,
+    reason="`outputs` is within the reader's misspelling rule of `output` (difflib >= 0.85; README, Evolving "
+    "the contract: a new field must not be named that close to an existing one), so a reader with this "
+    "project's rules that predates `outputs` (klein-edit submit --wait before 7d6c5d1) refuses every "
+    "result with INVALID_EVENT: 'outputs: unknown field, did you mean 'output'?'. Needs a name decision.",
+)
+async def test_a_reader_with_the_projects_rules_from_before_outputs_still_reads_the_result(
+    path: RecordPath,
+) -> None:
+    from pydantic import create_model
+
+    from consumer.kafka.codec import decode_event, encode_event
+    from schemas._base import WireModel
+    from schemas.results import EditCompleted
+
+    fields = {n: (f.annotation, f) for n, f in EditCompleted.model_fields.items() if n != "outputs"}
+    before: Any = create_model("EditCompleted", __base__=WireModel, **fields)  # type: ignore[call-overload]
+    assert await path.handle(path.request(path.stage("a.png", png(64, 64))))
+    result = path.result()
+    seen: Any = decode_event(before, encode_event(result))
+    assert seen.output == result.output
