@@ -694,9 +694,11 @@ class EditStages:
         ttl = self._settings.s3.presign_ttl_s
         if ttl <= 0:
             return output
+        # Taken before signing, in whole seconds as SigV4's X-Amz-Date is: the link works at least until
+        # `url_expires_at` (X-Amz-Date + X-Amz-Expires is that instant, or the second after it).
+        signed_from = datetime.now(UTC).replace(microsecond=0)
         url = await self._in_io(self._store.presign, location, ttl)
-        expires = datetime.now(UTC) + timedelta(seconds=ttl)
-        return output.model_copy(update={"url": url, "url_expires_at": expires})
+        return output.model_copy(update={"url": url, "url_expires_at": signed_from + timedelta(seconds=ttl)})
 
     async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)

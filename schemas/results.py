@@ -58,7 +58,7 @@ class Cost(WireModel):
     """Billing: output megapixels x the rate. Failed and canceled edits cost 0."""
 
     usd: float = Field(description=f"Rounded to {USD_DECIMALS} decimal places.")
-    output_megapixels: float
+    output_megapixels: float = Field(description="width x height / 1e6 of each image billed, summed.")
     input_megapixels: float
     usd_per_output_megapixel: float
     adapters: int = Field(
@@ -68,7 +68,7 @@ class Cost(WireModel):
     images: int = Field(
         default=1,
         ge=0,
-        description="Images billed: more than 1 with color_qa.candidates (every one generated is billed).",
+        description="Images billed: num_images, or color_qa.candidates (every one generated is billed).",
     )
 
     @classmethod

@@ -35,7 +35,14 @@ from consumer.cli.command import (
 )
 from pipeline.errors import InvalidImage
 from schemas.errors import KleinEditError
-from schemas.requests import HEX_COLOR_PATTERN, REQUEST_ID_PATTERN, EditRequest, OutputFormat
+from schemas.requests import (
+    HEX_COLOR_PATTERN,
+    IMAGE_SIZE_PRESETS,
+    NOT_BLANK,
+    REQUEST_ID_PATTERN,
+    EditRequest,
+    OutputFormat,
+)
 from schemas.results import EditCompleted
 
 if TYPE_CHECKING:
@@ -119,10 +126,69 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "input's size scaled to at most KLEIN_EDIT_PIPELINE__MAX_MEGAPIXELS)",
     )
     parser.add_argument(
+        "--image-size",
+        type=image_size,
+        default=None,
+        metavar="PRESET|WxH",
+        help=f"output size instead of --width/--height: a preset ({', '.join(IMAGE_SIZE_PRESETS)}) or "
+        "WIDTHxHEIGHT in pixels, each a multiple of 16, 64-4096, e.g. 768x1024 (default: the input's size "
+        "scaled to at most KLEIN_EDIT_PIPELINE__MAX_MEGAPIXELS)",
+    )
+    parser.add_argument(
+        "--aspect-ratio",
+        choices=["1:1", "4:3", "3:4", "16:9", "9:16", "match_input"],
+        default=None,
+        help="output aspect instead of --width/--height: 1:1, 4:3, 3:4, 16:9, 9:16 or match_input (the "
+        "input's), at --megapixels or the worker's default area (default: the input's aspect)",
+    )
+    parser.add_argument(
+        "--megapixels",
+        type=float,
+        default=None,
+        metavar="MP",
+        help="output area in megapixels, a number 0.25-16, at most "
+        "KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS (default: KLEIN_EDIT_PIPELINE__MAX_MEGAPIXELS)",
+    )
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images to generate, an integer 1-4 (at most KLEIN_EDIT_PIPELINE__MAX_IMAGES), seeds --seed, "
+        "--seed+1, ...; each is its own object and is billed (default: 1)",
+    )
+    parser.add_argument(
+        "--negative-prompt",
+        default=None,
+        metavar="TEXT",
+        help="what to steer away from, 1-2000 characters; used only with guidance (--guidance more "
+        "than 1) (default: none)",
+    )
+    parser.add_argument(
+        "--acceleration",
+        choices=["none", "regular", "high"],
+        default=None,
+        help="speed tier: none runs every pass, regular and high skip some as the operator defined them "
+        "(KLEIN_EDIT_PIPELINE__ACCELERATION_TIERS) (default: KLEIN_EDIT_PIPELINE__DEFAULT_ACCELERATION)",
+    )
+    parser.add_argument(
         "--format",
         choices=["png", "jpeg", "webp"],
         default=None,
         help="output image format: png, jpeg or webp (default: png)",
+    )
+    parser.add_argument(
+        "--quality",
+        type=int,
+        default=None,
+        metavar="N",
+        help="encoder quality for --format jpeg or webp, an integer 1-100; with --lossless the webp "
+        "effort (default: 95)",
+    )
+    parser.add_argument(
+        "--lossless",
+        action="store_true",
+        help="lossless encoding, with --format webp only (default: off)",
     )
     parser.add_argument(
         "--output-uri",
@@ -156,7 +222,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--out",
         metavar="FILE",
         default=None,
-        help="save the edited image to FILE; implies --wait (default: not saved)",
+        help="save the edited image to FILE (with --num-images, image i also to FILE's name with -i before "
+        "its suffix); implies --wait (default: not saved)",
     )
     parser.add_argument(
         "--timeout",
@@ -206,10 +273,11 @@ def run(args: argparse.Namespace) -> int:
             )
         if submission.out is not None:
             try:
-                await download(settings, result, submission.out)
+                saved = await download(settings, result, submission.out)
             except KleinEditError as exc:
                 raise storage_failed(settings, exc) from exc
-            print(f"saved {result.output.uri} to {submission.out}", file=sys.stderr)
+            for uri, path in saved:
+                print(f"saved {uri} to {path}", file=sys.stderr)
         return 0
 
     return asyncio.run(submit_and_wait())
@@ -230,17 +298,37 @@ SUBMIT_FLAGS: dict[str, str] = {
     "seed": "--seed",
     "width": "--width",
     "height": "--height",
+    "image_size": "--image-size",
+    "aspect_ratio": "--aspect-ratio",
+    "megapixels": "--megapixels",
+    "num_images": "--num-images",
+    "negative_prompt": "--negative-prompt",
+    "acceleration": "--acceleration",
     "output.uri": "--output-uri",
     "output.format": "--format",
+    "output.quality": "--quality",
+    "output.lossless": "--lossless",
 }
 # Model-level rules, said in flags.
 _RULES_IN_FLAGS = {
     "either prompt or recolor is required": "give --prompt or --recolor",
     "width and height must be given together": "give --width and --height together",
+    "quality applies to jpeg and webp; png is lossless": "--quality applies to --format jpeg or webp; png "
+    "is lossless",
+    "lossless applies to webp only, not jpeg": "--lossless needs --format webp, not jpeg",
+    "lossless applies to webp only, not png": "--lossless needs --format webp, not png",
+}
+# Fields named in model-level messages (e.g. "image_size and aspect_ratio conflict: ..."), as flags.
+_FIELDS_IN_MESSAGES = {
+    "width/height": "--width/--height",
+    "image_size": "--image-size",
+    "aspect_ratio": "--aspect-ratio",
+    "megapixels": "--megapixels",
 }
 _ALLOWED_CHARACTERS = {
     REQUEST_ID_PATTERN: "1-128 characters, each a letter, a digit or one of . _ : -",
     HEX_COLOR_PATTERN: "#RRGGBB or #RGB",
+    NOT_BLANK: "not blank",
 }
 
 
@@ -305,13 +393,27 @@ def prepare_submission(settings: Settings, args: argparse.Namespace) -> Submissi
             image_ref(ref, f"reference-{i}", "--reference") for i, ref in enumerate(args.reference)
         ],
     }
+    width, height, preset = args.width, args.height, args.image_size
+    sized_by_wxh = isinstance(preset, tuple)
+    if isinstance(preset, tuple):  # --image-size WxH is --width and --height in one flag
+        if width is not None or height is not None:
+            raise SubmitRejected(
+                "--image-size and --width/--height conflict: give one way of sizing the output"
+            )
+        (width, height), preset = preset, None
     optional = {
         "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
         "num_inference_steps": args.steps,
         "guidance_scale": args.guidance,
         "seed": args.seed,
-        "width": args.width,
-        "height": args.height,
+        "width": width,
+        "height": height,
+        "image_size": preset,
+        "aspect_ratio": args.aspect_ratio,
+        "megapixels": args.megapixels,
+        "num_images": args.num_images,
+        "acceleration": args.acceleration,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     try:
@@ -319,18 +421,38 @@ def prepare_submission(settings: Settings, args: argparse.Namespace) -> Submissi
             body["recolor"] = [parse_recolor_flag(item) for item in args.recolor]
     except ValueError as exc:
         raise SubmitRejected(str(exc)) from exc
-    if args.format or args.output_uri:
-        body["output"] = {k: v for k, v in {"uri": args.output_uri, "format": args.format}.items() if v}
+    output = {
+        "uri": args.output_uri,
+        "format": args.format,
+        "quality": args.quality,
+        "lossless": True if args.lossless else None,
+    }
+    if any(v is not None for v in output.values()):
+        body["output"] = {k: v for k, v in output.items() if v is not None}
     if args.progress:
         body["progress"] = True
     try:
         request = EditRequest.model_validate(body)
     except ValidationError as exc:
-        raise SubmitRejected(describe_flag_errors(exc, SUBMIT_FLAGS)) from exc
+        if not sized_by_wxh:
+            raise SubmitRejected(describe_flag_errors(exc, SUBMIT_FLAGS)) from exc
+        flags = {**SUBMIT_FLAGS, "width": "--image-size (width)", "height": "--image-size (height)"}
+        problems = describe_flag_errors(exc, flags).replace("--width/--height", "--image-size")
+        raise SubmitRejected(problems) from exc
     if len(request.references) > settings.pipeline.max_references:
         raise SubmitRejected(
             f"--reference: {len(request.references)} given, the worker takes at most "
             f"{settings.pipeline.max_references} (KLEIN_EDIT_PIPELINE__MAX_REFERENCES)"
+        )
+    if request.num_images > settings.pipeline.max_images:
+        raise SubmitRejected(
+            f"--num-images: {request.num_images} asked, the worker makes at most "
+            f"{settings.pipeline.max_images} (KLEIN_EDIT_PIPELINE__MAX_IMAGES)"
+        )
+    if request.megapixels is not None and request.megapixels > settings.pipeline.max_output_megapixels:
+        raise SubmitRejected(
+            f"--megapixels: {request.megapixels:g}, the worker makes at most "
+            f"{settings.pipeline.max_output_megapixels:g} (KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS)"
         )
     spec = request.output
     try:
@@ -380,14 +502,22 @@ async def submit(
         return await client.wait_for(submission.request.request_id, timeout_s=timeout_s)
 
 
-async def download(settings: Settings, result: EditCompleted, out: Path) -> None:
-    """Save the output object of a succeeded `result` to `out`."""
+async def download(settings: Settings, result: EditCompleted, out: Path) -> list[tuple[str, Path]]:
+    """Save the output objects of a succeeded `result`: the first to `out`, image i of several
+    (`--num-images`) beside it as `<stem>-i<suffix>`, as the worker names its objects. Returns each
+    object's URI and the file it was saved to."""
     from storage import ImageStore, S3Location
 
     assert result.output is not None
-    bucket, key = result.output.uri.removeprefix("s3://").split("/", 1)
-    data = await asyncio.to_thread(ImageStore(settings.s3).fetch, S3Location(bucket, key))
-    await asyncio.to_thread(out.write_bytes, data)
+    store = ImageStore(settings.s3)
+    saved = []
+    for index, output in enumerate(result.outputs or [result.output]):
+        path = out.with_name(f"{out.stem}-{index}{out.suffix}") if index else out
+        bucket, key = output.uri.removeprefix("s3://").split("/", 1)
+        data = await asyncio.to_thread(store.fetch, S3Location(bucket, key))
+        await asyncio.to_thread(path.write_bytes, data)
+        saved.append((output.uri, path))
+    return saved
 
 
 def _upload(store: ImageStore, upload: Upload) -> None:
@@ -397,6 +527,22 @@ def _upload(store: ImageStore, upload: Upload) -> None:
 
 def new_request_id() -> str:
     return f"req-{uuid.uuid4().hex[:16]}"
+
+
+_SIZE_FLAG = re.compile(r"^(?P<width>\d+)[xX](?P<height>\d+)$")
+
+
+def image_size(value: str) -> str | tuple[int, int]:
+    """`--image-size`: a preset's name, or `WIDTHxHEIGHT` as a (width, height) pair (the request's width
+    and height, whose multiple-of-16 and 64-4096 rules the request model checks)."""
+    if value in IMAGE_SIZE_PRESETS:
+        return value
+    match = _SIZE_FLAG.match(value)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither a preset ({', '.join(IMAGE_SIZE_PRESETS)}) nor WIDTHxHEIGHT, e.g. 768x1024"
+        )
+    return int(match["width"]), int(match["height"])
 
 
 def parse_recolor_flag(value: str) -> dict[str, str]:
@@ -417,13 +563,19 @@ def describe_flag_errors(exc: ValidationError, flags: Mapping[str, str]) -> str:
             ".".join(fields),
         )
         message = _plain(error)
-        if not flag:
-            problems.append(_RULES_IN_FLAGS.get(message, message))
+        if not flag or flag == "output":
+            problems.append(_RULES_IN_FLAGS.get(message) or _fields_as_flags(message))
             continue
         shown = error.get("input")
         got = f" (got {shown!r})" if isinstance(shown, int | float | str) and len(str(shown)) <= 200 else ""
         problems.append(f"{flag}: {message}{got}")
     return "; ".join(problems)
+
+
+def _fields_as_flags(message: str) -> str:
+    for field, flag in _FIELDS_IN_MESSAGES.items():
+        message = re.sub(rf"(?<![\w/-]){re.escape(field)}(?![\w/])", flag, message)
+    return message
 
 
 def _plain(error: Any) -> str:

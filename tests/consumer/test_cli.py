@@ -183,7 +183,17 @@ def test_every_option_of_every_command_gives_its_default_and_range() -> None:
             if action.type is not None:
                 # A number says its unit or what it counts, and its range.
                 assert re.search(r"\d+ ?-\d+|more than 0|1 or more|0 to", text), f"{path} {flag}: {text!r}"
-                assert action.metavar in {"SECONDS", "PIXELS", "MS", "MB", "N", "PORT", "SCALE"}, flag
+                assert action.metavar in {
+                    "SECONDS",
+                    "PIXELS",
+                    "MS",
+                    "MB",
+                    "MP",
+                    "N",
+                    "PORT",
+                    "SCALE",
+                    "PRESET|WxH",
+                }, flag
             checked += 1
     assert checked >= 25
 
@@ -465,8 +475,44 @@ def test_an_explicit_env_file_that_exists_is_read(tmp_path: Path) -> None:
             ["--recolor", "the shirt=blue"],
             "--recolor 'the shirt=blue': expected TARGET=#RRGGBB or #RGB, e.g. 'the sneakers=#1E90FF'",
         ),
+        (["--prompt", "x", "--num-images", "5"], "--num-images: at most 4 (got 5)"),
+        (
+            ["--prompt", "x", "--image-size", "100x64"],
+            "--image-size (width): a multiple of 16 (got 100)",
+        ),
+        (
+            ["--prompt", "x", "--image-size", "square", "--aspect-ratio", "4:3"],
+            "--image-size and --aspect-ratio conflict: give one way of sizing the output",
+        ),
+        (
+            ["--prompt", "x", "--image-size", "512x512", "--width", "64", "--height", "64"],
+            "--image-size and --width/--height conflict: give one way of sizing the output",
+        ),
+        (
+            ["--prompt", "x", "--megapixels", "9"],
+            "--megapixels: 9, the worker makes at most 4 (KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS)",
+        ),
+        (["--prompt", "x", "--quality", "80"], "--quality applies to --format jpeg or webp; png is lossless"),
+        (["--prompt", "x", "--format", "jpeg", "--lossless"], "--lossless needs --format webp, not jpeg"),
+        (["--prompt", "x", "--negative-prompt", " "], "--negative-prompt: not blank (got ' ')"),
     ],
-    ids=["steps", "guidance", "width", "width-alone", "no-prompt", "request-id", "recolor"],
+    ids=[
+        "steps",
+        "guidance",
+        "width",
+        "width-alone",
+        "no-prompt",
+        "request-id",
+        "recolor",
+        "num-images",
+        "image-size-wxh",
+        "size-conflict",
+        "wxh-and-width",
+        "megapixels-cap",
+        "png-quality",
+        "jpeg-lossless",
+        "negative-prompt",
+    ],
 )
 def test_submit_names_the_flags_the_user_typed(tmp_path: Path, args: list[str], message: str) -> None:
     shot = tmp_path / "shot.png"
@@ -545,3 +591,64 @@ def test_help_texts_say_what_the_values_mean() -> None:
     assert "off serves none" in worker
     fetch = " ".join(help_of("fetch-model").split())
     assert "without a GPU also set KLEIN_EDIT_PIPELINE__DEVICE=cpu" in fetch
+
+
+# --- submit: the flags of issue 22 ------------------------------------------------------------------
+
+
+def submit_args(*flags: str) -> argparse.Namespace:
+    return build_parser().parse_args(["submit", "--image", "s3://klein-edit-inputs/a.png", *flags])
+
+
+def local_settings() -> Any:
+    from consumer.settings import Settings
+
+    return Settings(_env_file=None, s3={"endpoint_url": "http://127.0.0.1:1"})  # type: ignore[call-arg]
+
+
+def test_submit_flags_set_every_request_field_of_issue_22() -> None:
+    from consumer.cli.submit import prepare_submission
+
+    args = submit_args(
+        "--prompt", "a red chair", "--negative-prompt", "blurry", "--num-images", "3",
+        "--aspect-ratio", "16:9", "--megapixels", "0.5", "--acceleration", "high",
+        "--format", "webp", "--quality", "70", "--lossless",
+    )  # fmt: skip
+    request = prepare_submission(local_settings(), args).request
+    assert (request.negative_prompt, request.num_images, request.acceleration) == ("blurry", 3, "high")
+    assert (request.aspect_ratio, request.megapixels, request.image_size) == ("16:9", 0.5, None)
+    assert request.output is not None
+    assert (request.output.format, request.output.quality, request.output.lossless) == ("webp", 70, True)
+    preset = prepare_submission(
+        local_settings(), submit_args("--prompt", "x", "--image-size", "portrait_4_3")
+    )
+    assert (preset.request.image_size, preset.request.width) == ("portrait_4_3", None)
+    wxh = prepare_submission(local_settings(), submit_args("--prompt", "x", "--image-size", "768x1024"))
+    assert (wxh.request.width, wxh.request.height, wxh.request.image_size) == (768, 1024, None)
+    plain = prepare_submission(local_settings(), submit_args("--prompt", "x")).request
+    assert plain.output is None  # no output flag: the worker's defaults, nothing sent
+    assert (plain.num_images, plain.negative_prompt, plain.acceleration) == (1, None, None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--image-size", "huge"],
+            "argument --image-size: 'huge' is neither a preset (square_hd, square, portrait_4_3, "
+            "portrait_16_9, landscape_4_3, landscape_16_9) nor WIDTHxHEIGHT, e.g. 768x1024",
+        ),
+        (["--aspect-ratio", "2:1"], "argument --aspect-ratio: invalid choice: '2:1'"),
+        (["--acceleration", "fast"], "argument --acceleration: invalid choice: 'fast'"),
+        (["--num-images", "two"], "argument --num-images: invalid int value: 'two'"),
+        (["--megapixels", "lots"], "argument --megapixels: invalid float value: 'lots'"),
+        (["--quality", "high"], "argument --quality: invalid int value: 'high'"),
+    ],
+)
+def test_submit_flag_values_of_the_wrong_form_are_usage_errors(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        submit_args("--prompt", "x", *flags)
+    assert exit_info.value.code == 2
+    assert f"klein-edit submit: error: {message}" in capsys.readouterr().err

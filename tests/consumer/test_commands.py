@@ -24,6 +24,7 @@ from PIL import Image
 
 from consumer.settings import Settings
 from pipeline import Editor
+from pipeline.images import size_for_area
 from schemas.results import USD_DECIMALS, EditCompleted, EditStatus
 from storage import ImageStore
 from tests.consumer.harness import (
@@ -90,6 +91,48 @@ async def test_submit_wait_uploads_a_local_file_and_prints_the_result(
     assert list(outputs) == ["edits/cli-1.png"]
     assert (tmp_path / "edited.png").read_bytes() == outputs["edits/cli-1.png"]
     assert err.decode().endswith(f"saved {result.output.uri} to {tmp_path / 'edited.png'}\n")
+
+
+async def test_submit_flags_of_issue_22_reach_the_worker_and_every_image_is_saved(
+    make_settings: Callable[..., Settings], tiny_editor: Editor, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    store = await prepare(settings)
+    shot = tmp_path / "shot.png"
+    shot.write_bytes(png_bytes(96, 64))
+    flags = "--num-images 2 --aspect-ratio 16:9 --megapixels 0.25 --negative-prompt blurry --format jpeg "
+    flags += "--quality 60 --acceleration none --guidance 4 --seed 9 --steps 25 --request-id cli-22"
+    async with running_worker(settings, lambda: tiny_editor):
+        proc = await asyncio.create_subprocess_exec(
+            KLEIN_EDIT,
+            "submit",
+            "--image",
+            str(shot),
+            "--prompt",
+            "a studio backdrop",
+            *flags.split(),
+            "--out",
+            str(tmp_path / "edited.jpg"),
+            "--timeout",
+            "150",
+            env=command_env(settings),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=200)
+    assert proc.returncode == 0, err.decode()
+    result = EditCompleted.model_validate_json(out)
+    assert result.status is EditStatus.SUCCEEDED, result.error
+    assert result.params is not None
+    assert (result.params.negative_prompt, result.params.acceleration) == ("blurry", "none")
+    assert [o.seed for o in result.outputs] == [9, 10]
+    assert (result.params.width, result.params.height) == size_for_area(16 / 9, 0.25)  # the geometry rule
+    objects = output_objects(store, settings)
+    assert sorted(objects) == ["edits/cli-22-1.jpg", "edits/cli-22.jpg"]
+    assert (tmp_path / "edited.jpg").read_bytes() == objects["edits/cli-22.jpg"]
+    assert (tmp_path / "edited-1.jpg").read_bytes() == objects["edits/cli-22-1.jpg"]
+    with Image.open(tmp_path / "edited.jpg") as img:
+        assert img.format == "JPEG"
 
 
 async def test_submit_wait_on_a_failed_edit_exits_1_with_one_line_and_the_result_on_stdout(

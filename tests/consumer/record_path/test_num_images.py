@@ -1,11 +1,13 @@
 """Several images per request on the production record path: distinct seeds and objects, the cost the
 sum, idempotent per image (a redelivery generates only what is missing), a cancel in the middle of the
-third image, every image moderated, and old consumers still finding `output`."""
+third image, every image moderated, old consumers still finding `output`, and the colour check's
+`candidates` being the same generation."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from PIL import Image
 
 from pipeline import EditJob, StandInEditor
 from pipeline.moderation.tiny import ensure_tiny_image_classifier
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorCode, InvalidEvent
 from schemas.results import EditStatus
 from tests.consumer.record_path.path import RecordPath, path_settings, png
 
@@ -111,3 +113,55 @@ async def test_more_images_than_the_operator_allows_are_refused(make_path: Calla
     assert error is not None
     assert error.code is ErrorCode.INVALID_EVENT
     assert "MAX_IMAGES" in error.message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvalidEvent,
+    reason="`outputs` is within the reader's misspelling rule of `output` (difflib >= 0.85; README, Evolving "
+    "the contract: a new field must not be named that close to an existing one), so a reader with this "
+    "project's rules that predates `outputs` (klein-edit submit --wait before 7d6c5d1) refuses every "
+    "result with INVALID_EVENT: 'outputs: unknown field, did you mean 'output'?'. Needs a name decision.",
+)
+async def test_a_reader_with_the_projects_rules_from_before_outputs_still_reads_the_result(
+    path: RecordPath,
+) -> None:
+    from pydantic import create_model
+
+    from consumer.kafka.codec import decode_event, encode_event
+    from schemas._base import WireModel
+    from schemas.results import EditCompleted
+
+    fields = {n: (f.annotation, f) for n, f in EditCompleted.model_fields.items() if n != "outputs"}
+    before: Any = create_model("EditCompleted", __base__=WireModel, **fields)  # type: ignore[call-overload]
+    assert await path.handle(path.request(path.stage("a.png", png(64, 64))))
+    result = path.result()
+    seen: Any = decode_event(before, encode_event(result))
+    assert seen.output == result.output
+
+
+async def test_color_candidates_are_the_same_generation_as_num_images(path: RecordPath) -> None:
+    """The colour check's `candidates` and `num_images` are one generation (seeds seed+i, one GPU job):
+    the kept candidate is, pixel for pixel, the image of the same seed that num_images stores, and both
+    run and bill the same images."""
+    image = path.stage("a.png", png(64, 64))
+    recolor = [{"target": "the square", "color": "#1E90FF"}]
+    best_of = path.request(image, recolor=recolor, seed=40, color_qa={"mode": "measure", "candidates": 3})
+    every = path.request(image, recolor=recolor, seed=40, num_images=3)
+    assert await path.handle(best_of)
+    assert await path.handle(every)
+    kept, all_three = path.results()
+    assert kept.status is EditStatus.SUCCEEDED, kept.error
+    assert all_three.status is EditStatus.SUCCEEDED, all_three.error
+    qa = kept.color_qa
+    assert qa is not None
+    assert [c.seed for c in qa.candidates] == [o.seed for o in all_three.outputs] == [40, 41, 42]
+    chosen = qa.chosen_candidate
+    assert kept.params is not None
+    assert kept.params.seed == 40 + chosen
+    assert kept.output is not None
+    assert np.array_equal(pixels(path, kept.output.uri), pixels(path, all_three.outputs[chosen].uri))
+    steps = kept.params.num_inference_steps
+    assert kept.transformer_passes == all_three.transformer_passes == 3 * 2 * steps  # guidance: 2 a step
+    assert kept.cost.images == all_three.cost.images == 3
+    assert kept.cost.usd == all_three.cost.usd
