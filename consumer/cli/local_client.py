@@ -81,6 +81,6 @@ class EditClient:
             for records in batches.values():
                 for record in records:
                     if record.key and record.value:
-                        result = decode_event(EditCompleted, record.value)
+                        result = decode_event(EditCompleted, record.value, reject_misspellings=False)
                         self._received.setdefault(result.request_id, result)
         return self._received.pop(request_id)

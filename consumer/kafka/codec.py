@@ -123,14 +123,19 @@ def _decode_unwrapped(unwrapped: Unwrapped, *, max_bytes: int, strict: bool) -> 
 _METADATA_ENTRIES = 32  # EditRequest.metadata's max_length
 
 
-def decode_event(model: type[E], raw: bytes) -> E:
-    """A wire event we consume (a result for `submit --wait`, a cancel command), read the same way
-    as requests: fields added by a newer publisher are ignored, misspellings rejected.
+def decode_event(model: type[E], raw: bytes, *, reject_misspellings: bool = True) -> E:
+    """A wire event we consume (a cancel command; a result for `submit --wait`): fields added by a newer
+    publisher are ignored.
+
+    `reject_misspellings`: refuse an unknown field close to a known one, as for requests. Right for
+    what people and their tools write (cancel commands); off for results and progress, which the
+    worker writes from its own model, so an unknown field there is always a newer field (`outputs`
+    beside `output`) and never a typo.
 
     Raises `InvalidEvent` naming the field, and nothing else, whatever the bytes.
     """
     with _refusing():
-        event, _ = _decode_tolerant(model, raw, strict=False)
+        event, _ = _decode_tolerant(model, raw, strict=False, reject_typos=reject_misspellings)
         return event
 
 
@@ -150,8 +155,11 @@ def _refusing() -> Iterator[None]:
         raise InvalidEvent(f"record could not be decoded: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
-def _decode_tolerant(model: type[E], raw: bytes, *, strict: bool) -> tuple[E, tuple[str, ...]]:
-    """(the event, paths of the unknown fields ignored); see `decode_request`."""
+def _decode_tolerant(
+    model: type[E], raw: bytes, *, strict: bool, reject_typos: bool = True
+) -> tuple[E, tuple[str, ...]]:
+    """(the event, paths of the unknown fields ignored); see `decode_request`. `reject_typos`: refuse an
+    unknown field close to a known one."""
     if json_depth_exceeds(raw):
         raise InvalidEvent(too_deep_message())
     try:
@@ -163,7 +171,7 @@ def _decode_tolerant(model: type[E], raw: bytes, *, strict: bool) -> tuple[E, tu
     others = [e for e in errors if e["type"] != "extra_forbidden"]
     typos = [
         f"{_format_path(loc)}: unknown field, did you mean {guess!r}? (a misspelling is never ignored)"
-        for loc in unknown
+        for loc in (unknown if reject_typos else [])
         if (guess := _close_known_field(model, loc)) is not None
     ]
     if strict and unknown:
