@@ -71,7 +71,10 @@ class AddressRefused(Exception):
     Not an `OSError`, so aiohttp passes it through rather than wrapping it as a DNS failure."""
 
     def __init__(self, host: str, address: str, reason: str) -> None:
-        super().__init__(f"host '{host}' resolves to {address} ({reason})")
+        if host == address:
+            super().__init__(f"address {address} is {reason}")
+        else:
+            super().__init__(f"host '{host}' resolves to {address} ({reason})")
         self.host = host
         self.address = address
         self.reason = reason
@@ -194,8 +197,9 @@ class UrlFetcher:
                 "(KLEIN_EDIT_URL_INPUTS__MAX_REDIRECTS)"
             )
         except AddressRefused as exc:
+            where = shown if str(url) == location.url else f"{shown}: redirected to {_shown(url)}"
             raise InputForbidden(
-                f"{shown}: {exc}, which this worker may not connect to "
+                f"{where}: {exc}, which this worker may not connect to "
                 "(KLEIN_EDIT_URL_INPUTS__ALLOWED_PRIVATE_NETWORKS)"
             ) from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError and the total timeout both
