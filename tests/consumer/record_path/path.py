@@ -17,7 +17,7 @@ from aiokafka import ConsumerRecord
 from PIL import Image
 
 from consumer.control import CancelRegistry
-from consumer.fakes import FakeLedger, FakeProducer, FakeStore, SentRecord
+from consumer.fakes import FakeLedger, FakeProducer, FakeStore, FakeUrls, SentRecord
 from consumer.gpu import GpuThread
 from consumer.handler import RecordHandler, build_record_handler
 from consumer.http.metrics import WorkerMetrics
@@ -25,6 +25,7 @@ from consumer.kafka.codec import decode_event, encode_event
 from consumer.kafka.settings import KafkaSettings
 from consumer.moderation import Moderation
 from consumer.settings import Settings, WorkerSettings
+from consumer.url_fetch import UrlSource
 from pipeline import Editor
 from pipeline.config import TINY_RANDOM, PipelineSettings
 from pipeline.moderation.settings import TINY_IMAGE_CLASSIFIER, ModerationSettings
@@ -67,9 +68,16 @@ class RecordPath:
     """One worker's record path on fakes. `handle` feeds one record and returns whether it may be
     committed; `results`, `dead_letters` and `progress` read what the fake producer was sent."""
 
-    def __init__(self, settings: Settings, editor: Editor, moderation: Moderation | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        editor: Editor,
+        moderation: Moderation | None = None,
+        *,
+        urls: UrlSource | None = None,
+    ) -> None:
         """`moderation`: the loaded classifiers; by default loaded from `settings.moderation` as the worker
-        loads them (None when it is off)."""
+        loads them (None when it is off). `urls`: the URL reader, by default a `FakeUrls` (`self.urls`)."""
         if moderation is None and settings.moderation.enabled:
             moderation = Moderation.load(
                 settings.moderation, pipeline_device="cpu", cache_dir=settings.pipeline.cache_dir
@@ -77,6 +85,7 @@ class RecordPath:
         self.moderation = moderation
         self.settings = settings
         self.store = FakeStore(settings.s3)
+        self.urls = FakeUrls()
         self.ledger = FakeLedger()
         self.producer = FakeProducer(max_request_size=max(settings.kafka.max_request_bytes, 1_048_576) * 2)
         self.gpu = GpuThread()
@@ -97,6 +106,7 @@ class RecordPath:
             cancels=self.cancels,
             abandon=self.abandon,
             moderation=moderation,
+            urls=urls if urls is not None else self.urls,
         )
         self._offset = 0
 
