@@ -227,7 +227,8 @@ class UrlFetcher:
             raise InputForbidden(f"{where}: only https URLs are read, not {url.scheme}://")
         if url.user is not None or url.password is not None:
             raise InputForbidden(f"{where}: a URL with user information ('user@host') is not read")
-        host = (url.host or "").rstrip(".").lower()
+        # The name as it goes on the wire (IDNA-encoded), as an operator lists it; `host` would decode it.
+        host = (url.raw_host or "").rstrip(".").lower()
         if not host_allowed(host, self._settings.allowed_hosts):
             raise InputForbidden(
                 f"{where}: host '{host}' is not allowed (KLEIN_EDIT_URL_INPUTS__ALLOWED_HOSTS)"
