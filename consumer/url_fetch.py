@@ -21,6 +21,7 @@ as `redact_url` gives it: a presigned link's query is a secret.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from types import TracebackType
@@ -33,6 +34,7 @@ from aiohttp.resolver import DefaultResolver
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from consumer.settings import ConfigurationError
 from storage import (
     AddressPolicy,
     FetchedObject,
@@ -124,10 +126,17 @@ class UrlFetcher:
         return self._settings
 
     async def __aenter__(self) -> UrlFetcher:
+        """Open the session; raises `ConfigurationError` when the CA bundle cannot be loaded."""
         context = ssl.create_default_context()
         if self._settings.ca_bundle:
             # In addition to the system's trust store: an on-premises CDN and public CDNs may both be allowed.
-            context.load_verify_locations(cafile=self._settings.ca_bundle)
+            try:
+                context.load_verify_locations(cafile=self._settings.ca_bundle)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(
+                    f"KLEIN_EDIT_URL_INPUTS__CA_BUNDLE: cannot load {self._settings.ca_bundle!r} as PEM "
+                    f"certificates ({exc})"
+                ) from exc
         connector = aiohttp.TCPConnector(
             resolver=CheckedResolver(self._policy, self._inner_resolver), ssl=context, limit=32
         )
@@ -141,7 +150,7 @@ class UrlFetcher:
             trust_env=False,  # no proxy from the environment: the connection must be the one checked
             cookie_jar=aiohttp.DummyCookieJar(),  # nothing carried from one request's reads to another's
             auto_decompress=True,  # a compressed body is counted against the limit as decompressed
-            # A Referer or any header naming the worker is none of the host's business.
+            # identity: the Content-Length checked before the read is the size of what is read.
             headers={"User-Agent": "klein-edit", "Accept-Encoding": "identity"},
         )
         return self
@@ -174,24 +183,28 @@ class UrlFetcher:
         url = URL(location.url, encoded=True)  # as given: re-encoding would break a presigned signature
         headers = _conditional(validator)
         try:
-            for hop in range(self._settings.max_redirects + 1):
-                self._check_target(url, shown, redirected=hop > 0)
-                async with session.get(url, allow_redirects=False, headers=headers) as response:
-                    if response.status in REDIRECT_STATUSES:
-                        target = response.headers.get("Location")
-                        if not target:
-                            raise InputForbidden(f"{shown}: redirect ({response.status}) without a Location")
-                        url = url.join(URL(target))
-                        log.debug("url.redirected", source=shown, status=response.status, to=_shown(url))
-                        continue
-                    if response.status == 304 and validator:
-                        return None
-                    _check_status(response.status, shown)
-                    length = response.content_length
-                    if length is not None and length > limit:
-                        raise too_large(f"{shown} is {length} bytes, over the limit of {limit} bytes")
-                    data = await _read(response, limit, too_large, shown)
-                    return FetchedObject(data=data, etag=_validator(response.headers))
+            # The session's total timeout bounds each hop; this bounds the read, redirects included.
+            async with asyncio.timeout(self._settings.total_timeout_s):
+                for hop in range(self._settings.max_redirects + 1):
+                    self._check_target(url, shown, redirected=hop > 0)
+                    async with session.get(url, allow_redirects=False, headers=headers) as response:
+                        if response.status in REDIRECT_STATUSES:
+                            target = response.headers.get("Location")
+                            if not target:
+                                raise InputForbidden(
+                                    f"{shown}: redirect ({response.status}) without a Location"
+                                )
+                            url = url.join(URL(target))
+                            log.debug("url.redirected", source=shown, status=response.status, to=_shown(url))
+                            continue
+                        if response.status == 304 and validator:
+                            return None
+                        _check_status(response.status, shown)
+                        length = response.content_length
+                        if length is not None and length > limit:
+                            raise too_large(f"{shown} is {length} bytes, over the limit of {limit} bytes")
+                        data = await _read(response, limit, too_large, shown)
+                        return FetchedObject(data=data, etag=_validator(response.headers))
             raise InputForbidden(
                 f"{shown}: more than {self._settings.max_redirects} redirects "
                 "(KLEIN_EDIT_URL_INPUTS__MAX_REDIRECTS)"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from consumer.settings import ConfigurationError
 from consumer.url_fetch import UrlFetcher
 from storage import (
     InputForbidden,
@@ -241,3 +243,13 @@ async def test_a_certificate_from_an_untrusted_ca_is_refused(
     settings = url_settings(tls_files, ca_bundle=None)  # the system's trust store only
     message = await refused(InputForbidden, settings, https_origin.url(f"/files/a.png?{SECRET}"))
     assert "certificate is not trusted" in message
+
+
+async def test_a_ca_bundle_that_cannot_be_loaded_is_a_configuration_error(
+    tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    (tmp_path / "not-pem.crt").write_text("not a certificate")
+    for path in (tmp_path / "missing.crt", tmp_path / "not-pem.crt"):
+        with pytest.raises(ConfigurationError, match="KLEIN_EDIT_URL_INPUTS__CA_BUNDLE"):
+            async with UrlFetcher(url_settings(tls_files, ca_bundle=str(path))):
+                pass
