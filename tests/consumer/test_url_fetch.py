@@ -194,6 +194,9 @@ async def test_redirects_are_followed_only_to_allowed_hosts_and_addresses(
     message = await refused(InputForbidden, settings, f"{origin}?to={quote(target)}", resolver=resolver)
     assert "redirected to https://inside.test" in message
     assert "192.168.1.20 (private)" in message
+    malformed = quote(f"https://[::1/x?{SECRET}")
+    message = await refused(InputForbidden, settings, f"{origin}?to={malformed}")
+    assert "not a URL this worker can read" in message
     looping = url_settings(tls_files, max_redirects=2)
     message = await refused(InputForbidden, looping, https_origin.url("/loop"))
     assert "more than 2 redirects" in message
