@@ -225,10 +225,9 @@ class UrlFetcher:
         except aiohttp.ClientConnectorError as exc:
             # Its message names host, port and the socket error, never the path or query.
             raise StorageUnavailable(f"cannot read {shown}: {exc}") from exc
-        except aiohttp.InvalidURL as exc:
-            raise InputForbidden(
-                f"{shown}: not a URL this worker can read (a redirect to a bad URL)"
-            ) from exc
+        except (aiohttp.InvalidURL, ValueError) as exc:
+            # yarl's and aiohttp's messages quote the URL, query included: not shown.
+            raise InputForbidden(f"{shown}: not a URL this worker can read (or redirected to one)") from exc
         except aiohttp.ClientError as exc:
             # Its message may quote the whole URL (ClientResponseError does): only the type is shown.
             raise StorageUnavailable(f"cannot read {shown}: {type(exc).__name__}") from exc
