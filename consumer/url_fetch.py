@@ -182,6 +182,7 @@ class UrlFetcher:
         shown = location.uri
         url = URL(location.url, encoded=True)  # as given: re-encoding would break a presigned signature
         headers = _conditional(validator)
+        hop = 0
         try:
             # The session's total timeout bounds each hop; this bounds the read, redirects included.
             async with asyncio.timeout(self._settings.total_timeout_s):
@@ -210,7 +211,7 @@ class UrlFetcher:
                 "(KLEIN_EDIT_URL_INPUTS__MAX_REDIRECTS)"
             )
         except AddressRefused as exc:
-            where = shown if str(url) == location.url else f"{shown}: redirected to {_shown(url)}"
+            where = f"{shown}: redirected to {_shown(url)}" if hop else shown
             raise InputForbidden(
                 f"{where}: {exc}, which this worker may not connect to "
                 "(KLEIN_EDIT_URL_INPUTS__ALLOWED_PRIVATE_NETWORKS)"
