@@ -54,10 +54,12 @@ class StaticResolver(AbstractResolver):
 
     def __init__(self, table: dict[str, str]) -> None:
         self._table = table
+        self.asked: list[str] = []
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
+        self.asked.append(host)
         address = self._table[host]
         kind = socket.AF_INET6 if ":" in address else socket.AF_INET
         return [{"hostname": host, "host": address, "port": port, "family": kind, "proto": 0, "flags": 0}]
@@ -135,13 +137,19 @@ async def test_a_name_that_resolves_to_loopback_is_refused_when_connecting(
 async def test_ip_literals_are_checked_although_no_resolver_is_asked(
     https_origin: HttpsOrigin, tls_files: TlsFiles
 ) -> None:
+    # aiohttp connects to an IP literal without asking the resolver (so the fetcher checks literals itself).
+    https_origin.files["a.png"] = b"body"
+    resolver = StaticResolver({})
+    allowed = url_settings(tls_files)
+    assert (await read(allowed, https_origin.url("/files/a.png"), resolver=resolver)).data == b"body"
+    assert resolver.asked == []
     settings = url_settings(tls_files, allowed_private_networks=[])
     message = await refused(InputForbidden, settings, https_origin.url("/files/a.png"))
     assert "address 127.0.0.1 is loopback" in message
     # The IPv4-mapped IPv6 form of the same address: judged as the IPv4 address inside it.
     message = await refused(InputForbidden, settings, https_origin.url("/files/a.png", "::ffff:127.0.0.1"))
     assert "loopback (127.0.0.1)" in message
-    assert sum(https_origin.hits.values()) == 0
+    assert https_origin.hits["/files/a.png"] == 1  # only the allowed read
 
 
 async def test_names_resolving_to_private_mapped_or_metadata_addresses_are_refused(
