@@ -1,6 +1,6 @@
-"""In-memory fakes of the record path's three outside protocols, kept beside them as httpx keeps its
-`MockTransport` beside its transport base: `FakeStore` (the stages' `Store`), `FakeLedger` (the handler's
-`Ledger`) and `FakeProducer` (the publisher's `Producer`).
+"""In-memory fakes of the record path's outside protocols, kept beside them as httpx keeps its
+`MockTransport` beside its transport base: `FakeStore` (the stages' `Store`), `FakeUrls` (the stages'
+`UrlSource`), `FakeLedger` (the handler's `Ledger`) and `FakeProducer` (the publisher's `Producer`).
 
 They keep the contracts the real ones keep (conditional puts, typed storage errors, the size limits of
 `S3Settings`, acknowledged sends), so the production handler and stages run on them unchanged: the rules
@@ -24,7 +24,9 @@ from storage import (
     PutOutcome,
     S3Location,
     S3Settings,
+    StorageError,
     StoredObject,
+    UrlLocation,
 )
 from storage.errors import AdapterRefused, InputTooLarge
 
@@ -115,6 +117,38 @@ class FakeStore:
         if obj is None:
             raise InputNotFound(f"{location.uri} does not exist")
         return obj
+
+
+class FakeUrls:
+    """https URLs in a dict, keyed by the URL without its query (as a CDN ignores a presigned link's
+    signature); `reads` lists the full URLs asked for. Keeps `UrlFetcher`'s contract: the size limit, the
+    validator (an ETag) and a 304 (None) to a matching conditional read. The URL rules themselves are the
+    production ones: they run before a read (`storage.urls`); the address check needs a real connection
+    (tests/consumer/test_url_fetch.py)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.objects: dict[str, bytes] = {}
+        self.reads: list[str] = []
+
+    def put(self, url: str, data: bytes) -> None:
+        with self._lock:
+            self.objects[url.partition("?")[0]] = data
+
+    async def fetch(
+        self, location: UrlLocation, *, limit: int, too_large: type[StorageError], validator: str = ""
+    ) -> FetchedObject | None:
+        with self._lock:
+            self.reads.append(location.url)
+            data = self.objects.get(location.url.partition("?")[0])
+        if data is None:
+            raise InputNotFound(f"{location.uri} does not exist (HTTP 404)")
+        etag = "etag:" + _etag(data)
+        if validator and validator == etag:
+            return None
+        if len(data) > limit:
+            raise too_large(f"{location.uri} is {len(data)} bytes, over the limit of {limit} bytes")
+        return FetchedObject(data=data, etag=etag)
 
 
 class FakeLedger:

@@ -33,6 +33,7 @@ from consumer.provenance import OutputSigner
 from consumer.publisher import Producer, Publisher, PublishRejected
 from consumer.settings import Settings
 from consumer.stages import EditStages, Store
+from consumer.url_fetch import UrlSource
 from pipeline import EditCanceled, Editor
 from schemas.errors import ErrorCode, KleinEditError
 from schemas.progress import EditStage
@@ -66,6 +67,7 @@ def build_record_handler(
     abandon: asyncio.Event,
     signer: OutputSigner | None = None,
     moderation: Moderation | None = None,
+    urls: UrlSource | None = None,
 ) -> RecordHandler:
     """The one place that builds a record's path: results, stages, publisher and handler. The worker
     calls it with the real store, ledger and producer, the record-path tests with `consumer.fakes`."""
@@ -85,6 +87,7 @@ def build_record_handler(
         metrics=metrics,
         signer=signer,
         moderation=moderation,
+        urls=urls,
     )
     return RecordHandler(
         settings,

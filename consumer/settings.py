@@ -38,7 +38,7 @@ from consumer.kafka.settings import KafkaSettings
 from pipeline.config import PipelineSettings, ProvenanceSettings
 from pipeline.moderation.settings import ModerationSettings
 from schemas.results import DEFAULT_USD_PER_MEGAPIXEL
-from storage.config import S3Settings
+from storage.config import S3Settings, UrlInputSettings
 
 
 class CostSettings(BaseModel):
@@ -172,6 +172,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     # No default instance: on AWS the bucket names are required (see S3Settings).
     s3: S3Settings = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    url_inputs: UrlInputSettings = Field(default_factory=UrlInputSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
     cost: CostSettings = Field(default_factory=CostSettings)

@@ -39,6 +39,7 @@ from consumer.policy import (
 from consumer.provenance import FetchedInput, OutputSigner, ProvenanceRecorder
 from consumer.settings import Settings
 from consumer.sink import OUTPUT_PROFILE, StoredEdit, output_metadata, read_stored
+from consumer.url_fetch import UrlSource
 from pipeline import (
     DecodedImage,
     EditJob,
@@ -58,7 +59,6 @@ from schemas.provenance import ModelRef
 from schemas.requests import (
     IMAGE_SIZE_PRESETS,
     WHITE,
-    AdapterRef,
     EditRequest,
     OutputAlpha,
     OutputFormat,
@@ -69,12 +69,14 @@ from schemas.requests import (
 from schemas.results import ColorQa, EditCompleted, EditParams, ModerationReport, OutputInfo
 from storage import (
     FetchedObject,
+    InputLocation,
+    InputTooLarge,
     InvalidLocation,
     ObjectVersion,
     PutOutcome,
     S3Location,
     StoredObject,
-    parse_input_location,
+    parse_input_source,
     resolve_output_location,
 )
 
@@ -97,10 +99,11 @@ class Store(Protocol):
 
 @dataclass(frozen=True)
 class Locations:
-    """Where a request's objects are: inputs (base first), adapters, and the output with its format."""
+    """Where a request's objects are: inputs (base first) and adapters (S3 objects or https URLs), and the
+    output with its format."""
 
-    inputs: list[S3Location]
-    adapters: list[S3Location]
+    inputs: list[InputLocation]
+    adapters: list[InputLocation]
     outputs: list[S3Location]  # one per image (num_images); the first is today's single output key
     output_format: OutputFormat
 
@@ -132,20 +135,27 @@ class EditStages:
         metrics: WorkerMetrics | None = None,
         signer: OutputSigner | None = None,
         moderation: Moderation | None = None,
+        urls: UrlSource | None = None,
     ) -> None:
         """`signer`: embeds a signed C2PA manifest in every marked output; None signs nothing.
-        `moderation`: the loaded classifiers; None when the operator turned moderation off."""
+        `moderation`: the loaded classifiers; None when the operator turned moderation off.
+        `urls`: reads https inputs and adapters (`consumer.url_fetch.UrlFetcher`); None when URL inputs
+        are off (`settings.url_inputs.enabled`), which refuses them before any read."""
         self._settings = settings
         self._store = store
         self._editor = editor
         self._gpu = gpu
         self._io = io
         self._outcomes = outcomes
+        self._urls = urls
         self._adapters = AdapterResolver(
             settings.s3,
             source=store,
             editor=editor,
             cache=AdapterCache(settings.pipeline.adapter_cache_bytes),
+            io=io,
+            url_settings=settings.url_inputs,
+            urls=urls,
             metrics=metrics,
         )
         self._provenance = ProvenanceRecorder(editor, signer=signer)
@@ -171,7 +181,8 @@ class EditStages:
         color_plan = plan_color_qa(request, self._settings.color_qa)
         await self._moderate_prompt(ctx, request)
 
-        # 2. Locate its inputs, adapters and output (allow-listed buckets, deterministic output key).
+        # 2. Locate its inputs, adapters and output (allow-listed buckets and URL hosts, deterministic
+        #    output key).
         locations = self._locate(request)
 
         # 3. Answer from the stored outputs when every image is there: the sink is idempotent, no GPU
@@ -280,10 +291,10 @@ class EditStages:
     # -- 2. locations ------------------------------------------------------------------------------------
 
     def _locate(self, request: EditRequest) -> Locations:
-        s3 = self._settings.s3
-        inputs = [parse_input_location(request.image, s3, field="image")]
+        s3, urls = self._settings.s3, self._settings.url_inputs
+        inputs = [parse_input_source(request.image, s3, urls, field="image")]
         inputs += [
-            parse_input_location(ref, s3, field=f"references[{i}]")
+            parse_input_source(ref, s3, urls, field=f"references[{i}]")
             for i, ref in enumerate(request.references)
         ]
         adapters = [self._adapters.locate(ref, field=f"loras[{i}]") for i, ref in enumerate(request.loras)]
@@ -344,15 +355,12 @@ class EditStages:
     ) -> list[ResolvedAdapter]:
         adapters = await asyncio.gather(
             *(
-                self._in_io(self._resolve_adapter, ref, loc, f"loras[{i}]")
+                self._adapters.resolve(ref, loc, field=f"loras[{i}]")
                 for i, (ref, loc) in enumerate(zip(request.loras, locations.adapters, strict=True))
             )
         )
         ctx.adapter_load_ms = sum(adapter.load_ms for adapter in adapters)
         return list(adapters)
-
-    def _resolve_adapter(self, ref: AdapterRef, location: S3Location, name: str) -> ResolvedAdapter:
-        return self._adapters.resolve(ref, location, field=name)
 
     # -- 5. inputs ---------------------------------------------------------------------------------------
 
@@ -370,7 +378,7 @@ class EditStages:
         background = spec.background if spec else WHITE
         decoded = await asyncio.gather(
             *(
-                self._in_io(self._fetch_and_decode, loc, name, hex_to_rgb(background))
+                self._fetch_and_decode(loc, name, hex_to_rgb(background))
                 for loc, name in zip(locations.inputs, names, strict=True)
             )
         )
@@ -423,10 +431,25 @@ class EditStages:
         )
         return Conditioning(images=images, alpha=kept_alpha, fetched=[fetched for _, fetched in decoded])
 
-    def _fetch_and_decode(
-        self, location: S3Location, name: str, background: tuple[int, int, int]
+    async def _fetch_and_decode(
+        self, location: InputLocation, name: str, background: tuple[int, int, int]
     ) -> tuple[DecodedImage, FetchedInput]:
-        data = self._store.fetch(location)
+        """Read one input (S3 on an I/O thread, a URL on the event loop), then decode it on an I/O thread:
+        both kinds go through the one decode path and its limits."""
+        if isinstance(location, S3Location):
+            data = await self._in_io(self._store.fetch, location)
+        else:
+            if self._urls is None:
+                raise RuntimeError("an https input was located, but this worker has no URL reader")
+            limit = self._settings.s3.max_image_bytes
+            fetched = await self._urls.fetch(location, limit=limit, too_large=InputTooLarge)
+            assert fetched is not None  # an unconditional read always has a body
+            data = fetched.data
+        return await self._in_io(self._decode, data, location, name, background)
+
+    def _decode(
+        self, data: bytes, location: InputLocation, name: str, background: tuple[int, int, int]
+    ) -> tuple[DecodedImage, FetchedInput]:
         limits = self._settings.pipeline
         decoded = decode_image(
             data,

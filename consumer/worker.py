@@ -61,6 +61,7 @@ from consumer.moderation import Moderation
 from consumer.provenance import OutputSigner
 from consumer.settings import Settings
 from consumer.stages import Store
+from consumer.url_fetch import UrlFetcher
 from pipeline import Editor
 from pipeline.signing import ManifestSigner
 from schemas.errors import KleinEditError
@@ -189,6 +190,10 @@ class EditWorker:
         if editor is None:
             log.info("worker.stopped", before="starting up")
             return False
+        # One HTTP session for every URL read of this worker's life, closed with it.
+        urls = None
+        if self.settings.url_inputs.enabled:
+            urls = await stack.enter_async_context(UrlFetcher(self.settings.url_inputs))
         self._handler = build_record_handler(
             self.settings,
             moderation=self._moderation,
@@ -202,6 +207,7 @@ class EditWorker:
             cancels=self._cancels,
             abandon=self._abandon,
             signer=self._signer,
+            urls=urls,
         )
         consumer = self._consumer = kafka_io.make_consumer(kafka, group_id=kafka.group_id)
         self._admission = Admission(

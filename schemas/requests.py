@@ -39,6 +39,14 @@ MIN_ADAPTER_SCALE, MAX_ADAPTER_SCALE = -2.0, 2.0
 
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1100)]
+# An input or adapter: an S3 reference (as ImageRef) or an https URL, which may be a presigned link with a
+# session token (well over 1100 characters). Widened in edit-request v1: an older worker refuses a URL this
+# long as INVALID_EVENT, and any https URL as not an s3:// URI.
+InputRef = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+INPUT_REF_FORMS = (
+    "s3://bucket/key, a bare key in the input bucket, or an https:// URL on a host the worker allows "
+    "(KLEIN_EDIT_URL_INPUTS__*; a presigned link is such a URL; added in v1)"
+)
 
 
 HexColor = Annotated[str, StringConstraints(pattern=HEX_COLOR_PATTERN)]
@@ -158,9 +166,11 @@ class OutputSpec(WireModel):
 class AdapterRef(WireModel):
     """One LoRA adapter to apply to the transformer for this edit."""
 
-    uri: ImageRef = Field(
-        description="s3://bucket/key.safetensors in an allow-listed adapter bucket, or a bare key in the "
-        "first adapter bucket (KLEIN_EDIT_S3__ADAPTER_BUCKETS). Only safetensors files are loaded."
+    uri: InputRef = Field(
+        description="s3://bucket/key.safetensors in an allow-listed adapter bucket, a bare key in the "
+        "first adapter bucket (KLEIN_EDIT_S3__ADAPTER_BUCKETS), or an https:// URL whose path ends in "
+        ".safetensors on a host the worker allows (KLEIN_EDIT_URL_INPUTS__*; added in v1). Only safetensors "
+        "files are loaded."
     )
     scale: StrictFloat = Field(
         default=1.0,
@@ -253,8 +263,12 @@ class EditRequest(WireModel):
 
     schema_version: Literal[1] = 1
     request_id: RequestId = Field(description="1-128 chars of A-Za-z0-9._:- ; the result is keyed by it.")
-    image: ImageRef = Field(description="Base image: s3://bucket/key, or a bare key in the input bucket.")
-    references: list[ImageRef] = Field(default_factory=list, max_length=MAX_REFERENCES_HARD)
+    image: InputRef = Field(description=f"Base image: {INPUT_REF_FORMS}.")
+    references: list[InputRef] = Field(
+        default_factory=list,
+        max_length=MAX_REFERENCES_HARD,
+        description=f"Reference images (at most pipeline.max_references, default 4), each {INPUT_REF_FORMS}.",
+    )
     prompt: (
         Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NOT_BLANK)] | None
     ) = None

@@ -1,8 +1,9 @@
-"""S3 locations: parsing request references and deciding where an output may be written.
+"""Input and output locations: parsing request references and deciding where an output may be written.
 
-Everything here is pure (no network). Requests come from producers we do not control, so a
-reference is validated before any S3 call: a hostile key must not reach another bucket, overwrite an
-input, or land in the worker's own state.
+An input or adapter is an S3 object in an allow-listed bucket, or, where the operator turned URL inputs
+on, an https URL on an allow-listed host (`storage.urls`). Everything here is pure (no network). Requests
+come from producers we do not control, so a reference is validated before any S3 call: a hostile key must
+not reach another bucket, overwrite an input, or land in the worker's own state.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from storage.config import S3Settings
+from storage.config import S3Settings, UrlInputSettings
 from storage.errors import AdapterRefused, InputForbidden, InvalidLocation
+from storage.urls import UrlLocation, parse_url_location
 
 S3_SCHEME = "s3://"
 # How safetensors adapters are named: the usual suffix, and BFL's own for its FLUX.2 files.
@@ -39,6 +42,35 @@ class S3Location:
 
     def __str__(self) -> str:
         return self.uri
+
+
+# What a request's image, references and loras[].uri may name.
+InputLocation = S3Location | UrlLocation
+# Schemes that are URLs to the worker: https is read when allowed; http is refused by name (INPUT_FORBIDDEN).
+_URL_SCHEMES = ("https://", "http://")
+
+
+def parse_input_source(ref: str, s3: S3Settings, urls: UrlInputSettings, *, field: str) -> InputLocation:
+    """An input reference: an http(s) URL by the URL rules (`storage.urls.parse_url_location`), anything
+    else by `parse_input_location`. Raises `InputForbidden` or `InvalidLocation`, naming `field`."""
+    if ref[:8].lower().startswith(_URL_SCHEMES):
+        return parse_url_location(ref, urls, field=field)
+    return parse_input_location(ref, s3, field=field)
+
+
+def parse_adapter_source(ref: str, s3: S3Settings, urls: UrlInputSettings, *, field: str) -> InputLocation:
+    """A LoRA adapter reference: an http(s) URL by the URL rules whose path ends in `.safetensors` or
+    `.sft`, anything else by `parse_adapter_location`. Raises `InputForbidden`, `InvalidLocation` or
+    `AdapterRefused`, naming `field`."""
+    if not ref[:8].lower().startswith(_URL_SCHEMES):
+        return parse_adapter_location(ref, s3, field=field)
+    location = parse_url_location(ref, urls, field=field)
+    if not urlsplit(location.url).path.lower().endswith(ADAPTER_EXTENSIONS):
+        raise AdapterRefused(
+            f"{field}: {location.uri} is not a {' or '.join(ADAPTER_EXTENSIONS)} file; adapters are read "
+            "only as safetensors (pickle-based .bin/.pt/.ckpt files are never loaded)"
+        )
+    return location
 
 
 def parse_input_location(ref: str, settings: S3Settings, *, field: str) -> S3Location:
@@ -89,7 +121,7 @@ def resolve_output_location(
     request_id: str,
     extension: str,
     settings: S3Settings,
-    inputs: Sequence[S3Location],
+    inputs: Sequence[InputLocation],
 ) -> S3Location:
     """Where the output of one request goes.
 
@@ -136,7 +168,7 @@ def _split(ref: str, *, default_bucket: str, field: str) -> S3Location:
         if not slash or not key:
             raise InvalidLocation(f"{field}: {_quote(ref)} has no key; expected s3://bucket/key")
     elif "://" in ref:
-        raise InvalidLocation(f"{field}: {_quote(ref)} is not an s3:// URI or a bare key")
+        raise InvalidLocation(f"{field}: {_quote(ref)} is not an s3:// URI, an https:// URL or a bare key")
     else:
         bucket, key = default_bucket, ref
     _check_bucket(bucket, field=field)
@@ -199,8 +231,11 @@ def _quote(text: str, limit: int = 200) -> str:
 __all__ = [
     "ADAPTER_EXTENSIONS",
     "MAX_KEY_BYTES",
+    "InputLocation",
     "S3Location",
     "parse_adapter_location",
+    "parse_adapter_source",
     "parse_input_location",
+    "parse_input_source",
     "resolve_output_location",
 ]

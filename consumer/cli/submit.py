@@ -360,7 +360,7 @@ def prepare_submission(settings: Settings, args: argparse.Namespace) -> Submissi
     `s3://<input bucket>/uploads/<request_id>/`).
     """
     from pipeline.images import identify_image
-    from storage import S3Location, parse_input_location, resolve_output_location
+    from storage import S3Location, parse_input_source, resolve_output_location
 
     request_id = args.request_id or new_request_id()
     uploads: list[Upload] = []
@@ -458,7 +458,7 @@ def prepare_submission(settings: Settings, args: argparse.Namespace) -> Submissi
     try:
         # The worker's own checks: readable input buckets, an output inside the output bucket and prefix.
         inputs = [
-            parse_input_location(ref, settings.s3, field=field)
+            parse_input_source(ref, settings.s3, settings.url_inputs, field=field)
             for field, ref in [("image", request.image)]
             + [(f"references[{i}]", ref) for i, ref in enumerate(request.references)]
         ]

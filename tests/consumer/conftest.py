@@ -12,6 +12,8 @@ from consumer.settings import Settings
 from pipeline import Editor, KleinEditor
 from pipeline.config import TINY_RANDOM, PipelineSettings
 from tests.consumer.harness import WorkerProcess, close_shared_producers, integration_settings
+from tests.consumer.https_origin import HttpsOrigin
+from tests.tls import TlsFiles, make_tls
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +64,18 @@ def private_tansu() -> Iterator[TansuBroker]:
     """A Kafka broker of the test's own, to `pause()` and `resume()`."""
     with TansuBroker() as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A test root CA and a server certificate for localhost, 127.0.0.1 and ::1."""
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+async def https_origin(tls_files: TlsFiles) -> AsyncIterator[HttpsOrigin]:
+    """A local https server on 127.0.0.1 presenting the test certificate (`tests.consumer.https_origin`)."""
+    origin = HttpsOrigin(tls_files)
+    await origin.start()
+    yield origin
+    await origin.stop()

@@ -304,3 +304,20 @@ def test_every_setting_round_trips_through_the_environment(monkeypatch: pytest.M
     for name, value in settings_env(defaults).items():
         monkeypatch.setenv(name, value)
     assert load_settings() == defaults
+
+
+def test_url_inputs_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not Settings().url_inputs.enabled  # off by default
+    monkeypatch.setenv("KLEIN_EDIT_URL_INPUTS__ENABLED", "true")
+    with pytest.raises(ConfigurationError, match=r"KLEIN_EDIT_URL_INPUTS.*allowed_hosts is empty"):
+        load_settings()
+    monkeypatch.setenv("KLEIN_EDIT_URL_INPUTS__ALLOWED_HOSTS", '["CDN.example.com", "*.cloudfront.net"]')
+    monkeypatch.setenv("KLEIN_EDIT_URL_INPUTS__ALLOWED_PRIVATE_NETWORKS", '["10.20.0.0/16"]')
+    urls = load_settings().url_inputs
+    assert urls.allowed_hosts == ["cdn.example.com", "*.cloudfront.net"]
+    assert urls.allowed_private_networks == ["10.20.0.0/16"]
+    monkeypatch.setenv("KLEIN_EDIT_URL_INPUTS__ALLOWED_PRIVATE_NETWORKS", '["10.20.0.0/33"]')
+    with pytest.raises(
+        ConfigurationError, match=r"KLEIN_EDIT_URL_INPUTS__ALLOWED_PRIVATE_NETWORKS.*not a CIDR"
+    ):
+        load_settings()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from consumer.settings import Settings
+from consumer.url_fetch import UrlSource
 from pipeline import Editor
 from tests.consumer.record_path.path import RecordPath, path_settings
 
@@ -16,8 +17,10 @@ from tests.consumer.record_path.path import RecordPath, path_settings
 def make_path(tiny_editor: Editor) -> Iterator[Callable[..., RecordPath]]:
     made: list[RecordPath] = []
 
-    def make(settings: Settings | None = None, **sections: dict[str, Any]) -> RecordPath:
-        path = RecordPath(settings or path_settings(**sections), tiny_editor)
+    def make(
+        settings: Settings | None = None, *, urls: UrlSource | None = None, **sections: dict[str, Any]
+    ) -> RecordPath:
+        path = RecordPath(settings or path_settings(**sections), tiny_editor, urls=urls)
         made.append(path)
         return path
 

@@ -17,7 +17,7 @@ from aiokafka import ConsumerRecord
 from PIL import Image
 
 from consumer.control import CancelRegistry
-from consumer.fakes import FakeLedger, FakeProducer, FakeStore, SentRecord
+from consumer.fakes import FakeLedger, FakeProducer, FakeStore, FakeUrls, SentRecord
 from consumer.gpu import GpuThread
 from consumer.handler import RecordHandler, build_record_handler
 from consumer.http.metrics import WorkerMetrics
@@ -26,6 +26,7 @@ from consumer.kafka.settings import KafkaSettings
 from consumer.moderation import Moderation
 from consumer.provenance import OutputSigner
 from consumer.settings import Settings, WorkerSettings
+from consumer.url_fetch import UrlSource
 from pipeline import Editor
 from pipeline.config import TINY_RANDOM, PipelineSettings
 from pipeline.moderation.settings import TINY_IMAGE_CLASSIFIER, ModerationSettings
@@ -75,10 +76,13 @@ class RecordPath:
         editor: Editor,
         moderation: Moderation | None = None,
         signer: OutputSigner | None = None,
+        *,
+        urls: UrlSource | None = None,
     ) -> None:
         """`moderation`: the loaded classifiers; by default loaded from `settings.moderation` as the worker
         loads them (None when it is off). `signer`: by default built from `settings.provenance` as the
-        worker builds it (None when no signing key is configured)."""
+        worker builds it (None when no signing key is configured). `urls`: the URL reader, by default a
+        `FakeUrls` (`self.urls`)."""
         if moderation is None and settings.moderation.enabled:
             moderation = Moderation.load(
                 settings.moderation, pipeline_device="cpu", cache_dir=settings.pipeline.cache_dir
@@ -86,6 +90,7 @@ class RecordPath:
         self.moderation = moderation
         self.settings = settings
         self.store = FakeStore(settings.s3)
+        self.urls = FakeUrls()
         self.ledger = FakeLedger()
         self.producer = FakeProducer(max_request_size=max(settings.kafka.max_request_bytes, 1_048_576) * 2)
         self.gpu = GpuThread()
@@ -106,6 +111,7 @@ class RecordPath:
             abandon=self.abandon,
             moderation=moderation,
             signer=signer if signer is not None else ManifestSigner.from_settings(settings.provenance),
+            urls=urls if urls is not None else self.urls,
         )
         self._offset = 0
 
