@@ -54,6 +54,7 @@ from consumer.handler import Ledger, ProcessUnusable, RecordHandler, build_recor
 from consumer.http.metrics import WorkerMetrics
 from consumer.http.readiness import WorkerState
 from consumer.kafka import clients as kafka_io
+from consumer.kafka.access import AUTHORIZATION_ERRORS, AccessWatch
 from consumer.kafka.codec import salvage_request_id
 from consumer.kafka.lag import LagReporter
 from consumer.kafka.settings import KafkaSettings
@@ -120,6 +121,12 @@ class EditWorker:
         self._control = ControlReader(settings.kafka, self._cancels, state=self.state, metrics=self.metrics)
         self._commits = CommitTracker()
         self._lag = LagReporter(self.metrics)
+        self._access = AccessWatch(
+            self.state,
+            self.metrics,
+            bootstrap=settings.kafka.bootstrap_servers,
+            max_delay_s=min(30.0, settings.kafka.max_poll_interval_ms / 2000),
+        )
         self._next_topic_check_at = 0.0
         self._missing_request_topics: set[str] = set()
         self._request_topic_shapes: dict[str, int] = {}  # request topic -> partition count, last seen
@@ -318,8 +325,13 @@ class EditWorker:
             admission.apply_pauses(full=free <= 0)
             try:
                 batches = await consumer.getmany(timeout_ms=100, max_records=max(free, 1))
-            except _ACCESS_ERRORS as exc:
+            except AUTHORIZATION_ERRORS as exc:
+                # An ACL revoked or not granted yet: not ready and retried (consumer.kafka.access).
+                await self._wait(stop, self._access.denied(exc))
+                continue
+            except _AUTH_ERRORS as exc:
                 raise KafkaAccessDenied(_access_message(self.settings.kafka, exc)) from exc
+            self._access.polled()
             budget = self._edit_budget()
             for tp, records in batches.items():
                 admitted = admission.admit(tp, records, limit=budget)
@@ -335,6 +347,15 @@ class EditWorker:
                 next_tick_at = time.monotonic() + TICK_S
                 await self.on_tick()
 
+    async def _wait(self, stop: asyncio.Event, delay_s: float) -> None:
+        """Wait `delay_s` or until `stop`, alive meanwhile (/livez): in-flight records keep running,
+        aiokafka keeps heartbeating; nothing is fetched or committed until the next poll succeeds."""
+        deadline = time.monotonic() + delay_s
+        while not stop.is_set() and not self._crashed.is_set() and time.monotonic() < deadline:
+            self.state.last_loop_at = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(1.0, deadline - time.monotonic()))
+
     async def on_tick(self) -> None:
         """Periodic work: missing topics, stuck records, lag and the GPU duty cycle."""
         consumer, admission = self._consumer, self._admission
@@ -348,7 +369,8 @@ class EditWorker:
 
     async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
         """Name missing request, result or DLQ topics on /readyz (checked every 5 s while any is
-        missing, every `TOPIC_CHECK_S` otherwise): the worker does not create them, and a group
+        missing, every `TOPIC_CHECK_S` otherwise; a topic the ACLs hide looks the same in the cluster's
+        metadata, so the message names both causes): the worker does not create them, and a group
         subscribed to a topic that does not exist would otherwise sit idle, looking healthy. A request
         topic that comes back, or changes its partition count, is subscribed to again."""
         if time.monotonic() < self._next_topic_check_at:
@@ -364,7 +386,8 @@ class EditWorker:
         self._resubscribe_if_recreated(consumer, missing)
         if missing:
             problem = (
-                f"Kafka topic(s) {', '.join(missing)} do not exist: create them (docs/operations.md, Topics)"
+                f"Kafka topic(s) {', '.join(missing)} do not exist, or ACLs deny this worker DESCRIBE on "
+                "them: create them (docs/operations.md, Topics) or grant the ACLs (Kafka ACLs)"
             )
             if self.state.problems.get("topics") != problem:
                 log.error("kafka.topics_missing", topics=missing)
