@@ -345,12 +345,32 @@ class SecuredKafka:
         return self._admin
 
     def grant(self, acls: Iterable[Acl]) -> None:
+        """Create `acls` and return once the broker's authorizer holds them (they reach it through the
+        metadata log, a moment after the controller accepted them)."""
+        acls = list(acls)
         for future in self.admin.create_acls([acl.binding() for acl in acls]).values():
             future.result(timeout=30)
+        self._until_held(acls, held=True)
 
     def revoke(self, acls: Iterable[Acl]) -> None:
+        """Delete `acls`; returns once the broker's authorizer no longer holds them."""
+        acls = list(acls)
         for future in self.admin.delete_acls([acl.filter() for acl in acls]).values():
             future.result(timeout=30)
+        self._until_held(acls, held=False)
+
+    def _until_held(self, acls: list[Acl], *, held: bool, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for principal in {acl.principal for acl in acls}:
+            wanted = {acl for acl in acls if acl.principal == principal}
+            while not self._held(principal, wanted, held):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"ACLs {sorted(map(str, wanted))} not {'held' if held else 'gone'}")
+                time.sleep(0.1)
+
+    def _held(self, principal: str, wanted: set[Acl], held: bool) -> bool:
+        now = self.acls_of(principal)
+        return wanted <= now if held else not wanted & now
 
     def acls_of(self, principal: str) -> set[Acl]:
         """Every ACL of `principal` on the cluster, as the authorizer holds them."""
