@@ -579,7 +579,8 @@ async def _log_while_loading(started: float) -> None:
 
 
 class KafkaAccessDenied(Exception):
-    """The brokers refused the worker's credentials or permissions: retrying cannot help."""
+    """The brokers refused the worker's credentials (or a cluster permission at start-up): retrying
+    cannot help. A topic or group ACL that denies a running worker is not this: `consumer.kafka.access`."""
 
 
 _AUTH_ERRORS = (

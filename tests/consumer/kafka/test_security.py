@@ -42,7 +42,8 @@ from tests.consumer.harness import (
 )
 from tests.kafka_broker import Acl, OidcClient, OidcProvider, SecuredKafka, secured_kafka, worker_acls
 
-pytestmark = [pytest.mark.integration, pytest.mark.apache_kafka]
+# Each takes 8-60 s on 2 cores (a broker of the module's own, workers that load the tiny classifier).
+pytestmark = [pytest.mark.integration, pytest.mark.apache_kafka, pytest.mark.slow]
 
 SCRAM_USERS = {"edit-worker": "scram-secret-1", "acl-drill": "scram-secret-2"}
 OIDC_CLIENTS = {
@@ -153,7 +154,6 @@ async def test_scram_sha_512_with_exactly_the_workers_acls(broker: SecuredKafka,
     assert "not-the-password" not in message
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_a_revoked_request_topic_acl_is_not_ready_loses_nothing_and_resumes_when_restored(
     broker: SecuredKafka, s3_endpoint: str, worker_processes: Callable[..., WorkerProcess]
@@ -227,3 +227,48 @@ async def test_oauthbearer_tokens_are_validated_by_the_broker(broker: SecuredKaf
         assert "invalid_token" in message
         assert client_id in broker.oidc.issued  # a token was had; the broker refused it
         assert OIDC_CLIENTS[client_id].secret not in message
+
+
+@pytest.mark.timeout(240)
+async def test_a_group_acl_granted_after_start_up_is_waited_for_without_a_restart(
+    broker: SecuredKafka, s3_endpoint: str
+) -> None:
+    settings, admin = secured(broker, s3_endpoint, **scram("acl-drill"))
+    store = await prepare(admin)
+    acls = worker_acls(settings.kafka, "User:acl-drill")
+    group = Acl("User:acl-drill", "group", settings.kafka.group_id, "READ")
+    broker.grant([acl for acl in acls if acl != group])
+    image = stage_image(store, settings, "late-group.png", png_bytes(64, 64))
+    loads = 0
+
+    def load() -> StandInEditor:
+        nonlocal loads
+        loads += 1
+        return standin()
+
+    worker = build_worker(settings, editor_factory=load)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+
+        async def denied() -> bool:
+            assert not task.done(), "the worker exited"
+            return "kafka_access" in worker.state.problems
+
+        await until(denied, 90, "the missing group ACL was never reported")
+        assert f"consumer group {settings.kafka.group_id}" in worker.state.not_ready_reason
+        assert not worker.state.ready
+
+        broker.grant([group])
+        await publish(admin, request(settings, image))
+        (result,) = await results(admin, count=1, timeout_s=90)
+        assert result.status.value == "succeeded", result.error
+
+        async def ready() -> bool:
+            return worker.state.ready
+
+        await until(ready, 30, f"not ready again: {worker.state.not_ready_reason}")
+        assert loads == 1  # no restart: the model was loaded once
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
