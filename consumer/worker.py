@@ -327,7 +327,9 @@ class EditWorker:
                 batches = await consumer.getmany(timeout_ms=100, max_records=max(free, 1))
             except AUTHORIZATION_ERRORS as exc:
                 # An ACL revoked or not granted yet: not ready and retried (consumer.kafka.access).
-                await self._wait(stop, self._access.denied(exc))
+                delay_s = self._access.denied(exc)
+                if delay_s:
+                    await self._wait(stop, delay_s)
                 continue
             except _AUTH_ERRORS as exc:
                 raise KafkaAccessDenied(_access_message(self.settings.kafka, exc)) from exc

@@ -10,6 +10,10 @@ naming what is denied, polls retried with jittered backoff (1 s doubling to 30 s
 past an unprocessed record, and `kafka.access_restored` once polls have succeeded again for
 `clear_after_s` (a single clean poll between two denials does not end an episode).
 
+The first denial after a wait is polled again at once: aiokafka fetches again as soon as an error is
+consumed, so the error a poll raises after a wait was fetched before the wait began. Without the
+second look, a restored ACL would be seen one whole backoff (up to 30 s) late.
+
 Refused credentials (SASL authentication) are not this: they stop start-up (`KafkaAccessDenied`).
 """
 
@@ -74,6 +78,7 @@ class AccessWatch:
         self._clear_after_s = clear_after_s
         self._clock = clock
         self._denied_since: float | None = None  # the episode's start; None while access is fine
+        self._waited = False  # the last denial was answered with a wait: the next error may be stale
         self._fine_since: float | None = None  # the first clean poll after the last denial
         self.denials = 0  # polls denied in this episode
 
@@ -82,6 +87,7 @@ class AccessWatch:
         return self._denied_since is not None
 
     def denied(self, exc: BaseException) -> float:
+        """Seconds to wait before the next poll: 0 (poll again now) for the first error after a wait."""
         now = self._clock()
         what = _what_is_denied(exc)
         self._fine_since = None
@@ -101,9 +107,14 @@ class AccessWatch:
                 hint="grant the ACLs in docs/operations.md (Kafka ACLs); the worker retries and resumes",
             )
         self._state.problems[PROBLEM] = problem
+        if self._waited:
+            self._waited = False
+            return 0.0
+        self._waited = True
         return self._backoff.next()
 
     def polled(self) -> None:
+        self._waited = False
         if self._denied_since is None:
             return
         now = self._clock()

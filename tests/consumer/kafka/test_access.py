@@ -41,9 +41,13 @@ def test_a_denied_topic_is_one_error_line_not_ready_and_backed_off() -> None:
     assert "denies this worker access to topic(s) t.requests" in state.not_ready_reason
     assert "b:9093" in state.not_ready_reason
     assert metrics.kafka_access_denied._value.get() == 1
-    # 1 s doubling to 30 s, each jittered to [d/2, d]
-    assert 0.5 <= delays[0] <= 1.0
-    assert all(15.0 <= d <= 30.0 for d in delays[5:])
+    # After each wait, one poll at once (its error was fetched before the wait); then 1 s doubling
+    # to 30 s, each jittered to [d/2, d].
+    waits, again = delays[0::2], delays[1::2]
+    assert again == [0.0] * 4
+    assert 0.5 <= waits[0] <= 1.0
+    assert 1.0 <= waits[1] <= 2.0
+    assert 4.0 <= waits[3] <= 8.0
 
 
 def test_access_is_restored_only_after_polls_succeed_for_a_while() -> None:
@@ -77,6 +81,13 @@ def test_access_is_restored_only_after_polls_succeed_for_a_while() -> None:
 def test_the_backoff_stays_under_the_poll_interval() -> None:
     access, _, _ = watch(Clock(), max_delay_s=2.5)
     assert all(d <= 2.5 for d in (access.denied(TopicAuthorizationFailedError("t")) for _ in range(10)))
+
+
+def test_a_clean_poll_after_a_wait_means_the_next_error_is_fresh() -> None:
+    access, _, _ = watch(Clock())
+    assert access.denied(TopicAuthorizationFailedError("t")) > 0
+    access.polled()  # the second look found no error (the refetch was not back yet)
+    assert access.denied(TopicAuthorizationFailedError("t")) > 0  # a fresh error: wait again
 
 
 def test_clean_polls_without_a_denial_change_nothing() -> None:

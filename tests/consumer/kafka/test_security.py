@@ -168,6 +168,7 @@ async def test_a_revoked_request_topic_acl_is_not_ready_loses_nothing_and_resume
     first = request(settings, image)
     await publish(admin, first)
     await results(admin, count=1)
+    assert await wait_for_no_lag(admin) == no_lag(settings)  # committed before the ACL goes
 
     read = Acl("User:acl-drill", "topic", settings.kafka.request_topic, "READ")
     broker.revoke([read])
