@@ -517,7 +517,13 @@ class EditWorker:
         while flights and time.monotonic() < deadline:
             self.state.last_loop_at = time.monotonic()
             # Polling paused partitions returns nothing but keeps this member in the group.
-            await consumer.getmany(timeout_ms=100)
+            try:
+                await consumer.getmany(timeout_ms=100)
+            except AUTHORIZATION_ERRORS:
+                # Still denied (consumer.kafka.access): wait for the edits, not for the ACL; what
+                # finishes is committed once on exit, or redone by the partition's next owner.
+                await asyncio.sleep(0.5)
+                continue
             await self._commits.commit_ready(consumer)
         if flights:
             log.warning("worker.abandoning", records=len(flights))

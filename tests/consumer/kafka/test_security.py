@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from consumer.app import build_worker
 from consumer.cli.local_services import ServiceError, free_port
 from consumer.settings import Settings
-from consumer.worker import KafkaAccessDenied
+from consumer.worker import EXIT_OK, KafkaAccessDenied
 from pipeline import StandInEditor
 from tests.consumer.harness import (
     WorkerProcess,
@@ -38,6 +38,7 @@ from tests.consumer.harness import (
     results,
     running_worker,
     stage_image,
+    wait_for_attempt_record,
     wait_for_no_lag,
 )
 from tests.kafka_broker import Acl, OidcClient, OidcProvider, SecuredKafka, secured_kafka, worker_acls
@@ -273,3 +274,41 @@ async def test_a_group_acl_granted_after_start_up_is_waited_for_without_a_restar
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=60)
+
+
+@pytest.mark.timeout(240)
+async def test_a_drain_while_denied_finishes_the_edit_in_flight_and_exits_cleanly(
+    broker: SecuredKafka, s3_endpoint: str
+) -> None:
+    settings, admin = secured(broker, s3_endpoint, **scram("acl-drill"))
+    store = await prepare(admin)
+    acls = worker_acls(settings.kafka, "User:acl-drill")
+    broker.grant(acls)
+    image = stage_image(store, settings, "drain.png", png_bytes(64, 64))
+    worker = build_worker(settings, editor_factory=lambda: StandInEditor(edit_ms=4000))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await until(lambda: _in_group(worker), 120, "the worker never joined")
+        edit = request(settings, image)
+        await publish(admin, edit)
+        await wait_for_attempt_record(store, settings)  # the edit runs
+        read = Acl("User:acl-drill", "topic", settings.kafka.request_topic, "READ")
+        broker.revoke([read])
+
+        async def denied() -> bool:
+            return "kafka_access" in worker.state.problems
+
+        await until(denied, 30, "the revoked ACL was never reported")
+    finally:
+        stop.set()  # SIGTERM while denied, with the edit still running
+    assert await asyncio.wait_for(task, timeout=60) == EXIT_OK
+    (result,) = await results(admin, count=1)
+    assert result.request_id == edit.request_id
+    assert result.status.value == "succeeded", result.error
+    # Its commit needs READ on the topic: refused, so the record stays for the next owner (redone from S3).
+    assert sum((await lag(admin)).values()) == 1
+
+
+async def _in_group(worker: Any) -> bool:
+    return bool(worker.state.in_group)
