@@ -387,12 +387,24 @@ class EditWorker:
         ]
         self._resubscribe_if_recreated(consumer, missing)
         if missing:
-            problem = (
-                f"Kafka topic(s) {', '.join(missing)} do not exist, or ACLs deny this worker DESCRIBE on "
-                "them: create them (docs/operations.md, Topics) or grant the ACLs (Kafka ACLs)"
-            )
+            # The subscription's own metadata request names the request topics the broker refused.
+            refused = set(consumer._client.cluster.unauthorized_topics)
+            denied = [t for t in missing if t in refused]
+            absent = [t for t in missing if t not in refused]
+            parts = []
+            if absent:
+                parts.append(
+                    f"Kafka topic(s) {', '.join(absent)} do not exist, or ACLs deny this worker DESCRIBE "
+                    "on them: create them (docs/operations.md, Topics) or grant the ACLs (Kafka ACLs)"
+                )
+            if denied:
+                parts.append(
+                    f"ACLs deny this worker the topic(s) {', '.join(denied)} (TopicAuthorizationFailed): "
+                    "grant them (docs/operations.md, Kafka ACLs)"
+                )
+            problem = "; ".join(parts)
             if self.state.problems.get("topics") != problem:
-                log.error("kafka.topics_missing", topics=missing)
+                log.error("kafka.topics_missing", topics=absent, denied=denied)
             self.state.problems["topics"] = problem
             self._next_topic_check_at = time.monotonic() + 5.0
         else:

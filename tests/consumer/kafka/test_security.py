@@ -232,13 +232,15 @@ async def test_oauthbearer_tokens_are_validated_by_the_broker(broker: SecuredKaf
 
 
 @pytest.mark.timeout(240)
-async def test_a_group_acl_granted_after_start_up_is_waited_for_without_a_restart(
-    broker: SecuredKafka, s3_endpoint: str
+@pytest.mark.parametrize("withheld", ["group", "topic"])
+async def test_an_acl_granted_after_start_up_is_waited_for_without_a_restart(
+    broker: SecuredKafka, s3_endpoint: str, withheld: str
 ) -> None:
     settings, admin = secured(broker, s3_endpoint, **scram("acl-drill"))
     store = await prepare(admin)
     acls = worker_acls(settings.kafka, "User:acl-drill")
-    group = Acl("User:acl-drill", "group", settings.kafka.group_id, "READ")
+    name = settings.kafka.group_id if withheld == "group" else settings.kafka.request_topic
+    group = Acl("User:acl-drill", withheld, name, "READ")
     broker.grant([acl for acl in acls if acl != group])
     image = stage_image(store, settings, "late-group.png", png_bytes(64, 64))
     loads = 0
@@ -252,13 +254,17 @@ async def test_a_group_acl_granted_after_start_up_is_waited_for_without_a_restar
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
+        # Without the group: every poll is refused. Without READ (and so DESCRIBE) on the topic: the
+        # group has nothing to assign, and the topic check names the refusal.
+        problem = "kafka_access" if withheld == "group" else "topics"
 
         async def denied() -> bool:
             assert not task.done(), "the worker exited"
-            return "kafka_access" in worker.state.problems
+            return problem in worker.state.problems
 
-        await until(denied, 90, "the missing group ACL was never reported")
-        assert f"consumer group {settings.kafka.group_id}" in worker.state.not_ready_reason
+        await until(denied, 90, "the missing ACL was never reported")
+        expected = "consumer group" if withheld == "group" else "ACLs deny this worker the topic(s)"
+        assert f"{expected} {name}" in worker.state.problems[problem]
         assert not worker.state.ready
 
         broker.grant([group])
