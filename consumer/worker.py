@@ -371,8 +371,9 @@ class EditWorker:
 
     async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
         """Name missing request, result or DLQ topics on /readyz (checked every 5 s while any is
-        missing, every `TOPIC_CHECK_S` otherwise; a topic the ACLs hide looks the same in the cluster's
-        metadata, so the message names both causes): the worker does not create them, and a group
+        missing, every `TOPIC_CHECK_S` otherwise; a request topic the broker refused is named as denied,
+        any other topic the ACLs hide looks missing, and its message names both causes): the worker
+        does not create them, and a group
         subscribed to a topic that does not exist would otherwise sit idle, looking healthy. A request
         topic that comes back, or changes its partition count, is subscribed to again."""
         if time.monotonic() < self._next_topic_check_at:
