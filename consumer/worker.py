@@ -54,6 +54,7 @@ from consumer.handler import Ledger, ProcessUnusable, RecordHandler, build_recor
 from consumer.http.metrics import WorkerMetrics
 from consumer.http.readiness import WorkerState
 from consumer.kafka import clients as kafka_io
+from consumer.kafka.access import AUTHORIZATION_ERRORS, AccessWatch
 from consumer.kafka.codec import salvage_request_id
 from consumer.kafka.lag import LagReporter
 from consumer.kafka.settings import KafkaSettings
@@ -121,6 +122,12 @@ class EditWorker:
         self._control = ControlReader(settings.kafka, self._cancels, state=self.state, metrics=self.metrics)
         self._commits = CommitTracker()
         self._lag = LagReporter(self.metrics)
+        self._access = AccessWatch(
+            self.state,
+            self.metrics,
+            bootstrap=settings.kafka.bootstrap_servers,
+            max_delay_s=min(30.0, settings.kafka.max_poll_interval_ms / 2000),
+        )
         self._next_topic_check_at = 0.0
         self._missing_request_topics: set[str] = set()
         self._request_topic_shapes: dict[str, int] = {}  # request topic -> partition count, last seen
@@ -324,8 +331,15 @@ class EditWorker:
             admission.apply_pauses(full=free <= 0)
             try:
                 batches = await consumer.getmany(timeout_ms=100, max_records=max(free, 1))
-            except _ACCESS_ERRORS as exc:
+            except AUTHORIZATION_ERRORS as exc:
+                # An ACL revoked or not granted yet: not ready and retried (consumer.kafka.access).
+                delay_s = self._access.denied(exc)
+                if delay_s:
+                    await self._wait(stop, delay_s)
+                continue
+            except _AUTH_ERRORS as exc:
                 raise KafkaAccessDenied(_access_message(self.settings.kafka, exc)) from exc
+            self._access.polled()
             budget = self._edit_budget()
             for tp, records in batches.items():
                 admitted = admission.admit(tp, records, limit=budget)
@@ -341,6 +355,15 @@ class EditWorker:
                 next_tick_at = time.monotonic() + TICK_S
                 await self.on_tick()
 
+    async def _wait(self, stop: asyncio.Event, delay_s: float) -> None:
+        """Wait `delay_s` or until `stop`, alive meanwhile (/livez): in-flight records keep running,
+        aiokafka keeps heartbeating; nothing is fetched or committed until the next poll succeeds."""
+        deadline = time.monotonic() + delay_s
+        while not stop.is_set() and not self._crashed.is_set() and time.monotonic() < deadline:
+            self.state.last_loop_at = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(1.0, deadline - time.monotonic()))
+
     async def on_tick(self) -> None:
         """Periodic work: missing topics, stuck records, lag and the GPU duty cycle."""
         consumer, admission = self._consumer, self._admission
@@ -354,7 +377,9 @@ class EditWorker:
 
     async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
         """Name missing request, result or DLQ topics on /readyz (checked every 5 s while any is
-        missing, every `TOPIC_CHECK_S` otherwise): the worker does not create them, and a group
+        missing, every `TOPIC_CHECK_S` otherwise; a request topic the broker refused is named as denied,
+        any other topic the ACLs hide looks missing, and its message names both causes): the worker
+        does not create them, and a group
         subscribed to a topic that does not exist would otherwise sit idle, looking healthy. A request
         topic that comes back, or changes its partition count, is subscribed to again."""
         if time.monotonic() < self._next_topic_check_at:
@@ -369,11 +394,24 @@ class EditWorker:
         ]
         self._resubscribe_if_recreated(consumer, missing)
         if missing:
-            problem = (
-                f"Kafka topic(s) {', '.join(missing)} do not exist: create them (docs/operations.md, Topics)"
-            )
+            # The subscription's own metadata request names the request topics the broker refused.
+            refused = set(consumer._client.cluster.unauthorized_topics)
+            denied = [t for t in missing if t in refused]
+            absent = [t for t in missing if t not in refused]
+            parts = []
+            if absent:
+                parts.append(
+                    f"Kafka topic(s) {', '.join(absent)} do not exist, or ACLs deny this worker DESCRIBE "
+                    "on them: create them (docs/operations.md, Topics) or grant the ACLs (Kafka ACLs)"
+                )
+            if denied:
+                parts.append(
+                    f"ACLs deny this worker the topic(s) {', '.join(denied)} (TopicAuthorizationFailed): "
+                    "grant them (docs/operations.md, Kafka ACLs)"
+                )
+            problem = "; ".join(parts)
             if self.state.problems.get("topics") != problem:
-                log.error("kafka.topics_missing", topics=missing)
+                log.error("kafka.topics_missing", topics=absent, denied=denied)
             self.state.problems["topics"] = problem
             self._next_topic_check_at = time.monotonic() + 5.0
         else:
@@ -498,7 +536,13 @@ class EditWorker:
         while flights and time.monotonic() < deadline:
             self.state.last_loop_at = time.monotonic()
             # Polling paused partitions returns nothing but keeps this member in the group.
-            await consumer.getmany(timeout_ms=100)
+            try:
+                await consumer.getmany(timeout_ms=100)
+            except AUTHORIZATION_ERRORS:
+                # Still denied (consumer.kafka.access): wait for the edits, not for the ACL; what
+                # finishes is committed once on exit, or redone by the partition's next owner.
+                await asyncio.sleep(0.5)
+                continue
             await self._commits.commit_ready(consumer)
         if flights:
             log.warning("worker.abandoning", records=len(flights))
@@ -562,7 +606,8 @@ async def _log_while_loading(started: float) -> None:
 
 
 class KafkaAccessDenied(Exception):
-    """The brokers refused the worker's credentials or permissions: retrying cannot help."""
+    """The brokers refused the worker's credentials (or a cluster permission at start-up): retrying
+    cannot help. A topic or group ACL that denies a running worker is not this: `consumer.kafka.access`."""
 
 
 _AUTH_ERRORS = (

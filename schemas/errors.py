@@ -42,7 +42,7 @@ The whole tree, as httpx draws its own (code, retryable; "fatal" ends the proces
     ├── PortUnavailable (consumer.http.health) ......... 2  the health port is taken
     ├── SigningSetupError (pipeline.signing) ........... 2  the C2PA key or chain cannot sign
     ├── ModelLoadError (pipeline.errors) ............... 3  the model cannot be loaded
-    └── KafkaAccessDenied (consumer.worker) ............ 4  the brokers refuse the credentials or ACLs
+    └── KafkaAccessDenied (consumer.worker) ............ 4  the brokers refuse the credentials
 
 `consumer.handler.ProcessUnusable` carries a fatal error out of a record's handling to the worker,
 which exits with 70 (EX_SOFTWARE). tests/test_errors_tree.py checks this drawing against the code.

@@ -179,6 +179,11 @@ class WorkerMetrics:
             "1 while the control reader has failed for 10 s or more without progress (cancels are missed).",
             registry=r,
         )
+        self.kafka_access_denied = Gauge(
+            "klein_edit_kafka_access_denied",
+            "1 while Kafka ACLs deny the worker a request topic or its group (polls are retried).",
+            registry=r,
+        )
         self.ledger_clear_failures = Counter(
             "klein_edit_ledger_clear_failures",
             "Attempt-ledger objects that could not be deleted after their record was finished (the "

@@ -9,6 +9,8 @@ client the project makes.
 - `OidcTokenProvider`: RFC 6749 §4.4 client credentials against any token endpoint (Microsoft Entra
   ID for Event Hubs, Okta/Keycloak/Auth0 for Confluent Cloud OAuth or a self-run cluster). HTTP via
   aiohttp on the event loop.
+- `answer_oauthbearer_error_challenges()`: makes aiokafka end a refused OAUTHBEARER exchange as
+  Apache Kafka expects, so a refused token is an authentication error, not a broker outage.
 - `MskIamTokenProvider`: a SigV4-presigned `kafka-cluster:Connect` URL from
   `aws-msk-iam-sasl-signer-python`, signed with the default AWS credential chain (IRSA, EKS Pod
   Identity, instance role, `AWS_*` variables). Signing is local; only loading credentials may do
@@ -25,6 +27,7 @@ from typing import Any, Literal
 from urllib.parse import quote_plus
 
 import aiohttp
+import aiokafka.conn
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.errors import KafkaConnectionError
 from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
@@ -203,3 +206,37 @@ def token_provider(kafka: KafkaSettings) -> AbstractTokenProvider:
         client_auth=kafka.oauth_client_auth,
         refresh_margin_s=kafka.oauth_refresh_margin_s,
     )
+
+
+class _ChallengeAnsweringOAuthAuthenticator(aiokafka.conn.OAuthAuthenticator):  # type: ignore[misc]
+    """aiokafka's OAUTHBEARER client step, plus the answer to the server's error challenge.
+
+    A broker that refuses the token (Apache Kafka's `OAuthBearerValidatorCallbackHandler`: a wrong
+    audience or issuer, a bad signature, an expired token) does not fail the SaslAuthenticate request
+    that carried it: it answers with an error challenge (`{"status":"invalid_token"}`, RFC 7628
+    §3.2.2) and waits for the client's `%x01` before it fails the exchange with
+    SASL_AUTHENTICATION_FAILED. aiokafka 0.14 stops after sending the token and takes the challenge
+    for success; its next request breaks the exchange and the broker drops the connection, which
+    looks like an unreachable broker (retried forever, with a misleading message). Answering the
+    challenge gets the broker's `SaslAuthenticationFailed`, which stops start-up naming the cause.
+    """
+
+    async def step(self, payload: bytes | None) -> tuple[bytes, bool] | None:
+        if self._token_sent and payload:
+            return b"\x01", True
+        result: tuple[bytes, bool] | None = await super().step(payload)
+        return result
+
+
+def answer_oauthbearer_error_challenges() -> bool:
+    """Make aiokafka's connections use `_ChallengeAnsweringOAuthAuthenticator`; True when in effect.
+
+    False (nothing changed) on an aiokafka without the `conn.OAuthAuthenticator` seam;
+    tests/consumer/kafka/test_security.py shows the effect against Apache Kafka.
+    """
+    current = getattr(aiokafka.conn, "OAuthAuthenticator", None)
+    if current is None:
+        return False
+    if not issubclass(current, _ChallengeAnsweringOAuthAuthenticator):
+        aiokafka.conn.OAuthAuthenticator = _ChallengeAnsweringOAuthAuthenticator
+    return True

@@ -15,7 +15,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
-from consumer.kafka.auth import token_provider
+from consumer.kafka.auth import answer_oauthbearer_error_challenges, token_provider
 from consumer.kafka.settings import KafkaSettings
 
 # Headers of a dead-lettered record: where it came from and why it was given up on.
@@ -76,7 +76,8 @@ def require_codecs() -> None:
 def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     """Connection and security options shared by every client we create.
 
-    With OAUTHBEARER each client gets its own token provider (`consumer.kafka.auth.token_provider`).
+    With OAUTHBEARER each client gets its own token provider (`consumer.kafka.auth.token_provider`), and a
+    refused token fails as an authentication error (`auth.answer_oauthbearer_error_challenges`).
     """
     kwargs: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,
@@ -89,6 +90,7 @@ def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
             cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile
         )
     if kafka.security_protocol.startswith("SASL") and kafka.sasl_mechanism == "OAUTHBEARER":
+        answer_oauthbearer_error_challenges()
         kwargs["sasl_mechanism"] = "OAUTHBEARER"
         kwargs["sasl_oauth_token_provider"] = token_provider(kafka)
     elif kafka.security_protocol.startswith("SASL"):

@@ -11,13 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import aiokafka.conn
 import pytest
 from aiohttp import web
 from aiokafka.errors import KafkaConnectionError
 from pydantic import SecretStr, ValidationError
 
 from consumer.kafka import clients as kafka_io
-from consumer.kafka.auth import MskIamTokenProvider, OidcTokenProvider, TokenUnavailableError
+from consumer.kafka.auth import (
+    MskIamTokenProvider,
+    OidcTokenProvider,
+    TokenUnavailableError,
+    answer_oauthbearer_error_challenges,
+)
 from consumer.kafka.settings import KafkaSettings
 from consumer.settings import Settings
 
@@ -283,3 +289,21 @@ def test_oauth_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.kafka.oauth_client_secret.get_secret_value() == SECRET
     assert settings.kafka.oauth_extensions == {"identityPoolId": "pool-1"}
     assert SECRET not in repr(settings)
+
+
+class StaticToken:
+    async def token(self) -> str:
+        return "a.jwt.token"
+
+
+async def test_the_error_challenge_of_a_refused_token_is_answered_so_the_broker_fails_the_exchange() -> None:
+    """Apache Kafka answers a token it refuses with an error challenge and waits for %x01 (RFC 7628
+    §3.2.2) before it fails the exchange; aiokafka alone stops after the token. The seam is pinned here;
+    test_security.py shows the effect against Apache Kafka (SaslAuthenticationFailed, not an outage)."""
+    assert answer_oauthbearer_error_challenges()
+    refused = aiokafka.conn.OAuthAuthenticator(sasl_oauth_token_provider=StaticToken())
+    assert await refused.step(None) == (b"n,,\x01auth=Bearer a.jwt.token\x01\x01", True)
+    assert await refused.step(b'{"status":"invalid_token"}') == (b"\x01", True)
+    accepted = aiokafka.conn.OAuthAuthenticator(sasl_oauth_token_provider=StaticToken())
+    await accepted.step(None)
+    assert await accepted.step(b"") is None  # accepted: the exchange ends as before
