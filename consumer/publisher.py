@@ -2,7 +2,11 @@
 
 Results and dead letters are sent and awaited, retrying through broker outages, because a record is
 committed only after they are acknowledged. An error aiokafka marks not retriable (a record over the
-size limit, a topic we may not write) is never retried: it raises `PublishRejected` at once. A DLQ
+size limit) is never retried: it raises `PublishRejected` at once. A topic the worker may not write
+(`TopicAuthorizationFailedError`: an ACL revoked or not granted yet) is the exception: the fix is an
+operator's grant, not the record's, so the send waits and retries like an outage (one
+`publish.access_denied` error line per send, then warnings) and the record stays uncommitted: nothing
+is lost. A DLQ
 copy is bounded: a value over `max_request_bytes`, and a key over `DLQ_PREVIEW_BYTES`, are cut to
 `DLQ_PREVIEW_BYTES` with headers saying so.
 Progress is fire-and-forget: losing one costs nothing.
@@ -16,7 +20,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAuthorizationFailedError
 
 from consumer.backoff import Backoff
 from consumer.http.metrics import WorkerMetrics
@@ -145,16 +149,32 @@ class Publisher:
         """Send and wait for the ack, retrying through broker outages until acked or abandoned.
 
         Raises `PublishRejected` at once for an error aiokafka marks not retriable (timeouts excepted:
-        they are how an outage shows), and re-raises any `KafkaError` once the worker is abandoning.
+        they are how an outage shows; a denied WRITE too: it waits for the grant), and re-raises any
+        `KafkaError` once the worker is abandoning.
         """
         backoff = Backoff(0.5, 10.0)
+        denied = False
         while True:
             try:
                 await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+                if denied:
+                    log.info("publish.access_restored", topic=topic)
                 return
             except KafkaError as exc:
                 if self._abandon.is_set():
                     raise
+                if isinstance(exc, TopicAuthorizationFailedError):
+                    delay = backoff.next()
+                    (log.warning if denied else log.error)(
+                        "publish.access_denied",
+                        topic=topic,
+                        error=f"WRITE on topic {topic} is denied (a Kafka ACL); the record waits, "
+                        "uncommitted, until it is granted (docs/operations.md, Kafka ACLs)",
+                        retry_in_s=round(delay, 2),
+                    )
+                    denied = True
+                    await asyncio.sleep(delay)
+                    continue
                 if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
                     self._metrics.publish_rejected.labels(topic=topic, error=type(exc).__name__).inc()
                     raise PublishRejected(f"{topic} refused the record: {type(exc).__name__}: {exc}") from exc

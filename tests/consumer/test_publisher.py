@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    TopicAuthorizationFailedError,
+)
+from structlog.testing import capture_logs
 
 from consumer.http.metrics import WorkerMetrics
 from consumer.kafka import clients as kafka_io
@@ -168,3 +174,37 @@ async def test_a_producer_header_named_like_a_key_header_is_not_copied() -> None
     (sent,) = producer.sent
     assert kafka_io.DLQ_ORIGINAL_KEY_SHA256 not in sent["headers"]
     assert sent["headers"]["traceparent"] == b"00-x"
+
+
+async def test_a_denied_write_waits_for_the_grant_and_is_never_dropped() -> None:
+    """An ACL that denies WRITE on the result topic is aiokafka's not-retriable
+    TopicAuthorizationFailedError, but the fix is a grant, not the record: the send waits and retries,
+    so the record is never committed without its result."""
+    producer = FakeProducer(TopicAuthorizationFailedError({"results"}), TopicAuthorizationFailedError(), None)
+    pub, metrics = publisher(producer)
+    with capture_logs() as logs:
+        await pub.send("results", b"x", key=None)
+    assert len(producer.sent) == 3
+    assert [entry["event"] for entry in logs] == [
+        "publish.access_denied",
+        "publish.access_denied",
+        "publish.access_restored",
+    ]
+    assert logs[0]["log_level"] == "error"
+    assert "WRITE on topic results is denied" in logs[0]["error"]
+    assert logs[1]["log_level"] == "warning"
+    assert (
+        metrics.publish_rejected.labels(topic="results", error="TopicAuthorizationFailedError")._value.get()
+        == 0
+    )
+
+
+async def test_a_denied_write_gives_up_only_when_the_worker_abandons() -> None:
+    producer = FakeProducer(*[TopicAuthorizationFailedError()] * 3)
+    pub, _ = publisher(producer)
+    task = asyncio.create_task(pub.send("results", b"x", key=None))
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    pub._abandon.set()
+    with pytest.raises(TopicAuthorizationFailedError):
+        await task
