@@ -321,3 +321,13 @@ def check_stored(data: bytes, output: OutputInfo) -> Image.Image:
     assert "sRGB" in profile.profile_description
     assert profile.xcolor_space.strip() == "RGB"
     return image
+
+
+def xmp_of(data: bytes) -> dict[str, str] | None:
+    """The XMP `rdf:Description` of an encoded image, read by Pillow; None when it carries no XMP."""
+    image = Image.open(BytesIO(data))
+    image.load()
+    if "xmp" not in image.info:
+        return None
+    description: dict[str, str] = image.getxmp()["xmpmeta"]["RDF"]["Description"]
+    return description

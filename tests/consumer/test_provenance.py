@@ -36,6 +36,7 @@ from tests.consumer.harness import (
     running_worker,
     wait_for_no_lag,
 )
+from tests.inputs import xmp_of
 from tests.pipeline.test_identity import documented_hash
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -51,15 +52,6 @@ def stage(store: ImageStore, settings: Settings, key: str, data: bytes) -> str:
     location = S3Location(settings.s3.input_bucket, key)
     store.put_object(location, data, content_type="application/octet-stream")
     return location.uri
-
-
-def xmp_of(data: bytes) -> dict[str, str] | None:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    if "xmp" not in image.info:
-        return None
-    description: dict[str, str] = image.getxmp()["xmpmeta"]["RDF"]["Description"]
-    return description
 
 
 def object_of(event: EditCompleted, objects: dict[str, bytes], settings: Settings) -> bytes:

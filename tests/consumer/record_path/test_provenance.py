@@ -26,6 +26,7 @@ from storage import S3Location
 from tests.adapters import adapter_file
 from tests.c2pa_chain import SigningChain, make_chain, read_manifest
 from tests.consumer.record_path.path import RecordPath, path_settings, png
+from tests.inputs import xmp_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,15 +35,6 @@ def jpeg(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (20, 160, 60)).save(buf, format="JPEG")
     return buf.getvalue()
-
-
-def xmp_of(data: bytes) -> dict[str, str] | None:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    if "xmp" not in image.info:
-        return None
-    description: dict[str, str] = image.getxmp()["xmpmeta"]["RDF"]["Description"]
-    return description
 
 
 def signing(chain: SigningChain, tmp_path: Path) -> dict[str, object]:
