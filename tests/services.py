@@ -41,7 +41,8 @@ MINIO_IMAGE = "minio/minio:RELEASE.2025-04-22T22-12-26Z"
 S3_ACCESS_KEY = "testing"
 S3_SECRET_KEY = "testing-secret"
 APACHE_KAFKA_REASON = (
-    "needs Apache Kafka (Tansu lacks it): run with a Docker engine (testcontainers starts apache/kafka), "
+    "needs Apache Kafka (Tansu lacks it): run `scripts/dev test` where java 17+ and mvn are present (it "
+    "starts Apache Kafka), or with a Docker engine (testcontainers starts apache/kafka), "
     f"or point {KAFKA_ENV} at Apache Kafka and set {KAFKA_KIND_ENV}=apache-kafka"
 )
 
