@@ -66,6 +66,13 @@ def s3_endpoint(pytestconfig: pytest.Config) -> Iterator[str]:
     yield from _serve(f"s3 ({source})", lambda: s3_service(source, os.environ))
 
 
+@pytest.fixture(scope="session")
+def kafka_is_apache_kafka(pytestconfig: pytest.Config) -> bool:
+    """Whether the session's broker is Apache Kafka, for a test that asserts more there than Tansu can
+    show (a test that needs Apache Kafka is marked `apache_kafka` instead)."""
+    return kafka_is_apache(_sources(pytestconfig)[KAFKA_ENV], os.environ)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     sources = _sources(config)
     return f"services: kafka from {sources[KAFKA_ENV]}, s3 from {sources[S3_ENV]}"
