@@ -75,7 +75,8 @@ def kafka_is_apache_kafka(pytestconfig: pytest.Config) -> bool:
 
 def pytest_report_header(config: pytest.Config) -> str:
     sources = _sources(config)
-    return f"services: kafka from {sources[KAFKA_ENV]}, s3 from {sources[S3_ENV]}"
+    kind = "Apache Kafka" if kafka_is_apache(sources[KAFKA_ENV], os.environ) else "Tansu"
+    return f"services: kafka from {sources[KAFKA_ENV]} ({kind}), s3 from {sources[S3_ENV]}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
