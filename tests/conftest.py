@@ -1,10 +1,10 @@
 """Project-wide fixtures: a real Kafka broker and a real S3 server for the integration tests.
 
 Where each comes from is decided in tests/services.py: an explicit endpoint in the environment
-(`KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP`, `KLEIN_EDIT_TEST_S3_ENDPOINT`, which `.ci/run` sets), else
-testcontainers (Apache Kafka and MinIO) when a Docker engine answers, else local Tansu and moto
-processes. A service that cannot be had is a test failure with the reason, never a skip. Tests marked
-`apache_kafka` are skipped, with the reason, when the broker is not Apache Kafka.
+(`KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP`, `KLEIN_EDIT_TEST_S3_ENDPOINT`, which `scripts/dev test` and
+`.ci/run` set), else testcontainers (Apache Kafka and MinIO) when a Docker engine answers, else
+local Tansu and moto processes. A service that cannot be had is a test failure with the reason, never
+a skip. Tests marked `apache_kafka` are skipped, with the reason, when the broker is not Apache Kafka.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Order, for each service on its own:
 1. an explicit endpoint in the environment (`KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP`,
-   `KLEIN_EDIT_TEST_S3_ENDPOINT`; `.ci/run` sets them after starting Tansu and moto);
+   `KLEIN_EDIT_TEST_S3_ENDPOINT`; `scripts/dev test` sets the Kafka one when it starts Apache Kafka,
+   `.ci/run` both);
 2. testcontainers, when a Docker engine answers: Apache Kafka (`apache/kafka`, KRaft, one node) and
    MinIO. `KLEIN_EDIT_TEST_CONTAINERS=off` skips this step, `=on` makes a missing engine an error;
 3. local processes: the embedded Tansu broker and moto server (`consumer.cli.local_services`).
