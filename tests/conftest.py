@@ -1,10 +1,10 @@
 """Project-wide fixtures: a real Kafka broker and a real S3 server for the integration tests.
 
 Where each comes from is decided in tests/services.py: an explicit endpoint in the environment
-(`KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP`, `KLEIN_EDIT_TEST_S3_ENDPOINT`, which `.ci/run` sets), else
-testcontainers (Apache Kafka and MinIO) when a Docker engine answers, else local Tansu and moto
-processes. A service that cannot be had is a test failure with the reason, never a skip. Tests marked
-`apache_kafka` are skipped, with the reason, when the broker is not Apache Kafka.
+(`KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP`, `KLEIN_EDIT_TEST_S3_ENDPOINT`, which `scripts/dev test` and
+`.ci/run` set), else testcontainers (Apache Kafka and MinIO) when a Docker engine answers, else
+local Tansu and moto processes. A service that cannot be had is a test failure with the reason, never
+a skip. Tests marked `apache_kafka` are skipped, with the reason, when the broker is not Apache Kafka.
 """
 
 from __future__ import annotations
@@ -66,9 +66,17 @@ def s3_endpoint(pytestconfig: pytest.Config) -> Iterator[str]:
     yield from _serve(f"s3 ({source})", lambda: s3_service(source, os.environ))
 
 
+@pytest.fixture(scope="session")
+def kafka_is_apache_kafka(pytestconfig: pytest.Config) -> bool:
+    """Whether the session's broker is Apache Kafka, for a test that asserts more there than Tansu can
+    show (a test that needs Apache Kafka is marked `apache_kafka` instead)."""
+    return kafka_is_apache(_sources(pytestconfig)[KAFKA_ENV], os.environ)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     sources = _sources(config)
-    return f"services: kafka from {sources[KAFKA_ENV]}, s3 from {sources[S3_ENV]}"
+    kind = "Apache Kafka" if kafka_is_apache(sources[KAFKA_ENV], os.environ) else "Tansu"
+    return f"services: kafka from {sources[KAFKA_ENV]} ({kind}), s3 from {sources[S3_ENV]}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

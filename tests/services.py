@@ -2,7 +2,8 @@
 
 Order, for each service on its own:
 1. an explicit endpoint in the environment (`KLEIN_EDIT_TEST_KAFKA_BOOTSTRAP`,
-   `KLEIN_EDIT_TEST_S3_ENDPOINT`; `.ci/run` sets them after starting Tansu and moto);
+   `KLEIN_EDIT_TEST_S3_ENDPOINT`; `scripts/dev test` sets the Kafka one when it starts Apache Kafka,
+   `.ci/run` both);
 2. testcontainers, when a Docker engine answers: Apache Kafka (`apache/kafka`, KRaft, one node) and
    MinIO. `KLEIN_EDIT_TEST_CONTAINERS=off` skips this step, `=on` makes a missing engine an error;
 3. local processes: the embedded Tansu broker and moto server (`consumer.cli.local_services`).
@@ -41,7 +42,8 @@ MINIO_IMAGE = "minio/minio:RELEASE.2025-04-22T22-12-26Z"
 S3_ACCESS_KEY = "testing"
 S3_SECRET_KEY = "testing-secret"
 APACHE_KAFKA_REASON = (
-    "needs Apache Kafka (Tansu lacks it): run with a Docker engine (testcontainers starts apache/kafka), "
+    "needs Apache Kafka (Tansu lacks it): run `scripts/dev test` where java 17+ and mvn are present (it "
+    "starts Apache Kafka), or with a Docker engine (testcontainers starts apache/kafka), "
     f"or point {KAFKA_ENV} at Apache Kafka and set {KAFKA_KIND_ENV}=apache-kafka"
 )
 

@@ -82,7 +82,7 @@ def test_containers_on_without_docker_is_an_error_not_a_fallback() -> None:
 def test_only_apache_kafka_runs_the_apache_kafka_tests() -> None:
     assert kafka_is_apache(Source.CONTAINER, {})
     assert not kafka_is_apache(Source.LOCAL, {})  # Tansu
-    assert not kafka_is_apache(Source.ENVIRONMENT, {})  # .ci/run's Tansu
+    assert not kafka_is_apache(Source.ENVIRONMENT, {})  # a broker given without its kind: Tansu
     assert kafka_is_apache(Source.ENVIRONMENT, {KAFKA_KIND_ENV: "apache-kafka"})
 
 

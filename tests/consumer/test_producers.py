@@ -10,8 +10,11 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from confluent_kafka import Producer
 
 from consumer.cli.dlq import replay_dead_letters
@@ -24,6 +27,7 @@ from consumer.kafka.settings import KafkaSettings
 from consumer.settings import Settings
 from pipeline import EditJob, GpuOutOfMemory, StandInEditor
 from schemas.control import CancelRequested
+from schemas.requests import EditRequest
 from schemas.results import EditStatus
 from tests.consumer.harness import (
     dead_letters,
@@ -181,6 +185,181 @@ async def test_a_transactional_producer_commits_and_aborts_and_committed_offsets
     assert sorted(output_objects(store, settings)) == sorted(
         f"edits/{r.request_id}.png" for r in committed_reqs
     )
+    assert set(lags.values()) == {0}
+
+
+def transactional_producer(settings: Settings, delivered: list[tuple[int, int]]) -> Producer:
+    """A librdkafka transactional producer, its transactions initialised; each acknowledged record's
+    `(partition, offset)` is appended to `delivered` (acknowledged is not committed)."""
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        assert err is None, err
+        delivered.append((msg.partition(), msg.offset()))
+
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "transactional.id": unique("tx"),
+            "linger.ms": 0,
+            "on_delivery": on_delivery,
+        }
+    )
+    producer.init_transactions(30)
+    return producer
+
+
+def transaction(producer: Producer, settings: Settings, requests: list[EditRequest], *, commit: bool) -> None:
+    producer.begin_transaction()
+    for req in requests:
+        producer.produce(settings.kafka.request_topic, key=req.request_id.encode(), value=encode_event(req))
+    producer.flush(30)
+    if commit:
+        producer.commit_transaction(30)
+    else:
+        producer.abort_transaction(30)
+
+
+async def partition_offsets(settings: Settings, partition: int = 0) -> tuple[int, int]:
+    """(last stable offset, high watermark) of a request-topic partition: what a `read_committed` and
+    a `read_uncommitted` reader see as its end."""
+    tp = TopicPartition(settings.kafka.request_topic, partition)
+    ends = []
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = kafka_io.make_consumer(settings.kafka, group_id=None, isolation_level=isolation)
+        await consumer.start()
+        try:
+            ends.append((await consumer.end_offsets([tp]))[tp])
+        finally:
+            await consumer.stop()
+    return ends[0], ends[1]
+
+
+async def stored_offsets(settings: Settings, partition: int = 0) -> list[int]:
+    """The offsets of the data records a request-topic partition still holds (`read_uncommitted`:
+    aborted ones included; control records are never returned)."""
+    tp = TopicPartition(settings.kafka.request_topic, partition)
+    consumer = kafka_io.make_consumer(settings.kafka, group_id=None, isolation_level="read_uncommitted")
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        offsets: list[int] = []
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            offsets += [record.offset for record in batch.get(tp, [])]
+        return offsets
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.apache_kafka
+async def test_read_committed_waits_at_the_last_stable_offset_while_a_transaction_is_open(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A request in an open transaction holds the partition's last stable offset (LSO): the worker
+    (`read_committed`) edits neither it nor a plain request behind it, commits nothing past the LSO,
+    and stays ready; once the transaction commits it edits both, once each, and commits past the
+    commit marker (Apache Kafka only: Tansu has no transactions)."""
+    settings = make_settings(kafka={"topic_partitions": 1})
+    store = await prepare(settings)
+    image = stage_image(store, settings, "lso.png", png_bytes(64, 64))
+    in_transaction = request(settings, image, request_id=unique("in-tx"))
+    behind = request(settings, image, request_id=unique("behind"))
+    delivered: list[tuple[int, int]] = []
+    producer = transactional_producer(settings, delivered)
+    producer.begin_transaction()
+    producer.produce(
+        settings.kafka.request_topic,
+        key=in_transaction.request_id.encode(),
+        value=encode_event(in_transaction),
+    )
+    producer.flush(30)  # on the broker, its transaction still open
+    delivered += librdkafka_produce(settings, [(behind.request_id.encode(), encode_event(behind), [])])
+    assert delivered == [(0, 0), (0, 1)]
+    assert await partition_offsets(settings) == (0, 2)
+
+    editor = StandInEditor(edit_ms=20)
+    async with running_worker(settings, lambda: editor) as worker:
+        held = await results(settings, count=1, timeout_s=6.0)
+        committed_while_open = await wait_for_committed(settings, [(0, 0)], timeout_s=0.0)
+        problems_while_open = dict(worker.state.problems)
+        producer.commit_transaction(30)
+        by_id = {r.request_id: r for r in await results(settings, count=2, settle_s=2.0)}
+        committed = await wait_for_committed(settings, [(0, 2)])  # the commit marker is offset 2
+        lags = await wait_for_no_lag(settings)
+    assert held == []
+    assert committed_while_open[0] in (None, 0)
+    assert problems_while_open == {}
+    assert set(by_id) == {in_transaction.request_id, behind.request_id}
+    assert all(r.status is EditStatus.SUCCEEDED for r in by_id.values()), by_id
+    assert editor.edits == 2
+    assert committed == {0: 3}
+    assert await partition_offsets(settings) == (3, 3)
+    assert set(lags.values()) == {0}
+
+
+@pytest.mark.apache_kafka
+async def test_a_compacted_transactional_request_topic_is_edited_across_its_gaps_and_markers(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A compacted request topic written in transactions: once the log cleaner has removed a
+    superseded request (same key) and the aborted transaction's records, the worker edits every
+    surviving committed request once, never the aborted one, and commits past the gaps and the
+    transaction markers to the end (Apache Kafka only: Tansu has no transactions)."""
+    settings = make_settings(kafka={"topic_partitions": 1})
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        # Segments roll after 100 ms, and any dirt makes one worth cleaning: the cleaner compacts
+        # within seconds instead of waiting for a 1 GiB segment or a week.
+        compacted = {
+            "cleanup.policy": "compact",
+            "segment.ms": "100",
+            "min.cleanable.dirty.ratio": "0.01",
+            "delete.retention.ms": "100",
+        }
+        await admin.create_topics(
+            [NewTopic(settings.kafka.request_topic, 1, replication_factor=1, topic_configs=compacted)]
+        )
+    finally:
+        await admin.close()
+    store = await prepare(settings)
+    image = stage_image(store, settings, "compacted.png", png_bytes(64, 64))
+    first = request(settings, image, request_id=unique("first"))
+    replaced = request(settings, image, request_id=unique("kept"), seed=1)
+    kept = request(settings, image, request_id=replaced.request_id, seed=2)  # same key: compaction keeps it
+    aborted = request(settings, image, request_id=unique("aborted"))
+    last = request(settings, image, request_id=unique("last"))
+    delivered: list[tuple[int, int]] = []
+    producer = transactional_producer(settings, delivered)
+    transaction(producer, settings, [first, replaced], commit=True)  # offsets 0, 1; marker 2
+    transaction(producer, settings, [aborted], commit=False)  # 3; marker 4
+    transaction(producer, settings, [kept], commit=True)  # 5; marker 6
+    await asyncio.sleep(0.5)  # past segment.ms: the next append rolls the segment, so the cleaner may
+    transaction(producer, settings, [last], commit=True)  # clean 0-6; 7; marker 8
+    assert [offset for _, offset in delivered] == [0, 1, 3, 5, 7]
+
+    deadline = asyncio.get_running_loop().time() + 60
+    while 1 in (stored := await stored_offsets(settings)):
+        assert asyncio.get_running_loop().time() < deadline, f"not compacted in 60 s: {stored}"
+        await asyncio.sleep(1.0)
+    assert {0, 5, 7} <= set(stored)
+    assert 1 not in stored
+
+    editor = StandInEditor(edit_ms=20)
+    async with running_worker(settings, lambda: editor):
+        by_id = {r.request_id: r for r in await results(settings, count=3, settle_s=2.0)}
+        committed = await wait_for_committed(settings, [(0, 8)])
+        lags = await wait_for_no_lag(settings)
+    assert set(by_id) == {first.request_id, kept.request_id, last.request_id}
+    assert all(r.status is EditStatus.SUCCEEDED for r in by_id.values()), by_id
+    assert by_id[kept.request_id].params.seed == 2  # the version compaction kept
+    assert editor.edits == 3
+    assert sorted(output_objects(store, settings)) == sorted(
+        f"edits/{r.request_id}.png" for r in (first, kept, last)
+    )
+    assert committed == {0: 9}
     assert set(lags.values()) == {0}
 
 

@@ -110,7 +110,7 @@ async def test_the_control_reader_waits_for_its_topic_instead_of_creating_it(kaf
 
 
 async def test_a_worker_names_missing_request_topics_on_readyz_instead_of_idling(
-    kafka_bootstrap: str, s3_endpoint: str
+    kafka_bootstrap: str, s3_endpoint: str, kafka_is_apache_kafka: bool
 ) -> None:
     settings = integration_settings(kafka_bootstrap, s3_endpoint, kafka={"create_topics": False})
     store = ImageStore(settings.s3)
@@ -126,12 +126,18 @@ async def test_a_worker_names_missing_request_topics_on_readyz_instead_of_idling
             assert time.monotonic() < deadline, worker.state.problems
             assert not task.done()
             await asyncio.sleep(0.1)
-        # (A broker that auto-creates topics for subscriptions, as Tansu does, creates the request topic.)
         assert kafka.result_topic in worker.state.problems["topics"]
         assert kafka.dlq_topic in worker.state.problems["topics"]
         assert not worker.state.ready
         existing, _ = await topics_and_configs(kafka, kafka.result_topic)
         assert kafka.result_topic not in existing  # named, not created
+        if kafka_is_apache_kafka:
+            # Apache Kafka (auto.create.topics.enable=true, as in the tests and by default) honours the
+            # worker's allow_auto_topic_creation=false, so the subscribed request topic is not created
+            # either. Tansu creates a topic a consumer subscribes to whatever the request says.
+            assert kafka.request_topic in worker.state.problems["topics"]
+            existing, _ = await topics_and_configs(kafka, kafka.request_topic)
+            assert kafka.request_topic not in existing
 
         # The operator creates them; the worker notices without a restart.
         create = kafka.model_copy(update={"create_topics": True})
