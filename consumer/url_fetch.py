@@ -36,6 +36,7 @@ from yarl import URL
 
 from consumer.settings import ConfigurationError
 from storage import (
+    METADATA_REFUSAL,
     AddressPolicy,
     FetchedObject,
     InputForbidden,
@@ -212,10 +213,12 @@ class UrlFetcher:
             )
         except AddressRefused as exc:
             where = f"{shown}: redirected to {_shown(url)}" if hop else shown
-            raise InputForbidden(
-                f"{where}: {exc}, which this worker may not connect to "
-                "(KLEIN_EDIT_URL_INPUTS__ALLOWED_PRIVATE_NETWORKS)"
-            ) from exc
+            remedy = (
+                "never allowed"
+                if exc.reason == METADATA_REFUSAL
+                else "KLEIN_EDIT_URL_INPUTS__ALLOWED_PRIVATE_NETWORKS may allow a private range"
+            )
+            raise InputForbidden(f"{where}: {exc}, which this worker may not connect to ({remedy})") from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError and the total timeout both
             raise StorageUnavailable(f"cannot read {shown}: timed out") from exc
         except aiohttp.ClientConnectorCertificateError as exc:

@@ -25,9 +25,10 @@ from storage.locations import (
     resolve_output_location,
 )
 from storage.store import FetchedObject, ImageStore, ObjectVersion, PutOutcome, StoredObject
-from storage.urls import AddressPolicy, UrlLocation, host_allowed, redact_url
+from storage.urls import METADATA_REFUSAL, AddressPolicy, UrlLocation, host_allowed, redact_url
 
 __all__ = [
+    "METADATA_REFUSAL",
     "AdapterRefused",
     "AddressPolicy",
     "AttemptLedger",

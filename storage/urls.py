@@ -26,6 +26,7 @@ from storage.errors import InputForbidden, InvalidLocation
 HTTPS_SCHEME = "https"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+METADATA_REFUSAL = "a cloud metadata address"  # never allowed, whatever the allowed networks say
 # Instance metadata services (AWS IMDS over IPv4 and IPv6, ECS task metadata, Alibaba Cloud; GCP and Azure
 # use 169.254.169.254 too). Refused even inside a network the operator allows: an allowed 169.254.0.0/16
 # must not hand out the node's credentials.
@@ -145,7 +146,7 @@ class AddressPolicy:
         candidates = [ip] if inner is None else [inner]
         for candidate in candidates:
             if any(candidate in net for net in METADATA_NETWORKS):
-                return "a cloud metadata address"
+                return METADATA_REFUSAL
         for candidate in candidates:
             if any(candidate.version == net.version and candidate in net for net in self._allowed):
                 continue

@@ -64,14 +64,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--image",
         required=True,
-        metavar="FILE|S3_URI",
-        help="the image to edit: a local file (uploaded first) or s3://bucket/key (required)",
+        metavar="FILE|S3_URI|URL",
+        help="the image to edit: a local file (uploaded first), s3://bucket/key, or an https:// URL for a "
+        "worker with URL inputs on (KLEIN_EDIT_URL_INPUTS__ENABLED) (required)",
     )
     parser.add_argument(
         "--reference",
         action="append",
         default=[],
-        metavar="FILE|S3_URI",
+        metavar="FILE|S3_URI|URL",
         help="a reference image, same forms as --image; repeatable, at most "
         "KLEIN_EDIT_PIPELINE__MAX_REFERENCES (default: none)",
     )
@@ -356,8 +357,8 @@ class Submission:
 def prepare_submission(settings: Settings, args: argparse.Namespace) -> Submission:
     """Check the flags and build the request. Touches no network; raises `SubmitRejected`.
 
-    `--image` and `--reference` are `s3://bucket/key` or a local file (uploaded to
-    `s3://<input bucket>/uploads/<request_id>/`).
+    `--image` and `--reference` are `s3://bucket/key`, an `https://` URL (sent as it is, for a worker
+    with URL inputs on) or a local file (uploaded to `s3://<input bucket>/uploads/<request_id>/`).
     """
     from pipeline.images import identify_image
     from storage import S3Location, parse_input_source, resolve_output_location
@@ -366,11 +367,13 @@ def prepare_submission(settings: Settings, args: argparse.Namespace) -> Submissi
     uploads: list[Upload] = []
 
     def image_ref(ref: str, name: str, flag: str) -> str:
-        if ref.startswith("s3://"):
-            return ref
+        if ref.startswith(("s3://", "https://")):
+            return ref  # checked below against the worker's buckets and URL-input settings
         path = Path(ref)
         if not path.is_file():
-            raise SubmitRejected(f"{flag} {ref}: no such file (an object in S3 is given as s3://bucket/key)")
+            raise SubmitRejected(
+                f"{flag} {ref}: no such file (an object in S3 is given as s3://bucket/key, a URL as https://...)"
+            )
         size = path.stat().st_size
         if size > settings.s3.max_image_bytes:
             raise SubmitRejected(
@@ -449,6 +452,14 @@ def prepare_submission(settings: Settings, args: argparse.Namespace) -> Submissi
             f"--num-images: {request.num_images} asked, the worker makes at most "
             f"{settings.pipeline.max_images} (KLEIN_EDIT_PIPELINE__MAX_IMAGES)"
         )
+    if request.width is not None and request.height is not None:
+        area = request.width * request.height / 1e6
+        if area > settings.pipeline.max_output_megapixels:
+            raise SubmitRejected(
+                f"--width/--height: {request.width}x{request.height} is {area:.2f} MP, the worker makes "
+                f"at most {settings.pipeline.max_output_megapixels:g} "
+                "(KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS)"
+            )
     if request.megapixels is not None and request.megapixels > settings.pipeline.max_output_megapixels:
         raise SubmitRejected(
             f"--megapixels: {request.megapixels:g}, the worker makes at most "

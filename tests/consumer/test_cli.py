@@ -495,6 +495,11 @@ def test_an_explicit_env_file_that_exists_is_read(tmp_path: Path) -> None:
         (["--prompt", "x", "--quality", "80"], "--quality applies to --format jpeg or webp; png is lossless"),
         (["--prompt", "x", "--format", "jpeg", "--lossless"], "--lossless needs --format webp, not jpeg"),
         (["--prompt", "x", "--negative-prompt", " "], "--negative-prompt: not blank (got ' ')"),
+        (
+            ["--prompt", "x", "--width", "4096", "--height", "4096"],
+            "--width/--height: 4096x4096 is 16.78 MP, the worker makes at most 4 "
+            "(KLEIN_EDIT_PIPELINE__MAX_OUTPUT_MEGAPIXELS)",
+        ),
     ],
     ids=[
         "steps",
@@ -512,6 +517,7 @@ def test_an_explicit_env_file_that_exists_is_read(tmp_path: Path) -> None:
         "png-quality",
         "jpeg-lossless",
         "negative-prompt",
+        "width-height-cap",
     ],
 )
 def test_submit_names_the_flags_the_user_typed(tmp_path: Path, args: list[str], message: str) -> None:
@@ -524,6 +530,19 @@ def test_submit_names_the_flags_the_user_typed(tmp_path: Path, args: list[str], 
     proc = run_cli("submit", "--image", str(shot), *args, env=env, cwd=tmp_path)
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == f"klein-edit submit: {message}\n"
+
+
+def test_submit_sends_an_https_image_as_it_is_and_checks_it_as_the_worker_would(tmp_path: Path) -> None:
+    env = {
+        "KLEIN_EDIT_S3__ENDPOINT_URL": "http://127.0.0.1:1",
+        "KLEIN_EDIT_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    }
+    url = "https://cdn.example.com/shots/a.png?X-Amz-Signature=secret"
+    proc = run_cli("submit", "--image", url, "--prompt", "x", env=env, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert "no such file" not in proc.stderr
+    assert "KLEIN_EDIT_URL_INPUTS__ENABLED" in proc.stderr  # off on this worker: said before anything is sent
+    assert "secret" not in proc.stderr
 
 
 def test_cancel_of_an_id_with_other_characters_says_which_are_allowed(tmp_path: Path) -> None:

@@ -168,10 +168,11 @@ async def test_names_resolving_to_private_mapped_or_metadata_addresses_are_refus
     # Even with link-local and all of 10/8 allowed, metadata addresses stay refused.
     settings = url_settings(tls_files, allowed_private_networks=["169.254.0.0/16", "fd00::/8"])
     cases = {
-        "private.test": "10.1.2.3 (private)",
+        "private.test": "10.1.2.3 (private), which this worker may not connect to "
+        "(KLEIN_EDIT_URL_INPUTS__ALLOWED_PRIVATE_NETWORKS may allow a private range)",
         "mapped.test": "loopback (127.0.0.1)",
-        "metadata.test": "cloud metadata",
-        "v6metadata.test": "cloud metadata",
+        "metadata.test": "(a cloud metadata address), which this worker may not connect to (never allowed)",
+        "v6metadata.test": "(a cloud metadata address), which this worker may not connect to (never allowed)",
         "v6local.test": "link-local",
     }
     for host, words in cases.items():
