@@ -298,7 +298,7 @@ def test_submit_rejects_a_missing_file_before_reading_any_configuration_of_kafka
     assert proc.returncode == 2
     assert proc.stderr == (
         "klein-edit submit: --image no-such-shot.png: no such file (an object in S3 is given as "
-        "s3://bucket/key)\n"
+        "s3://bucket/key, a URL as https://...)\n"
     )
 
 

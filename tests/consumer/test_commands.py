@@ -182,7 +182,7 @@ def input_keys(settings: Settings) -> list[str]:
         (
             ["--image", "{missing}", "--prompt", "make it blue"],
             2,
-            "--image {missing}: no such file (an object in S3 is given as s3://bucket/key)",
+            "--image {missing}: no such file (an object in S3 is given as s3://bucket/key, a URL as https://...)",
         ),
         (
             ["--image", "{shot}", "--recolor", "the shirt=blue"],
