@@ -32,6 +32,10 @@ from schemas.errors import ErrorCode, KleinEditError
 from schemas.progress import EditProgressed
 from schemas.results import EditCompleted
 
+# Errors aiokafka marks not retriable that are waited out all the same: a timeout is how an outage
+# shows, and a denied WRITE is fixed by an operator's grant, not by the record.
+_WAITED_OUT = (KafkaTimeoutError, TopicAuthorizationFailedError)
+
 log = structlog.get_logger("klein_edit.worker")
 
 
@@ -163,8 +167,11 @@ class Publisher:
             except KafkaError as exc:
                 if self._abandon.is_set():
                     raise
+                if not exc.retriable and not isinstance(exc, _WAITED_OUT):
+                    self._metrics.publish_rejected.labels(topic=topic, error=type(exc).__name__).inc()
+                    raise PublishRejected(f"{topic} refused the record: {type(exc).__name__}: {exc}") from exc
+                delay = backoff.next()
                 if isinstance(exc, TopicAuthorizationFailedError):
-                    delay = backoff.next()
                     (log.warning if denied else log.error)(
                         "publish.access_denied",
                         topic=topic,
@@ -173,13 +180,8 @@ class Publisher:
                         retry_in_s=round(delay, 2),
                     )
                     denied = True
-                    await asyncio.sleep(delay)
-                    continue
-                if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
-                    self._metrics.publish_rejected.labels(topic=topic, error=type(exc).__name__).inc()
-                    raise PublishRejected(f"{topic} refused the record: {type(exc).__name__}: {exc}") from exc
-                delay = backoff.next()
-                log.warning("publish.retrying", topic=topic, error=repr(exc), retry_in_s=round(delay, 2))
+                else:
+                    log.warning("publish.retrying", topic=topic, error=repr(exc), retry_in_s=round(delay, 2))
                 await asyncio.sleep(delay)
 
 
