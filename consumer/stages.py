@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -230,10 +230,11 @@ class EditStages:
                 return uploaded  # another worker stored it first: its answer
             outputs[index] = uploaded
         for index, found in enumerate(existing):
-            if found is not None:
-                outputs[index] = await self._stored_output(request, found, locations, index)
-        if existing[0] is not None:  # the first image was stored by an earlier delivery: its provenance
-            ctx.provenance = self._read_stored(request, existing[0], locations).provenance
+            if found is not None:  # stored by an earlier delivery
+                stored = self._read_stored(request, found, locations)
+                outputs[index] = await self._stored_output(stored, locations.outputs[index])
+                if index == 0:  # the first image's provenance is the result's
+                    ctx.provenance = stored.provenance
         delivered = [outputs[i] for i in sorted(outputs)]
         billed = candidates if request.num_images == 1 else request.num_images
         gate = ctx.color_qa
@@ -315,11 +316,12 @@ class EditStages:
     async def _answer_from_store(
         self, ctx: EditContext, request: EditRequest, existing: list[StoredObject], locations: Locations
     ) -> EditCompleted:
-        stored = self._read_stored(request, existing[0], locations)
-        stored = replace(stored, output=await self._with_link(stored.output, locations.output))
-        delivered = [stored.output.model_copy(update={"seed": stored.params.seed})]
-        for index, found in enumerate(existing[1:], start=1):
-            delivered.append(await self._stored_output(request, found, locations, index))
+        each = [self._read_stored(request, found, locations) for found in existing]
+        delivered = [
+            await self._stored_output(one, location)
+            for one, location in zip(each, locations.outputs, strict=True)
+        ]
+        stored = each[0]
         ctx.params = stored.params
         ctx.input_megapixels = stored.input_megapixels
         ctx.provenance = stored.provenance
@@ -340,13 +342,10 @@ class EditStages:
             uses_guidance=self._editor.uses_guidance,
         )
 
-    async def _stored_output(
-        self, request: EditRequest, existing: StoredObject, locations: Locations, index: int
-    ) -> OutputInfo:
-        """The `OutputInfo` of image `index` stored earlier (a redelivery), with a fresh link."""
-        stored = self._read_stored(request, existing, locations)
+    async def _stored_output(self, stored: StoredEdit, location: S3Location) -> OutputInfo:
+        """The `OutputInfo` of an image stored earlier (a redelivery), with its seed and a fresh link."""
         output = stored.output.model_copy(update={"seed": stored.params.seed})
-        return await self._with_link(output, locations.outputs[index])
+        return await self._with_link(output, location)
 
     # -- 4. adapters -------------------------------------------------------------------------------------
 
@@ -588,12 +587,9 @@ class EditStages:
         ctx.moderation = report = await self._on_classifier(
             ctx, moderation, moderation.check_outputs, images, report
         )
-        flagged = {
-            int(score.part.removeprefix("outputs[").removesuffix("]"))
-            for score in report.outputs
-            if score.flagged
-        }
-        return {index: image for index, image in images.items() if index not in flagged}
+        # `check_outputs` scores the images in the order given, one `outputs[i]` score each.
+        scores = zip(images.items(), report.outputs, strict=True)
+        return {index: image for (index, image), score in scores if not score.flagged}
 
     async def _on_classifier(
         self, ctx: EditContext, moderation: Moderation, check: Callable[..., ModerationReport], *args: Any
@@ -682,7 +678,9 @@ class EditStages:
             if outcome.existing is None:
                 raise InvalidLocation(f"output.uri: {location.uri} exists but could not be read back")
             if index:  # a racing worker stored this image too: same request, same seed; keep its object
-                return await self._stored_output(request, outcome.existing, locations, index)
+                return await self._stored_output(
+                    self._read_stored(request, outcome.existing, locations), location
+                )
             # Another worker finished the same request first; its object is the answer, ours is dropped.
             existing = [
                 outcome.existing,
@@ -696,7 +694,9 @@ class EditStages:
             ]
             if len(existing) == len(locations.outputs):
                 return await self._answer_from_store(ctx, request, existing, locations)
-            return await self._stored_output(request, outcome.existing, locations, 0)
+            return await self._stored_output(
+                self._read_stored(request, outcome.existing, locations), location
+            )
         if not index:
             ctx.provenance = provenance
         output = OutputInfo(

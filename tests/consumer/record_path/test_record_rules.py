@@ -68,6 +68,32 @@ async def test_a_redelivered_request_is_answered_from_s3_without_the_gpu(path: R
     assert len(path.store.reads) == reads_after_first  # no input read
 
 
+@pytest.mark.parametrize("num_images", [1, 2])
+async def test_a_worker_that_loses_the_upload_race_answers_with_the_stored_objects(
+    path: RecordPath, num_images: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker stored the same request's outputs while this one edited (its stage 3 found none):
+    the conditional put keeps the other worker's objects, and the answer is theirs."""
+    req = path.request(path.stage("a.png", png(64, 64)), seed=3, num_images=num_images)
+    assert await path.handle(req, offset=5)
+    stored = dict(path.store.objects)
+    found = path.store.find_output
+    calls = iter(range(10_000))
+    # The first lookups (stage 3, one per image) miss, as if the other worker had not finished yet.
+    monkeypatch.setattr(
+        path.store, "find_output", lambda loc: None if next(calls) < num_images else found(loc)
+    )
+
+    assert await path.handle(req, offset=5)
+
+    first, second = path.results()
+    assert path.gpu_runs == 2  # this worker did edit, and lost the race
+    assert second.status is EditStatus.SUCCEEDED
+    assert second.outputs == first.outputs
+    assert second.provenance == first.provenance
+    assert path.store.objects == stored  # nothing overwritten
+
+
 async def test_over_the_output_area_fails_before_any_gpu_work_with_cost_0(path: RecordPath) -> None:
     image = path.stage("limits/a.png", png(64, 64))
     req = path.request(image, width=2048, height=2048)  # 4.19 MP > 4 MP
